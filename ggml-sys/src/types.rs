@@ -1,0 +1,88 @@
+//! ggml type and op ids, and the type traits ggml itself reports.
+
+use std::ffi::CStr;
+
+use llama_cpp_sys_2 as sys;
+
+/// A ggml tensor element type id (`enum ggml_type`).
+pub type GgmlType = u32;
+
+/// Op ids (`enum ggml_op`) of the ggml version this crate is built against.
+/// The RPC wire format carries these numbers, so they must match the servers'.
+pub mod op {
+    #![allow(missing_docs)]
+    use llama_cpp_sys_2 as sys;
+    pub const NONE: u32 = sys::GGML_OP_NONE;
+    pub const ADD: u32 = sys::GGML_OP_ADD;
+    pub const MUL: u32 = sys::GGML_OP_MUL;
+    pub const MUL_MAT: u32 = sys::GGML_OP_MUL_MAT;
+    pub const VIEW: u32 = sys::GGML_OP_VIEW;
+    pub const RESHAPE: u32 = sys::GGML_OP_RESHAPE;
+    pub const PERMUTE: u32 = sys::GGML_OP_PERMUTE;
+    pub const TRANSPOSE: u32 = sys::GGML_OP_TRANSPOSE;
+    pub const GET_ROWS: u32 = sys::GGML_OP_GET_ROWS;
+    pub const CPY: u32 = sys::GGML_OP_CPY;
+}
+
+/// Number of ops (`GGML_OP_COUNT`) in this ggml build.
+pub fn op_count() -> u32 {
+    sys::GGML_OP_COUNT
+}
+
+/// Whether `ty` names a type ggml can size (not a removed or out-of-range id).
+fn is_known_type(ty: GgmlType) -> bool {
+    if ty >= sys::GGML_TYPE_COUNT {
+        return false;
+    }
+    // SAFETY: `ty` is below GGML_TYPE_COUNT, so ggml indexes its own type table
+    // in bounds; removed types have block size 0 there.
+    unsafe { sys::ggml_blck_size(ty) > 0 }
+}
+
+/// Bytes per block of `ty`, or `None` for an unknown or removed type.
+pub fn type_size(ty: GgmlType) -> Option<usize> {
+    if !is_known_type(ty) {
+        return None;
+    }
+    // SAFETY: `ty` was checked to be a valid index into ggml's type table.
+    Some(unsafe { sys::ggml_type_size(ty) })
+}
+
+/// Elements per block of `ty`, or `None` for an unknown or removed type.
+pub fn type_blck_size(ty: GgmlType) -> Option<usize> {
+    if !is_known_type(ty) {
+        return None;
+    }
+    // SAFETY: `ty` was checked to be a valid index into ggml's type table.
+    let b = unsafe { sys::ggml_blck_size(ty) };
+    usize::try_from(b).ok()
+}
+
+/// ggml's name of `ty` (e.g. `q4_1`), or `None` for an unknown type.
+pub fn type_name(ty: GgmlType) -> Option<&'static str> {
+    if !is_known_type(ty) {
+        return None;
+    }
+    // SAFETY: valid type id; ggml returns a pointer to a static NUL-terminated
+    // string in its type table.
+    let p = unsafe { sys::ggml_type_name(ty) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: non-null static C string (see above).
+    unsafe { CStr::from_ptr(p) }.to_str().ok()
+}
+
+/// ggml's name of op `op` (e.g. `MUL_MAT`), or `None` if out of range.
+pub fn op_name(op: u32) -> Option<&'static str> {
+    if op >= sys::GGML_OP_COUNT {
+        return None;
+    }
+    // SAFETY: `op` is in range, ggml returns a static NUL-terminated string.
+    let p = unsafe { sys::ggml_op_name(op) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: non-null static C string.
+    unsafe { CStr::from_ptr(p) }.to_str().ok()
+}

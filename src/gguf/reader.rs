@@ -1,0 +1,501 @@
+//! Parsing a GGUF file held in memory.
+//!
+//! Every length and count read from the file is checked against the named
+//! limits in the parent module and against the bytes that remain before
+//! anything is allocated for it. Arithmetic on file-provided numbers is
+//! checked. Nothing here indexes a slice with an unchecked range.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+
+use super::error::{GgufError, Location};
+use super::metadata::Metadata;
+use super::types::{GgmlType, TypeLookup};
+use super::value::{Array, Value, ValueType};
+use super::{
+    ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS,
+    MAX_KV_COUNT, MAX_STRING_LEN, MAX_TENSOR_COUNT, MAX_TENSOR_NAME_LEN,
+};
+
+/// Fewest bytes one key-value pair takes: key length, a one-byte key, type, a one-byte value.
+const MIN_KV_SIZE: u64 = 8 + 1 + 4 + 1;
+/// Fewest bytes one tensor info takes: name length, a one-byte name, n_dims,
+/// no dims, type, offset.
+const MIN_TENSOR_INFO_SIZE: u64 = 8 + 1 + 4 + 4 + 8;
+
+/// One tensor as described by its tensor info, checked against the file: its
+/// shape fits its type, its data is aligned and lies inside the file, and it
+/// overlaps no other tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    name: String,
+    ty: GgmlType,
+    dims: Vec<u64>,
+    offset: u64,
+    n_bytes: u64,
+    data: Range<usize>,
+}
+
+impl TensorInfo {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Dims in ggml order: `dims()[0]` is the contiguous row length (`ne[0]`).
+    /// Between 0 and [`MAX_DIMS`] entries.
+    pub fn dims(&self) -> &[u64] {
+        &self.dims
+    }
+
+    /// Offset of the data from the start of the data section, as stored.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Offset of the data from the start of the file.
+    pub fn file_offset(&self) -> u64 {
+        self.data.start as u64
+    }
+
+    /// Bytes of tensor data.
+    pub fn n_bytes(&self) -> u64 {
+        self.n_bytes
+    }
+
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+
+    /// Bytes in one row (`dims()[0]` elements); a scalar counts as one element.
+    pub fn row_bytes(&self) -> u64 {
+        let ne0 = self.dims.first().copied().unwrap_or(1);
+        // Checked when the file was parsed.
+        self.ty.row_size(ne0).unwrap_or(0)
+    }
+
+    /// Byte range of the data in the file.
+    pub fn data_range(&self) -> Range<usize> {
+        self.data.clone()
+    }
+}
+
+/// Everything a GGUF file declares, parsed and validated, without the bytes
+/// themselves: use with the same bytes it was parsed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufContent {
+    version: u32,
+    alignment: u32,
+    data_offset: u64,
+    file_len: u64,
+    metadata: Metadata,
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+}
+
+impl GgufContent {
+    /// Parses and validates a whole GGUF file. Never panics; every problem is a
+    /// [`GgufError`] naming what is wrong and where.
+    pub fn parse(bytes: &[u8]) -> Result<GgufContent, GgufError> {
+        let mut cur = Cursor { buf: bytes, pos: 0 };
+        let version = read_header_version(&mut cur)?;
+        let n_tensors = cur.count("tensor count", MAX_TENSOR_COUNT, MIN_TENSOR_INFO_SIZE, Ctx::Header)?;
+        let n_kv = cur.count("key-value count", MAX_KV_COUNT, MIN_KV_SIZE, Ctx::Header)?;
+
+        let metadata = read_metadata(&mut cur, n_kv)?;
+        let alignment = alignment_of(&metadata)?;
+        let infos = read_tensor_infos(&mut cur, n_tensors, alignment)?;
+
+        // With no tensors there is no data section to align.
+        let header_end = cur.pos as u64;
+        let data_offset = if infos.is_empty() { header_end } else { align_up(header_end, alignment) };
+        let file_len = bytes.len() as u64;
+        if data_offset > file_len {
+            return Err(GgufError::DataPastEnd { data_offset, file_len });
+        }
+
+        let tensors = place_tensors(infos, data_offset, file_len)?;
+        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(GgufContent { version, alignment, data_offset, file_len, metadata, tensors, by_name })
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Alignment of tensor data: `general.alignment`, or [`DEFAULT_ALIGNMENT`].
+    pub fn alignment(&self) -> u32 {
+        self.alignment
+    }
+
+    /// Offset of the data section from the start of the file.
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+
+    /// Length of the file that was parsed.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Tensors in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The data of `info` inside `bytes`, which must be the bytes this content
+    /// was parsed from; `None` if `info` does not lie inside `bytes`.
+    pub fn tensor_data<'b>(&self, bytes: &'b [u8], info: &TensorInfo) -> Option<&'b [u8]> {
+        bytes.get(info.data_range())
+    }
+}
+
+fn align_up(n: u64, alignment: u32) -> u64 {
+    let a = u64::from(alignment);
+    // `n` is at most the file length, far below u64::MAX - a.
+    n.div_ceil(a) * a
+}
+
+/// Where the cursor is, borrowed; turned into an owned [`Location`] only on error.
+#[derive(Clone, Copy)]
+enum Ctx<'a> {
+    Header,
+    Key(u64),
+    Value(&'a str),
+    TensorInfo(u64, Option<&'a str>),
+}
+
+impl Ctx<'_> {
+    fn location(self) -> Location {
+        match self {
+            Ctx::Header => Location::Header,
+            Ctx::Key(index) => Location::Key { index },
+            Ctx::Value(key) => Location::Value { key: key.to_owned() },
+            Ctx::TensorInfo(index, name) => Location::TensorInfo { index, name: name.map(str::to_owned) },
+        }
+    }
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn remaining(&self) -> u64 {
+        (self.buf.len() - self.pos) as u64
+    }
+
+    fn offset(&self) -> u64 {
+        self.pos as u64
+    }
+
+    fn take(&mut self, n: u64, ctx: Ctx<'_>) -> Result<&'a [u8], GgufError> {
+        let remaining = self.remaining();
+        if n > remaining {
+            return Err(GgufError::Truncated {
+                offset: self.offset(),
+                needed: n,
+                remaining,
+                location: ctx.location(),
+            });
+        }
+        // n <= remaining <= usize::MAX
+        let end = self.pos + n as usize;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, ctx: Ctx<'_>) -> Result<[u8; N], GgufError> {
+        let bytes = self.take(N as u64, ctx)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    fn u32(&mut self, ctx: Ctx<'_>) -> Result<u32, GgufError> {
+        self.array(ctx).map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self, ctx: Ctx<'_>) -> Result<u64, GgufError> {
+        self.array(ctx).map(u64::from_le_bytes)
+    }
+
+    /// A length or count, checked against a cap and against the bytes left
+    /// (each element needs at least `min_each` bytes).
+    fn count(&mut self, what: &'static str, max: u64, min_each: u64, ctx: Ctx<'_>) -> Result<u64, GgufError> {
+        let offset = self.offset();
+        let count = self.u64(ctx)?;
+        if count > max {
+            return Err(GgufError::CountOverLimit { what, count, max, offset, location: ctx.location() });
+        }
+        let remaining = self.remaining();
+        if count.checked_mul(min_each).is_none_or(|least| least > remaining) {
+            return Err(GgufError::CountPastEnd {
+                what,
+                count,
+                min_each,
+                remaining,
+                offset,
+                location: ctx.location(),
+            });
+        }
+        Ok(count)
+    }
+
+    fn string(&mut self, max_len: u64, ctx: Ctx<'_>) -> Result<String, GgufError> {
+        let len = self.count("string length", max_len, 1, ctx)?;
+        let offset = self.offset();
+        let bytes = self.take(len, ctx)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { offset, location: ctx.location() })
+    }
+}
+
+fn read_header_version(cur: &mut Cursor<'_>) -> Result<u32, GgufError> {
+    let magic: [u8; 4] = cur.array(Ctx::Header)?;
+    if magic != GGUF_MAGIC {
+        return Err(GgufError::BadMagic { found: magic });
+    }
+    let version = cur.u32(Ctx::Header)?;
+    let reason = match version {
+        2 | 3 => return Ok(version),
+        0 => "version 0 does not exist",
+        1 => "GGUF v1 (32-bit counts) is no longer supported; convert the model again",
+        // A v2/v3 file written big-endian reads as 0x0200_0000 / 0x0300_0000.
+        v if v & 0xFFFF == 0 => "looks byte-swapped; big-endian GGUF files are not supported",
+        _ => "newer than this reader, which supports versions 2 and 3",
+    };
+    Err(GgufError::UnsupportedVersion { version, reason })
+}
+
+fn read_metadata(cur: &mut Cursor<'_>, n_kv: u64) -> Result<Metadata, GgufError> {
+    let mut metadata = Metadata::new();
+    for index in 0..n_kv {
+        let key_offset = cur.offset();
+        let key = cur.string(MAX_STRING_LEN, Ctx::Key(index))?;
+        if key.is_empty() {
+            return Err(GgufError::EmptyKey { index, offset: key_offset });
+        }
+        if metadata.contains(&key) {
+            return Err(GgufError::DuplicateKey { key, offset: key_offset });
+        }
+        let ctx = Ctx::Value(&key);
+        let ty = read_value_type(cur, ctx)?;
+        let value = read_value(cur, ty, ctx)?;
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+fn read_value_type(cur: &mut Cursor<'_>, ctx: Ctx<'_>) -> Result<ValueType, GgufError> {
+    let offset = cur.offset();
+    let type_id = cur.u32(ctx)?;
+    ValueType::from_id(type_id).ok_or(GgufError::UnknownValueType { type_id, offset, location: ctx.location() })
+}
+
+fn read_value(cur: &mut Cursor<'_>, ty: ValueType, ctx: Ctx<'_>) -> Result<Value, GgufError> {
+    Ok(match ty {
+        ValueType::U8 => Value::U8(u8::from_le_bytes(cur.array(ctx)?)),
+        ValueType::I8 => Value::I8(i8::from_le_bytes(cur.array(ctx)?)),
+        ValueType::U16 => Value::U16(u16::from_le_bytes(cur.array(ctx)?)),
+        ValueType::I16 => Value::I16(i16::from_le_bytes(cur.array(ctx)?)),
+        ValueType::U32 => Value::U32(u32::from_le_bytes(cur.array(ctx)?)),
+        ValueType::I32 => Value::I32(i32::from_le_bytes(cur.array(ctx)?)),
+        ValueType::F32 => Value::F32(f32::from_le_bytes(cur.array(ctx)?)),
+        ValueType::U64 => Value::U64(u64::from_le_bytes(cur.array(ctx)?)),
+        ValueType::I64 => Value::I64(i64::from_le_bytes(cur.array(ctx)?)),
+        ValueType::F64 => Value::F64(f64::from_le_bytes(cur.array(ctx)?)),
+        ValueType::Bool => Value::Bool(read_bool(cur, ctx)?),
+        ValueType::String => Value::String(cur.string(MAX_STRING_LEN, ctx)?),
+        ValueType::Array => Value::Array(read_array(cur, 1, ctx)?),
+    })
+}
+
+fn read_bool(cur: &mut Cursor<'_>, ctx: Ctx<'_>) -> Result<bool, GgufError> {
+    let offset = cur.offset();
+    match cur.array::<1>(ctx)?[0] {
+        0 => Ok(false),
+        1 => Ok(true),
+        byte => Err(GgufError::InvalidBool { offset, byte, location: ctx.location() }),
+    }
+}
+
+/// Reads `count` fixed-size scalars in one go.
+fn read_scalars<T, const N: usize>(
+    cur: &mut Cursor<'_>,
+    count: u64,
+    ctx: Ctx<'_>,
+    decode: fn([u8; N]) -> T,
+) -> Result<Vec<T>, GgufError> {
+    // count * N fits: `count` was checked against the bytes left.
+    let bytes = cur.take(count * N as u64, ctx)?;
+    Ok(bytes
+        .chunks_exact(N)
+        .map(|chunk| {
+            let mut raw = [0u8; N];
+            raw.copy_from_slice(chunk);
+            decode(raw)
+        })
+        .collect())
+}
+
+/// Reads an array's element type, count and elements. `depth` is 1 for an
+/// array that is a key's value, 2 for an array inside it, and so on.
+fn read_array(cur: &mut Cursor<'_>, depth: usize, ctx: Ctx<'_>) -> Result<Array, GgufError> {
+    let offset = cur.offset();
+    if depth > MAX_ARRAY_DEPTH {
+        return Err(GgufError::ArrayTooDeep { max: MAX_ARRAY_DEPTH, offset, location: ctx.location() });
+    }
+    let elem = read_value_type(cur, ctx)?;
+    let n = cur.count("array length", MAX_ARRAY_LEN, elem.min_encoded_size(), ctx)?;
+    Ok(match elem {
+        ValueType::U8 => Array::U8(read_scalars(cur, n, ctx, u8::from_le_bytes)?),
+        ValueType::I8 => Array::I8(read_scalars(cur, n, ctx, i8::from_le_bytes)?),
+        ValueType::U16 => Array::U16(read_scalars(cur, n, ctx, u16::from_le_bytes)?),
+        ValueType::I16 => Array::I16(read_scalars(cur, n, ctx, i16::from_le_bytes)?),
+        ValueType::U32 => Array::U32(read_scalars(cur, n, ctx, u32::from_le_bytes)?),
+        ValueType::I32 => Array::I32(read_scalars(cur, n, ctx, i32::from_le_bytes)?),
+        ValueType::F32 => Array::F32(read_scalars(cur, n, ctx, f32::from_le_bytes)?),
+        ValueType::U64 => Array::U64(read_scalars(cur, n, ctx, u64::from_le_bytes)?),
+        ValueType::I64 => Array::I64(read_scalars(cur, n, ctx, i64::from_le_bytes)?),
+        ValueType::F64 => Array::F64(read_scalars(cur, n, ctx, f64::from_le_bytes)?),
+        ValueType::Bool => Array::Bool(collect_n(n, || read_bool(cur, ctx))?),
+        ValueType::String => Array::String(collect_n(n, || cur.string(MAX_STRING_LEN, ctx))?),
+        ValueType::Array => Array::Array(collect_n(n, || read_array(cur, depth + 1, ctx))?),
+    })
+}
+
+/// Most elements reserved up front for a list whose elements vary in size.
+/// Past this the list grows as elements are actually read, so a hostile count
+/// (nested inside other hostile counts) never reserves memory the file's bytes
+/// do not back.
+const MAX_PREALLOC: u64 = 4096;
+
+/// Calls `next` `n` times.
+fn collect_n<T>(n: u64, mut next: impl FnMut() -> Result<T, GgufError>) -> Result<Vec<T>, GgufError> {
+    let mut out = Vec::with_capacity(n.min(MAX_PREALLOC) as usize);
+    for _ in 0..n {
+        out.push(next()?);
+    }
+    Ok(out)
+}
+
+fn alignment_of(metadata: &Metadata) -> Result<u32, GgufError> {
+    match metadata.get(ALIGNMENT_KEY) {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some(&Value::U32(alignment)) if alignment.is_power_of_two() => Ok(alignment),
+        Some(&Value::U32(alignment)) => Err(GgufError::BadAlignment { alignment }),
+        Some(other) => Err(GgufError::AlignmentType { found: other.value_type() }),
+    }
+}
+
+/// A tensor info as read, before its data is placed in the file.
+struct RawTensor {
+    name: String,
+    ty: GgmlType,
+    dims: Vec<u64>,
+    offset: u64,
+    n_bytes: u64,
+}
+
+fn read_tensor_infos(cur: &mut Cursor<'_>, n_tensors: u64, alignment: u32) -> Result<Vec<RawTensor>, GgufError> {
+    let reserve = n_tensors.min(MAX_PREALLOC) as usize;
+    let mut out: Vec<RawTensor> = Vec::with_capacity(reserve);
+    let mut seen: HashSet<String> = HashSet::with_capacity(reserve);
+    for index in 0..n_tensors {
+        let name_offset = cur.offset();
+        let name = cur.string(MAX_TENSOR_NAME_LEN, Ctx::TensorInfo(index, None))?;
+        if name.is_empty() {
+            return Err(GgufError::EmptyTensorName { index, offset: name_offset });
+        }
+        if seen.contains(&name) {
+            return Err(GgufError::DuplicateTensor { name, index });
+        }
+        let raw = read_tensor_info_body(cur, index, name, alignment)?;
+        seen.insert(raw.name.clone());
+        out.push(raw);
+    }
+    Ok(out)
+}
+
+fn read_tensor_info_body(cur: &mut Cursor<'_>, index: u64, name: String, alignment: u32) -> Result<RawTensor, GgufError> {
+    let ctx = Ctx::TensorInfo(index, Some(&name));
+    let n_dims = cur.u32(ctx)?;
+    if n_dims as usize > MAX_DIMS {
+        return Err(GgufError::TooManyDims { tensor: name, n_dims, max: MAX_DIMS });
+    }
+    let mut dims = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        dims.push(cur.u64(ctx)?);
+    }
+    let type_id = cur.u32(ctx)?;
+    let offset = cur.u64(ctx)?;
+    let ty = match GgmlType::from_id(type_id) {
+        TypeLookup::Known(ty) => ty,
+        TypeLookup::Removed(removed) => {
+            return Err(GgufError::RemovedTensorType { tensor: name, type_id, type_name: removed.name })
+        }
+        TypeLookup::Unknown(type_id) => return Err(GgufError::UnknownTensorType { tensor: name, type_id }),
+    };
+    let n_bytes = match ty.byte_size(&dims) {
+        Ok(n) => n,
+        Err(source) => return Err(GgufError::BadShape { tensor: name, ty, dims, source }),
+    };
+    if offset % u64::from(alignment) != 0 {
+        return Err(GgufError::MisalignedTensor { tensor: name, offset, alignment });
+    }
+    Ok(RawTensor { name, ty, dims, offset, n_bytes })
+}
+
+/// Places each tensor's data in the file and checks that it lies inside the
+/// file and overlaps no other tensor.
+fn place_tensors(raw: Vec<RawTensor>, data_offset: u64, file_len: u64) -> Result<Vec<TensorInfo>, GgufError> {
+    let mut tensors = Vec::with_capacity(raw.len());
+    for t in raw {
+        let start = data_offset.checked_add(t.offset);
+        let end = start.and_then(|s| s.checked_add(t.n_bytes));
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(GgufError::TensorPastEnd {
+                tensor: t.name,
+                start: data_offset.saturating_add(t.offset),
+                end: u64::MAX,
+                file_len,
+            });
+        };
+        if end > file_len {
+            return Err(GgufError::TensorPastEnd { tensor: t.name, start, end, file_len });
+        }
+        // end <= file_len, which came from a slice length.
+        let data = start as usize..end as usize;
+        tensors.push(TensorInfo { name: t.name, ty: t.ty, dims: t.dims, offset: t.offset, n_bytes: t.n_bytes, data });
+    }
+
+    let mut order: Vec<usize> = (0..tensors.len()).filter(|&i| tensors[i].n_bytes > 0).collect();
+    order.sort_by_key(|&i| tensors[i].data.start);
+    for pair in order.windows(2) {
+        let (a, b) = (&tensors[pair[0]], &tensors[pair[1]]);
+        if a.data.end > b.data.start {
+            return Err(GgufError::TensorOverlap {
+                tensor: b.name.clone(),
+                start: b.data.start as u64,
+                end: b.data.end as u64,
+                other: a.name.clone(),
+                other_start: a.data.start as u64,
+                other_end: a.data.end as u64,
+            });
+        }
+    }
+    Ok(tensors)
+}

@@ -1,0 +1,13 @@
+//! shardline: run one llama-family model across several llama.cpp `rpc-server`s
+//! from a native Rust coordinator.
+//!
+//! Data flows one way: [`gguf`] (read the model) → plan → upload → graph → exec
+//! → engine → server. [`rpc`] is the client side of ggml's RPC wire protocol and
+//! depends only on `shardline-protocol`.
+// The one exception is the read-only mmap of a model file in `gguf::mmap`.
+#![deny(unsafe_code)]
+
+pub mod gguf;
+pub mod inspect;
+pub mod rpc;
+pub mod worker;

@@ -1,0 +1,106 @@
+//! The `shardline` command line.
+
+use std::io::{IsTerminal, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Run one llama-family model across several llama.cpp rpc-servers.
+#[derive(Debug, Parser)]
+#[command(name = "shardline", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run ggml's RPC server on this machine (wire-compatible with llama.cpp's
+    /// rpc-server), serving its CPU (or GPUs in a GPU build) to a coordinator.
+    Worker {
+        /// Address to listen on. Anything but loopback exposes the machine's
+        /// memory to the network: the protocol has no authentication.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// Port to listen on; 0 picks a free one (printed on the ready line).
+        #[arg(long, default_value_t = 50052)]
+        port: u16,
+        /// CPU threads used to compute graphs [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Folder to cache uploaded weights in, by hash, so a later upload of
+        /// the same bytes skips the network.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// ggml devices to serve, comma separated (e.g. CPU or CUDA0)
+        /// [default: every GPU, else the CPU].
+        #[arg(long, value_delimiter = ',')]
+        device: Vec<String>,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Worker {
+            host,
+            port,
+            threads,
+            cache,
+            device,
+        } => run_worker(shardline::worker::WorkerOptions {
+            host,
+            port,
+            threads: threads.unwrap_or_else(default_threads),
+            cache,
+            devices: device,
+        }),
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn run_worker(opts: shardline::worker::WorkerOptions) -> anyhow::Result<()> {
+    let (ready, failed) = shardline::worker::start(&opts).context("starting the worker")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{ready}")?;
+        out.flush()?;
+    }
+    tracing::info!(endpoint = %ready.endpoint, threads = opts.threads, "worker ready");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signal = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let server = tokio::task::spawn_blocking(move || failed.recv());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Ok::<_, anyhow::Error>(Ok("SIGINT")),
+            _ = term.recv() => Ok(Ok("SIGTERM")),
+            r = server => Ok(Err(match r {
+                Ok(Ok(e)) => anyhow::Error::new(e),
+                _ => anyhow::anyhow!("rpc server thread ended"),
+            })),
+        }
+    })?;
+    let signal = signal?;
+    tracing::info!(signal, "worker stopping");
+    // ggml's server loop cannot be interrupted; ending the process closes its
+    // socket and frees every client's buffers.
+    std::process::exit(0)
+}

@@ -1,0 +1,168 @@
+//! `shardline worker`: ggml's own RPC server, wrapped so that it picks a free
+//! port when asked, says when it is ready, and stops cleanly on a signal.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ggml_sys::{Device, DeviceKind};
+
+/// How a worker is started.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Address to listen on.
+    pub host: IpAddr,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// CPU threads for computing graphs.
+    pub threads: usize,
+    /// Folder where the server caches tensors by hash (the SET_TENSOR_HASH path).
+    pub cache: Option<PathBuf>,
+    /// Names of the ggml devices to serve (e.g. `CPU`, `CUDA0`); empty serves
+    /// every GPU or accelerator, or the CPU when there is none.
+    pub devices: Vec<String>,
+}
+
+/// Errors that stop a worker from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No free port could be found, or the chosen port is taken.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A device named on the command line does not exist in this build.
+    #[error("unknown device '{0}' (this build has: {1})")]
+    UnknownDevice(String, String),
+    /// The cache folder could not be created.
+    #[error("cannot create cache folder {0}: {1}")]
+    Cache(PathBuf, std::io::Error),
+    /// ggml's server stopped or never started.
+    #[error("rpc server failed: {0}")]
+    Server(String),
+    /// The server did not accept connections in time.
+    #[error("rpc server did not start listening on {0} within {1:?}")]
+    NotListening(SocketAddr, Duration),
+}
+
+/// A worker that is listening, as reported on its ready line.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Where clients connect.
+    pub endpoint: SocketAddr,
+    /// Devices served, by name.
+    pub devices: Vec<String>,
+}
+
+impl std::fmt::Display for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "shardline worker ready: endpoint={} protocol={}.{}.{} devices={}",
+            self.endpoint,
+            ggml_sys::RPC_PROTO_MAJOR,
+            ggml_sys::RPC_PROTO_MINOR,
+            ggml_sys::RPC_PROTO_PATCH,
+            self.devices.join(",")
+        )
+    }
+}
+
+fn select_devices(names: &[String]) -> Result<Vec<Device>, WorkerError> {
+    let all = Device::all();
+    if names.is_empty() {
+        let accel: Vec<Device> = all
+            .iter()
+            .copied()
+            .filter(|d| matches!(d.kind(), DeviceKind::Gpu | DeviceKind::Accelerator))
+            .collect();
+        if !accel.is_empty() {
+            return Ok(accel);
+        }
+        return Device::cpu()
+            .map(|d| vec![d])
+            .ok_or_else(|| WorkerError::UnknownDevice("CPU".into(), "none".into()));
+    }
+    names
+        .iter()
+        .map(|n| {
+            all.iter().copied().find(|d| d.name().eq_ignore_ascii_case(n)).ok_or_else(|| {
+                let have: Vec<String> = all.iter().map(Device::name).collect();
+                WorkerError::UnknownDevice(n.clone(), have.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn resolve_port(host: IpAddr, port: u16) -> Result<SocketAddr, WorkerError> {
+    let addr = SocketAddr::new(host, port);
+    // Binding here both picks a free port (for port 0) and reports a taken port
+    // with a clear error before ggml's server prints its own.
+    let listener = TcpListener::bind(addr).map_err(|source| WorkerError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| WorkerError::Bind { addr, source })?;
+    drop(listener);
+    Ok(local)
+}
+
+/// Starts ggml's RPC server on a background thread and returns once it accepts
+/// connections. The returned receiver yields the server's error if it stops.
+pub fn start(opts: &WorkerOptions) -> Result<(Ready, mpsc::Receiver<WorkerError>), WorkerError> {
+    let devices = select_devices(&opts.devices)?;
+    if let Some(dir) = &opts.cache {
+        std::fs::create_dir_all(dir).map_err(|e| WorkerError::Cache(dir.clone(), e))?;
+    }
+    let addr = resolve_port(opts.host, opts.port)?;
+    let endpoint = addr.to_string();
+    let (tx, rx) = mpsc::channel();
+    let cache = opts.cache.clone();
+    let threads = opts.threads;
+    let served = devices.clone();
+    std::thread::Builder::new()
+        .name("rpc-server".into())
+        .spawn(move || {
+            let err = match ggml_sys::rpc_start_server(&endpoint, cache.as_deref(), threads, &served) {
+                Ok(()) => "stopped".to_string(),
+                Err(e) => e,
+            };
+            let _ = tx.send(WorkerError::Server(err));
+        })
+        .map_err(|e| WorkerError::Server(format!("cannot spawn server thread: {e}")))?;
+
+    // The server binds inside ggml; wait until a connection goes through. The
+    // probe connection is closed at once, which the server treats as a client
+    // that left before saying HELLO.
+    let probe = SocketAddr::new(
+        if addr.ip().is_unspecified() {
+            match addr.ip() {
+                IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+                IpAddr::V6(_) => IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+            }
+        } else {
+            addr.ip()
+        },
+        addr.port(),
+    );
+    let deadline = Duration::from_secs(30);
+    let start = Instant::now();
+    loop {
+        if let Ok(err) = rx.try_recv() {
+            return Err(err);
+        }
+        if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        if start.elapsed() > deadline {
+            return Err(WorkerError::NotListening(addr, deadline));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ready = Ready {
+        endpoint: addr,
+        devices: devices.iter().map(Device::name).collect(),
+    };
+    Ok((ready, rx))
+}
