@@ -85,7 +85,12 @@ pub struct TensorSummary {
 
 impl TensorSummary {
     fn of(t: &TensorInfo) -> Self {
-        TensorSummary { name: t.name().to_owned(), ty: t.ty().name().to_owned(), dims: t.dims().to_vec(), bytes: t.n_bytes() }
+        TensorSummary {
+            name: t.name().to_owned(),
+            ty: t.ty().name().to_owned(),
+            dims: t.dims().to_vec(),
+            bytes: t.n_bytes(),
+        }
     }
 }
 
@@ -99,10 +104,12 @@ pub fn summarize(gguf: &Gguf) -> Result<ModelSummary, GgufError> {
     for t in gguf.tensors() {
         *tensor_types.entry(t.ty().name().to_owned()).or_insert(0) += 1;
     }
-    let file_type = md.get_opt::<u32>(keys::FILE_TYPE)?.map(|id| FileTypeSummary {
-        id,
-        name: FileType(id).name().map(str::to_owned),
-    });
+    let file_type = md
+        .get_opt::<u32>(keys::FILE_TYPE)?
+        .map(|id| FileTypeSummary {
+            id,
+            name: FileType(id).name().map(str::to_owned),
+        });
 
     Ok(ModelSummary {
         path: None,
@@ -121,7 +128,9 @@ pub fn summarize(gguf: &Gguf) -> Result<ModelSummary, GgufError> {
         n_rot: hp.n_rot,
         rope_freq_base: hp.rope_freq_base,
         rms_eps: hp.rms_eps,
-        tokenizer_model: md.get_opt::<&str>(keys::TOKENIZER_MODEL)?.map(str::to_owned),
+        tokenizer_model: md
+            .get_opt::<&str>(keys::TOKENIZER_MODEL)?
+            .map(str::to_owned),
         kv_count: md.len(),
         tensor_count: gguf.tensors().len(),
         tensor_types,
@@ -189,7 +198,9 @@ fn dims(d: &[u64]) -> String {
 
 impl fmt::Display for ModelSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let row = |f: &mut fmt::Formatter<'_>, label: &str, value: &dyn fmt::Display| writeln!(f, "{label:<16}{value}");
+        let row = |f: &mut fmt::Formatter<'_>, label: &str, value: &dyn fmt::Display| {
+            writeln!(f, "{label:<16}{value}")
+        };
 
         if let Some(path) = &self.path {
             row(f, "file", path)?;
@@ -197,36 +208,96 @@ impl fmt::Display for ModelSummary {
         row(
             f,
             "format",
-            &format!("GGUF v{}, {}, {} metadata keys, {} tensors", self.gguf_version, bytes(self.file_size), self.kv_count, self.tensor_count),
+            &format!(
+                "GGUF v{}, {}, {} metadata keys, {} tensors",
+                self.gguf_version,
+                bytes(self.file_size),
+                self.kv_count,
+                self.tensor_count
+            ),
         )?;
         row(f, "architecture", &self.architecture)?;
         if let Some(name) = &self.name {
             row(f, "name", name)?;
         }
         if let Some(ft) = &self.file_type {
-            row(f, "file type", &format!("{} ({})", ft.name.as_deref().unwrap_or("unknown"), ft.id))?;
+            row(
+                f,
+                "file type",
+                &format!("{} ({})", ft.name.as_deref().unwrap_or("unknown"), ft.id),
+            )?;
         }
         row(f, "layers", &self.n_layer)?;
         row(f, "embedding", &self.n_embd)?;
         row(f, "feed-forward", &self.n_ff)?;
-        row(f, "heads", &format!("{} (head size {})", self.n_head, self.head_dim))?;
+        row(
+            f,
+            "heads",
+            &format!("{} (head size {})", self.n_head, self.head_dim),
+        )?;
         row(f, "KV heads", &self.n_head_kv)?;
-        let tokenizer = self.tokenizer_model.as_deref().map(|m| format!(" (tokenizer {m})")).unwrap_or_default();
+        let tokenizer = self
+            .tokenizer_model
+            .as_deref()
+            .map(|m| format!(" (tokenizer {m})"))
+            .unwrap_or_default();
         row(f, "vocabulary", &format!("{}{tokenizer}", self.n_vocab))?;
         row(f, "context", &format!("{} (trained)", self.n_ctx_train))?;
-        row(f, "rope", &format!("freq base {}, {} dims", self.rope_freq_base, self.n_rot))?;
+        row(
+            f,
+            "rope",
+            &format!("freq base {}, {} dims", self.rope_freq_base, self.n_rot),
+        )?;
         row(f, "rms norm eps", &self.rms_eps)?;
-        row(f, "output", &if self.output_tied { "tied to token_embd.weight" } else { "output.weight" })?;
-        let types: Vec<String> = self.tensor_types.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
+        row(
+            f,
+            "output",
+            &if self.output_tied {
+                "tied to token_embd.weight"
+            } else {
+                "output.weight"
+            },
+        )?;
+        let types: Vec<String> = self
+            .tensor_types
+            .iter()
+            .map(|(t, n)| format!("{t} ×{n}"))
+            .collect();
         row(f, "tensor types", &types.join(", "))?;
-        row(f, "tensor data", &format!("{} from byte {}, aligned to {}", bytes(self.tensor_bytes), grouped(self.data_offset), self.alignment))?;
+        row(
+            f,
+            "tensor data",
+            &format!(
+                "{} from byte {}, aligned to {}",
+                bytes(self.tensor_bytes),
+                grouped(self.data_offset),
+                self.alignment
+            ),
+        )?;
 
         writeln!(f)?;
         writeln!(f, "non-layer tensors: {}", bytes(self.non_layer_bytes))?;
-        let name_w = self.non_layer_tensors.iter().map(|t| t.name.len()).max().unwrap_or(0);
-        let dims_w = self.non_layer_tensors.iter().map(|t| dims(&t.dims).chars().count()).max().unwrap_or(0);
+        let name_w = self
+            .non_layer_tensors
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(0);
+        let dims_w = self
+            .non_layer_tensors
+            .iter()
+            .map(|t| dims(&t.dims).chars().count())
+            .max()
+            .unwrap_or(0);
         for t in &self.non_layer_tensors {
-            writeln!(f, "  {:<name_w$}  {:<5}  {:<dims_w$}  {}", t.name, t.ty, dims(&t.dims), bytes(t.bytes))?;
+            writeln!(
+                f,
+                "  {:<name_w$}  {:<5}  {:<dims_w$}  {}",
+                t.name,
+                t.ty,
+                dims(&t.dims),
+                bytes(t.bytes)
+            )?;
         }
 
         writeln!(f)?;
@@ -235,11 +306,20 @@ impl fmt::Display for ModelSummary {
         let mut start = 0;
         while start < self.layer_bytes.len() {
             let size = self.layer_bytes[start];
-            let end = start + self.layer_bytes[start..].iter().take_while(|&&b| b == size).count();
+            let end = start
+                + self.layer_bytes[start..]
+                    .iter()
+                    .take_while(|&&b| b == size)
+                    .count();
             if end - start == 1 {
                 writeln!(f, "  {start:<9}  {}", bytes(size))?;
             } else {
-                writeln!(f, "  {:<9}  {} each", format!("{start}-{}", end - 1), bytes(size))?;
+                writeln!(
+                    f,
+                    "  {:<9}  {} each",
+                    format!("{start}-{}", end - 1),
+                    bytes(size)
+                )?;
             }
             start = end;
         }
@@ -267,11 +347,25 @@ mod tests {
             .add_kv("llama.context_length", 512u32)
             .add_kv("tokenizer.ggml.model", "llama")
             .add_kv("tokenizer.ggml.tokens", vec!["<s>", "</s>", "a", "b", "c"]);
-        w.add_tensor("token_embd.weight", GgmlType::F16, &[64, 5], vec![0u8; 640]).unwrap();
-        w.add_tensor("output_norm.weight", GgmlType::F32, &[64], vec![0u8; 256]).unwrap();
+        w.add_tensor("token_embd.weight", GgmlType::F16, &[64, 5], vec![0u8; 640])
+            .unwrap();
+        w.add_tensor("output_norm.weight", GgmlType::F32, &[64], vec![0u8; 256])
+            .unwrap();
         for layer in 0..2 {
-            w.add_tensor(format!("blk.{layer}.attn_norm.weight"), GgmlType::F32, &[64], vec![0u8; 256]).unwrap();
-            w.add_tensor(format!("blk.{layer}.attn_q.weight"), GgmlType::Q8_0, &[64, 64], vec![0u8; 2 * 34 * 64]).unwrap();
+            w.add_tensor(
+                format!("blk.{layer}.attn_norm.weight"),
+                GgmlType::F32,
+                &[64],
+                vec![0u8; 256],
+            )
+            .unwrap();
+            w.add_tensor(
+                format!("blk.{layer}.attn_q.weight"),
+                GgmlType::Q8_0,
+                &[64, 64],
+                vec![0u8; 2 * 34 * 64],
+            )
+            .unwrap();
         }
         Gguf::from_bytes(w.to_bytes().unwrap().0).unwrap()
     }
@@ -281,8 +375,24 @@ mod tests {
         let s = summarize(&tiny()).unwrap();
         assert_eq!(s.architecture, "llama");
         assert_eq!(s.name.as_deref(), Some("tiny"));
-        assert_eq!(s.file_type, Some(FileTypeSummary { id: 1, name: Some("MOSTLY_F16".into()) }));
-        assert_eq!((s.n_layer, s.n_embd, s.n_ff, s.n_head, s.n_head_kv, s.head_dim), (2, 64, 96, 4, 2, 16));
+        assert_eq!(
+            s.file_type,
+            Some(FileTypeSummary {
+                id: 1,
+                name: Some("MOSTLY_F16".into())
+            })
+        );
+        assert_eq!(
+            (
+                s.n_layer,
+                s.n_embd,
+                s.n_ff,
+                s.n_head,
+                s.n_head_kv,
+                s.head_dim
+            ),
+            (2, 64, 96, 4, 2, 16)
+        );
         assert_eq!((s.n_vocab, s.n_ctx_train), (5, 512));
         assert_eq!(s.tokenizer_model.as_deref(), Some("llama"));
         assert_eq!(s.tensor_count, 6);
@@ -298,8 +408,18 @@ mod tests {
     #[test]
     fn text_report() {
         let text = summarize(&tiny()).unwrap().to_string();
-        for line in ["architecture    llama", "layers          2", "KV heads        2", "vocabulary      5 (tokenizer llama)", "file type       MOSTLY_F16 (1)", "  0-1        4,608 B (4.50 KiB) each"] {
-            assert!(text.lines().any(|l| l == line), "missing line {line:?} in:\n{text}");
+        for line in [
+            "architecture    llama",
+            "layers          2",
+            "KV heads        2",
+            "vocabulary      5 (tokenizer llama)",
+            "file type       MOSTLY_F16 (1)",
+            "  0-1        4,608 B (4.50 KiB) each",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing line {line:?} in:\n{text}"
+            );
         }
         assert!(text.contains("token_embd.weight"));
     }
@@ -307,7 +427,8 @@ mod tests {
     #[test]
     fn json_report() {
         let s = summarize(&tiny()).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(v["architecture"], "llama");
         assert_eq!(v["n_layer"], 2);
         assert_eq!(v["file_type"]["name"], "MOSTLY_F16");
@@ -317,13 +438,17 @@ mod tests {
 
     #[test]
     fn run_inspect_reads_a_file() {
-        let path = std::env::temp_dir().join(format!("shardline-inspect-{}.gguf", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("shardline-inspect-{}.gguf", std::process::id()));
         std::fs::write(&path, tiny().bytes()).unwrap();
         let text = run_inspect(&path, false).unwrap();
         assert!(text.starts_with("file            "), "{text}");
         let json = run_inspect(&path, true).unwrap();
         assert!(json.contains("\"n_head_kv\": 2"), "{json}");
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(run_inspect(&path, false), Err(InspectError::Gguf(GgufError::Io { .. }))));
+        assert!(matches!(
+            run_inspect(&path, false),
+            Err(InspectError::Gguf(GgufError::Io { .. }))
+        ));
     }
 }

@@ -8,6 +8,8 @@
 #![deny(unsafe_code)]
 
 pub mod gguf;
+pub mod graph;
 pub mod inspect;
+pub mod load;
 pub mod rpc;
 pub mod worker;

@@ -76,6 +76,15 @@ fn default_threads() -> usize {
 }
 
 fn run_worker(opts: shardline::worker::WorkerOptions) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Handlers go in before the ready line, so a signal sent right after it
+    // still means a clean stop.
+    let (mut term, mut int) = rt.block_on(async {
+        Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+    })?;
     let (ready, failed) = shardline::worker::start(&opts).context("starting the worker")?;
     {
         let mut out = std::io::stdout().lock();
@@ -83,23 +92,18 @@ fn run_worker(opts: shardline::worker::WorkerOptions) -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(endpoint = %ready.endpoint, threads = opts.threads, "worker ready");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let signal = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stopped_by = rt.block_on(async {
         let server = tokio::task::spawn_blocking(move || failed.recv());
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => Ok::<_, anyhow::Error>(Ok("SIGINT")),
-            _ = term.recv() => Ok(Ok("SIGTERM")),
-            r = server => Ok(Err(match r {
+            _ = int.recv() => Ok("SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+            r = server => Err(match r {
                 Ok(Ok(e)) => anyhow::Error::new(e),
                 _ => anyhow::anyhow!("rpc server thread ended"),
-            })),
+            }),
         }
     })?;
-    let signal = signal?;
-    tracing::info!(signal, "worker stopping");
+    tracing::info!(signal = stopped_by, "worker stopping");
     // ggml's server loop cannot be interrupted; ending the process closes its
     // socket and frees every client's buffers.
     std::process::exit(0)

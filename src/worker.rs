@@ -166,3 +166,102 @@ pub fn start(opts: &WorkerOptions) -> Result<(Ready, mpsc::Receiver<WorkerError>
     };
     Ok((ready, rx))
 }
+
+/// A `shardline worker` child process on this machine, started by the
+/// coordinator when no servers are given (and by the tests). Killed, by pid,
+/// when dropped.
+#[derive(Debug)]
+pub struct LocalWorker {
+    child: std::process::Child,
+    /// Where it listens.
+    pub endpoint: SocketAddr,
+}
+
+impl LocalWorker {
+    /// Starts `exe worker --host 127.0.0.1 --port 0 <extra>` and waits up to
+    /// `timeout` for its ready line.
+    pub fn spawn(
+        exe: &std::path::Path,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> Result<LocalWorker, WorkerError> {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+
+        let mut child = Command::new(exe)
+            .args(["worker", "--host", "127.0.0.1", "--port", "0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| WorkerError::Server(format!("cannot start {}: {e}", exe.display())))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("worker-stdout".into())
+            .spawn(move || {
+                let mut tx = Some(tx);
+                // Drain stdout for the worker's whole life so ggml's server
+                // never blocks on a full pipe.
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.strip_prefix("shardline worker ready: endpoint=") {
+                        if let Some(tx) = tx.take() {
+                            let ep = rest.split_whitespace().next().unwrap_or_default().to_string();
+                            let _ = tx.send(ep);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| WorkerError::Server(format!("cannot spawn reader thread: {e}")))?;
+        let mut worker = LocalWorker {
+            child,
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let ep = rx.recv_timeout(timeout).map_err(|_| {
+            WorkerError::Server(format!(
+                "local worker did not become ready within {timeout:?}"
+            ))
+        })?;
+        worker.endpoint = ep
+            .parse()
+            .map_err(|_| WorkerError::Server(format!("bad endpoint on ready line: {ep:?}")))?;
+        Ok(worker)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the worker now (SIGKILL, by pid) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its status.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LocalWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

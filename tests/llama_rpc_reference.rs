@@ -4,12 +4,12 @@
 mod common;
 
 use common::llama_ref::{rpc_devices, LlamaRef};
-use common::{model_path, Worker};
+use common::{model_path, start_worker};
 
 #[test]
 fn llama_cpp_rpc_client_runs_smollm2_on_two_workers() {
-    let w1 = Worker::start();
-    let w2 = Worker::start();
+    let w1 = start_worker(&[]);
+    let w2 = start_worker(&[]);
     let devices = rpc_devices(&[w1.endpoint, w2.endpoint]);
     assert_eq!(devices.len(), 2, "one device per worker");
 

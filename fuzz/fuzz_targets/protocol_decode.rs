@@ -17,8 +17,14 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let Ok(Some((req, used))) = decode_request_frame(rest) {
         let mut again = Vec::new();
-        req.encode(&mut again).expect("a decoded request re-encodes");
-        assert_eq!(Some(&again[..]), rest.get(..used), "re-encoding differs for {}", req.command());
+        req.encode(&mut again)
+            .expect("a decoded request re-encodes");
+        assert_eq!(
+            Some(&again[..]),
+            rest.get(..used),
+            "re-encoding differs for {}",
+            req.command()
+        );
         assert_eq!(req.command().as_u8(), rest[0]);
         rest = rest.get(used..).unwrap_or(&[]);
     }
@@ -57,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The raw tensor parser accepts every 296-byte pattern and round-trips it.
-    if let Some(t) = data.get(..RpcTensor::WIRE_SIZE).and_then(RpcTensor::from_slice) {
+    if let Some(t) = data
+        .get(..RpcTensor::WIRE_SIZE)
+        .and_then(RpcTensor::from_slice)
+    {
         assert_eq!(&t.to_bytes()[..], &data[..RpcTensor::WIRE_SIZE]);
         let _ = t.name();
     }

@@ -111,7 +111,7 @@ impl CpuBackend {
 
     /// Allocate backend memory for every tensor of `ctx` that has none. The
     /// buffer belongs to `ctx` from then on.
-    pub fn alloc_context(&self, ctx: &mut Context) -> Result<(), GgmlError> {
+    pub fn alloc_context(&self, ctx: &Context) -> Result<(), GgmlError> {
         if ctx.tensors().iter().all(|t| t.is_allocated()) {
             return Ok(());
         }
@@ -119,7 +119,7 @@ impl CpuBackend {
         let p = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), self.0.as_ptr()) };
         let buf = NonNull::new(p)
             .ok_or_else(|| GgmlError::Backend("could not allocate a CPU buffer for the context".into()))?;
-        ctx.buffers.push(buf);
+        ctx.buffers.borrow_mut().push(buf);
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! ggml contexts and the tensors that live in them.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
@@ -22,7 +23,7 @@ const MAX_NAME: usize = 64;
 pub struct Context {
     ptr: NonNull<sys::ggml_context>,
     no_alloc: bool,
-    pub(crate) buffers: Vec<NonNull<sys::ggml_backend_buffer>>,
+    pub(crate) buffers: RefCell<Vec<NonNull<sys::ggml_backend_buffer>>>,
 }
 
 // SAFETY: a ggml context is a plain arena with no thread affinity; moving it to
@@ -46,7 +47,7 @@ impl Context {
         Ok(Self {
             ptr,
             no_alloc,
-            buffers: Vec::new(),
+            buffers: RefCell::new(Vec::new()),
         })
     }
 
@@ -178,7 +179,7 @@ impl Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
-        for buf in self.buffers.drain(..) {
+        for buf in self.buffers.get_mut().drain(..) {
             // SAFETY: each buffer was returned by ggml_backend_alloc_ctx_tensors
             // for this context and is freed exactly once, here.
             unsafe { sys::ggml_backend_buffer_free(buf.as_ptr()) };

@@ -238,14 +238,20 @@ mod tests {
         assert_eq!(Command::Hello as u8, 14);
         assert_eq!(Command::MemsetTensor as u8, 17);
         assert_eq!(Command::GraphRecompute as u8, 16);
-        assert_eq!(Command::GetAllocSize.request_size(), RequestSize::Exact(3260));
+        assert_eq!(
+            Command::GetAllocSize.request_size(),
+            RequestSize::Exact(3260)
+        );
         assert_eq!(Command::SetTensor.request_size(), RequestSize::AtLeast(305));
         assert_eq!(Command::Hello.response_shape(), ResponseShape::Fixed(28));
     }
 
     #[test]
     fn pipelined_commands() {
-        let pipelined: Vec<Command> = Command::ALL.into_iter().filter(|c| !c.has_response()).collect();
+        let pipelined: Vec<Command> = Command::ALL
+            .into_iter()
+            .filter(|c| !c.has_response())
+            .collect();
         assert_eq!(
             pipelined,
             [

@@ -135,10 +135,26 @@ mod tests {
     fn version_rule() {
         let v = PROTOCOL_VERSION;
         assert_eq!(v.to_string(), "7.0.0");
-        assert!(v.accepts_server(Version { major: 7, minor: 0, patch: 9 }));
-        assert!(!v.accepts_server(Version { major: 7, minor: 1, patch: 0 }));
-        assert!(!v.accepts_server(Version { major: 6, minor: 0, patch: 0 }));
-        assert!(!v.accepts_server(Version { major: 8, minor: 0, patch: 0 }));
+        assert!(v.accepts_server(Version {
+            major: 7,
+            minor: 0,
+            patch: 9
+        }));
+        assert!(!v.accepts_server(Version {
+            major: 7,
+            minor: 1,
+            patch: 0
+        }));
+        assert!(!v.accepts_server(Version {
+            major: 6,
+            minor: 0,
+            patch: 0
+        }));
+        assert!(!v.accepts_server(Version {
+            major: 8,
+            minor: 0,
+            patch: 0
+        }));
     }
 
     #[test]

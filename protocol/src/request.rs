@@ -165,7 +165,9 @@ pub struct RequestHeader {
 impl RequestHeader {
     /// Header plus payload length, if it fits a `usize`.
     pub fn frame_len(&self) -> Option<usize> {
-        usize::try_from(self.payload_len).ok()?.checked_add(REQUEST_HEADER_LEN)
+        usize::try_from(self.payload_len)
+            .ok()?
+            .checked_add(REQUEST_HEADER_LEN)
     }
 }
 
@@ -230,9 +232,11 @@ pub fn encode_set_tensor_header(
     data_len: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
-    let payload_len = len_u64(SET_TENSOR_FIXED_LEN)
-        .checked_add(data_len)
-        .ok_or(EncodeError::PayloadTooLarge { cmd: Command::SetTensor })?;
+    let payload_len = len_u64(SET_TENSOR_FIXED_LEN).checked_add(data_len).ok_or(
+        EncodeError::PayloadTooLarge {
+            cmd: Command::SetTensor,
+        },
+    )?;
     header(out, Command::SetTensor, payload_len);
     tensor.encode(out);
     put_u8(out, u8::from(cache));
@@ -256,7 +260,11 @@ pub fn encode_set_tensor(
 
 /// `SET_TENSOR_HASH`: `rpc_tensor | offset u64 | hash u64`.
 pub fn encode_set_tensor_hash(tensor: &RpcTensor, offset: u64, hash: u64, out: &mut Vec<u8>) {
-    header(out, Command::SetTensorHash, fixed_len(Command::SetTensorHash));
+    header(
+        out,
+        Command::SetTensorHash,
+        fixed_len(Command::SetTensorHash),
+    );
     tensor.encode(out);
     put_u64(out, offset);
     put_u64(out, hash);
@@ -299,9 +307,16 @@ pub fn encode_graph_compute(
 ) -> Result<(), EncodeError> {
     let n_nodes = count_u32("graph nodes", nodes.len())?;
     let n_tensors = count_u32("graph tensors", tensors.len())?;
-    let len = graph_compute_payload_len(u64::from(n_nodes), u64::from(n_tensors))
-        .ok_or(EncodeError::PayloadTooLarge { cmd: Command::GraphCompute })?;
-    out.reserve(usize::try_from(len).unwrap_or(0).saturating_add(REQUEST_HEADER_LEN));
+    let len = graph_compute_payload_len(u64::from(n_nodes), u64::from(n_tensors)).ok_or(
+        EncodeError::PayloadTooLarge {
+            cmd: Command::GraphCompute,
+        },
+    )?;
+    out.reserve(
+        usize::try_from(len)
+            .unwrap_or(0)
+            .saturating_add(REQUEST_HEADER_LEN),
+    );
     header(out, Command::GraphCompute, len);
     put_u32(out, device);
     put_u32(out, n_nodes);
@@ -336,9 +351,16 @@ pub fn encode_get_alloc_size(
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     if srcs.len() > GGML_MAX_SRC {
-        return Err(EncodeError::TooManySources { max: GGML_MAX_SRC, got: srcs.len() });
+        return Err(EncodeError::TooManySources {
+            max: GGML_MAX_SRC,
+            got: srcs.len(),
+        });
     }
-    header(out, Command::GetAllocSize, len_u64(GET_ALLOC_SIZE_PAYLOAD_LEN));
+    header(
+        out,
+        Command::GetAllocSize,
+        len_u64(GET_ALLOC_SIZE_PAYLOAD_LEN),
+    );
     put_u32(out, device);
     tensor.encode(out);
     for s in srcs {
@@ -426,28 +448,40 @@ impl Request<'_> {
             Request::BufferClear { remote_ptr, value } => {
                 encode_buffer_clear(*remote_ptr, *value, out)
             }
-            Request::SetTensor { tensor, cache, offset, data } => {
-                encode_set_tensor(tensor, *cache, *offset, data, out)?
-            }
-            Request::SetTensorHash { tensor, offset, hash } => {
-                encode_set_tensor_hash(tensor, *offset, *hash, out)
-            }
-            Request::GetTensor { tensor, offset, size } => {
-                encode_get_tensor(tensor, *offset, *size, out)
-            }
+            Request::SetTensor {
+                tensor,
+                cache,
+                offset,
+                data,
+            } => encode_set_tensor(tensor, *cache, *offset, data, out)?,
+            Request::SetTensorHash {
+                tensor,
+                offset,
+                hash,
+            } => encode_set_tensor_hash(tensor, *offset, *hash, out),
+            Request::GetTensor {
+                tensor,
+                offset,
+                size,
+            } => encode_get_tensor(tensor, *offset, *size, out),
             Request::CopyTensor { src, dst } => encode_copy_tensor(src, dst, out),
             Request::GraphCompute(g) => encode_graph_compute(g.device, &g.nodes, &g.tensors, out)?,
             Request::GetDeviceMemory { device } => encode_get_device_memory(*device, out),
             Request::InitTensor { tensor } => encode_init_tensor(tensor, out),
-            Request::GetAllocSize { device, tensor, srcs } => {
-                encode_get_alloc_size(*device, tensor, &srcs[..], out)?
-            }
+            Request::GetAllocSize {
+                device,
+                tensor,
+                srcs,
+            } => encode_get_alloc_size(*device, tensor, &srcs[..], out)?,
             Request::Hello { conn_caps } => encode_hello(conn_caps, out),
             Request::DeviceCount => encode_device_count(out),
             Request::GraphRecompute { device } => encode_graph_recompute(*device, out),
-            Request::MemsetTensor { tensor, offset, size, value } => {
-                encode_memset_tensor(tensor, *offset, *size, *value, out)
-            }
+            Request::MemsetTensor {
+                tensor,
+                offset,
+                size,
+                value,
+            } => encode_memset_tensor(tensor, *offset, *size, *value, out),
         }
         Ok(())
     }
@@ -472,10 +506,18 @@ pub fn decode_request_header(buf: &[u8]) -> Result<Option<RequestHeader>, Decode
     };
     match cmd.request_size() {
         RequestSize::Exact(n) if payload_len != len_u64(n) => {
-            return Err(DecodeError::SizeMismatch { cmd, expected: len_u64(n), got: payload_len });
+            return Err(DecodeError::SizeMismatch {
+                cmd,
+                expected: len_u64(n),
+                got: payload_len,
+            });
         }
         RequestSize::AtLeast(n) if payload_len < len_u64(n) => {
-            return Err(DecodeError::TooShort { cmd, min: len_u64(n), got: payload_len });
+            return Err(DecodeError::TooShort {
+                cmd,
+                min: len_u64(n),
+                got: payload_len,
+            });
         }
         _ => {}
     }
@@ -502,7 +544,8 @@ pub fn decode_request_frame(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, 
 }
 
 fn read_tensor(r: &mut Reader<'_>) -> Option<RpcTensor> {
-    r.array::<RPC_TENSOR_SIZE>().map(|b| RpcTensor::from_bytes(&b))
+    r.array::<RPC_TENSOR_SIZE>()
+        .map(|b| RpcTensor::from_bytes(&b))
 }
 
 fn decode_bool(cmd: Command, field: &'static str, value: u8) -> Result<bool, DecodeError> {
@@ -518,10 +561,18 @@ pub fn decode_request_payload(cmd: Command, payload: &[u8]) -> Result<Request<'_
     let got = len_u64(payload.len());
     match cmd.request_size() {
         RequestSize::Exact(n) if payload.len() != n => {
-            return Err(DecodeError::SizeMismatch { cmd, expected: len_u64(n), got });
+            return Err(DecodeError::SizeMismatch {
+                cmd,
+                expected: len_u64(n),
+                got,
+            });
         }
         RequestSize::AtLeast(n) if payload.len() < n => {
-            return Err(DecodeError::TooShort { cmd, min: len_u64(n), got });
+            return Err(DecodeError::TooShort {
+                cmd,
+                min: len_u64(n),
+                got,
+            });
         }
         _ => {}
     }
@@ -532,8 +583,11 @@ pub fn decode_request_payload(cmd: Command, payload: &[u8]) -> Result<Request<'_
     }
     // The length was checked above, so the reads below cannot run short;
     // `None` would still be reported as a size error rather than a panic.
-    decode_fixed(cmd, &mut Reader::new(payload))
-        .ok_or(DecodeError::SizeMismatch { cmd, expected: fixed_len(cmd), got })
+    decode_fixed(cmd, &mut Reader::new(payload)).ok_or(DecodeError::SizeMismatch {
+        cmd,
+        expected: fixed_len(cmd),
+        got,
+    })
 }
 
 fn decode_set_tensor(payload: &[u8]) -> Result<Request<'_>, DecodeError> {
@@ -541,22 +595,41 @@ fn decode_set_tensor(payload: &[u8]) -> Result<Request<'_>, DecodeError> {
     let mut r = Reader::new(payload);
     let (Some(tensor), Some(flag), Some(offset)) = (read_tensor(&mut r), r.u8(), r.u64()) else {
         let got = len_u64(payload.len());
-        return Err(DecodeError::TooShort { cmd, min: len_u64(SET_TENSOR_FIXED_LEN), got });
+        return Err(DecodeError::TooShort {
+            cmd,
+            min: len_u64(SET_TENSOR_FIXED_LEN),
+            got,
+        });
     };
     let cache = decode_bool(cmd, "cache_flag", flag)?;
-    Ok(Request::SetTensor { tensor, cache, offset, data: r.rest() })
+    Ok(Request::SetTensor {
+        tensor,
+        cache,
+        offset,
+        data: r.rest(),
+    })
 }
 
 /// Commands whose payload has a fixed layout (all but `SET_TENSOR` and
 /// `GRAPH_COMPUTE`); `None` if the bytes run out.
 fn decode_fixed<'a>(cmd: Command, r: &mut Reader<'a>) -> Option<Request<'a>> {
     Some(match cmd {
-        Command::AllocBuffer => Request::AllocBuffer { device: r.u32()?, size: r.u64()? },
+        Command::AllocBuffer => Request::AllocBuffer {
+            device: r.u32()?,
+            size: r.u64()?,
+        },
         Command::GetAlignment => Request::GetAlignment { device: r.u32()? },
         Command::GetMaxSize => Request::GetMaxSize { device: r.u32()? },
-        Command::BufferGetBase => Request::BufferGetBase { remote_ptr: r.u64()? },
-        Command::FreeBuffer => Request::FreeBuffer { remote_ptr: r.u64()? },
-        Command::BufferClear => Request::BufferClear { remote_ptr: r.u64()?, value: r.u8()? },
+        Command::BufferGetBase => Request::BufferGetBase {
+            remote_ptr: r.u64()?,
+        },
+        Command::FreeBuffer => Request::FreeBuffer {
+            remote_ptr: r.u64()?,
+        },
+        Command::BufferClear => Request::BufferClear {
+            remote_ptr: r.u64()?,
+            value: r.u8()?,
+        },
         Command::SetTensorHash => Request::SetTensorHash {
             tensor: read_tensor(r)?,
             offset: r.u64()?,
@@ -567,9 +640,14 @@ fn decode_fixed<'a>(cmd: Command, r: &mut Reader<'a>) -> Option<Request<'a>> {
             offset: r.u64()?,
             size: r.u64()?,
         },
-        Command::CopyTensor => Request::CopyTensor { src: read_tensor(r)?, dst: read_tensor(r)? },
+        Command::CopyTensor => Request::CopyTensor {
+            src: read_tensor(r)?,
+            dst: read_tensor(r)?,
+        },
         Command::GetDeviceMemory => Request::GetDeviceMemory { device: r.u32()? },
-        Command::InitTensor => Request::InitTensor { tensor: read_tensor(r)? },
+        Command::InitTensor => Request::InitTensor {
+            tensor: read_tensor(r)?,
+        },
         Command::GetAllocSize => {
             let device = r.u32()?;
             let tensor = read_tensor(r)?;
@@ -577,9 +655,15 @@ fn decode_fixed<'a>(cmd: Command, r: &mut Reader<'a>) -> Option<Request<'a>> {
             for s in srcs.iter_mut() {
                 *s = read_tensor(r)?;
             }
-            Request::GetAllocSize { device, tensor, srcs }
+            Request::GetAllocSize {
+                device,
+                tensor,
+                srcs,
+            }
         }
-        Command::Hello => Request::Hello { conn_caps: r.array()? },
+        Command::Hello => Request::Hello {
+            conn_caps: r.array()?,
+        },
         Command::DeviceCount => Request::DeviceCount,
         Command::GraphRecompute => Request::GraphRecompute { device: r.u32()? },
         Command::MemsetTensor => Request::MemsetTensor {
@@ -595,7 +679,11 @@ fn decode_fixed<'a>(cmd: Command, r: &mut Reader<'a>) -> Option<Request<'a>> {
 
 fn decode_graph_compute(payload: &[u8]) -> Result<GraphCompute, DecodeError> {
     let got = len_u64(payload.len());
-    let too_short = DecodeError::TooShort { cmd: Command::GraphCompute, min: 12, got };
+    let too_short = DecodeError::TooShort {
+        cmd: Command::GraphCompute,
+        min: 12,
+        got,
+    };
     let mut r = Reader::new(payload);
     let (Some(device), Some(n_nodes)) = (r.u32(), r.u32()) else {
         return Err(too_short);
@@ -616,7 +704,9 @@ fn decode_graph_compute(payload: &[u8]) -> Result<GraphCompute, DecodeError> {
     let Some(n_tensors) = r.u32() else {
         return Err(size_error(0));
     };
-    let tensors_len = usize::try_from(n_tensors).ok().and_then(|n| n.checked_mul(RPC_TENSOR_SIZE));
+    let tensors_len = usize::try_from(n_tensors)
+        .ok()
+        .and_then(|n| n.checked_mul(RPC_TENSOR_SIZE));
     if tensors_len != Some(r.remaining()) {
         return Err(size_error(n_tensors));
     }
@@ -633,7 +723,11 @@ fn decode_graph_compute(payload: &[u8]) -> Result<GraphCompute, DecodeError> {
         .chunks_exact(RPC_TENSOR_SIZE)
         .filter_map(RpcTensor::from_slice)
         .collect();
-    Ok(GraphCompute { device, nodes, tensors })
+    Ok(GraphCompute {
+        device,
+        nodes,
+        tensors,
+    })
 }
 
 #[cfg(test)]
@@ -662,16 +756,40 @@ mod tests {
         srcs[0] = tensor(7);
         srcs[1] = tensor(8);
         vec![
-            Request::AllocBuffer { device: 1, size: 1 << 33 },
+            Request::AllocBuffer {
+                device: 1,
+                size: 1 << 33,
+            },
             Request::GetAlignment { device: 2 },
             Request::GetMaxSize { device: 3 },
-            Request::BufferGetBase { remote_ptr: 0xdead_beef },
+            Request::BufferGetBase {
+                remote_ptr: 0xdead_beef,
+            },
             Request::FreeBuffer { remote_ptr: 0xfeed },
-            Request::BufferClear { remote_ptr: 0xfeed, value: 0xab },
-            Request::SetTensor { tensor: tensor(1), cache: true, offset: 12, data },
-            Request::SetTensorHash { tensor: tensor(2), offset: 3, hash: 0x1234_5678_9abc_def0 },
-            Request::GetTensor { tensor: tensor(3), offset: 4, size: 5 },
-            Request::CopyTensor { src: tensor(4), dst: tensor(5) },
+            Request::BufferClear {
+                remote_ptr: 0xfeed,
+                value: 0xab,
+            },
+            Request::SetTensor {
+                tensor: tensor(1),
+                cache: true,
+                offset: 12,
+                data,
+            },
+            Request::SetTensorHash {
+                tensor: tensor(2),
+                offset: 3,
+                hash: 0x1234_5678_9abc_def0,
+            },
+            Request::GetTensor {
+                tensor: tensor(3),
+                offset: 4,
+                size: 5,
+            },
+            Request::CopyTensor {
+                src: tensor(4),
+                dst: tensor(5),
+            },
             Request::GraphCompute(GraphCompute {
                 device: 1,
                 nodes: vec![10, 11],
@@ -679,11 +797,22 @@ mod tests {
             }),
             Request::GetDeviceMemory { device: 4 },
             Request::InitTensor { tensor: tensor(6) },
-            Request::GetAllocSize { device: 0, tensor: tensor(9), srcs },
-            Request::Hello { conn_caps: [0; CONN_CAPS_SIZE] },
+            Request::GetAllocSize {
+                device: 0,
+                tensor: tensor(9),
+                srcs,
+            },
+            Request::Hello {
+                conn_caps: [0; CONN_CAPS_SIZE],
+            },
             Request::DeviceCount,
             Request::GraphRecompute { device: 5 },
-            Request::MemsetTensor { tensor: tensor(13), offset: 1, size: 2, value: 3 },
+            Request::MemsetTensor {
+                tensor: tensor(13),
+                offset: 1,
+                size: 2,
+                value: 3,
+            },
         ]
     }
 
@@ -728,11 +857,17 @@ mod tests {
         assert_eq!(&v[..9], &[14, 24, 0, 0, 0, 0, 0, 0, 0]);
         v.clear();
         encode_buffer_clear(0x11, 0x22, &mut v);
-        assert_eq!(v, [5, 9, 0, 0, 0, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0, 0, 0, 0x22]);
+        assert_eq!(
+            v,
+            [5, 9, 0, 0, 0, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0, 0, 0, 0x22]
+        );
         v.clear();
         encode_memset_tensor(&tensor(1), 5, 6, 7, &mut v);
         assert_eq!(v.len(), 9 + 296 + 17);
-        assert_eq!(v[9 + 296..], [5, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(
+            v[9 + 296..],
+            [5, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 7]
+        );
         v.clear();
         let mut big = Vec::new();
         encode_get_alloc_size(3, &tensor(1), &[tensor(2)], &mut big).unwrap();
@@ -745,7 +880,10 @@ mod tests {
         let mut v = Vec::new();
         encode_graph_compute(3, &[0xaa, 0xbb], &[tensor(1)], &mut v).unwrap();
         let payload = &v[9..];
-        assert_eq!(payload.len() as u64, graph_compute_payload_len(2, 1).unwrap());
+        assert_eq!(
+            payload.len() as u64,
+            graph_compute_payload_len(2, 1).unwrap()
+        );
         assert_eq!(&payload[0..4], &3u32.to_le_bytes());
         assert_eq!(&payload[4..8], &2u32.to_le_bytes());
         assert_eq!(&payload[8..16], &0xaau64.to_le_bytes());
@@ -773,7 +911,12 @@ mod tests {
         for req in samples(&data) {
             let bytes = encode(&req);
             for n in 0..bytes.len() {
-                assert_eq!(decode_request_frame(&bytes[..n]), Ok(None), "{} at {n}", req.command());
+                assert_eq!(
+                    decode_request_frame(&bytes[..n]),
+                    Ok(None),
+                    "{} at {n}",
+                    req.command()
+                );
                 if n < 9 {
                     continue;
                 }
@@ -803,20 +946,34 @@ mod tests {
 
     #[test]
     fn invalid_headers() {
-        assert_eq!(decode_request_frame(&[18]), Err(DecodeError::UnknownCommand(crate::UnknownCommand(18))));
-        assert_eq!(decode_request_frame(&[0xff, 0, 0]), Err(crate::UnknownCommand(0xff).into()));
+        assert_eq!(
+            decode_request_frame(&[18]),
+            Err(DecodeError::UnknownCommand(crate::UnknownCommand(18)))
+        );
+        assert_eq!(
+            decode_request_frame(&[0xff, 0, 0]),
+            Err(crate::UnknownCommand(0xff).into())
+        );
         // A fixed-size command with a wrong declared size is invalid at once.
         let mut v = vec![Command::GetAlignment.as_u8()];
         v.extend_from_slice(&8u64.to_le_bytes());
         assert_eq!(
             decode_request_frame(&v),
-            Err(DecodeError::SizeMismatch { cmd: Command::GetAlignment, expected: 4, got: 8 })
+            Err(DecodeError::SizeMismatch {
+                cmd: Command::GetAlignment,
+                expected: 4,
+                got: 8
+            })
         );
         let mut v = vec![Command::SetTensor.as_u8()];
         v.extend_from_slice(&304u64.to_le_bytes());
         assert_eq!(
             decode_request_frame(&v),
-            Err(DecodeError::TooShort { cmd: Command::SetTensor, min: 305, got: 304 })
+            Err(DecodeError::TooShort {
+                cmd: Command::SetTensor,
+                min: 305,
+                got: 304
+            })
         );
         // A huge declared size is only "incomplete": nothing is allocated.
         let mut v = vec![Command::SetTensor.as_u8()];
@@ -831,7 +988,11 @@ mod tests {
         v[9 + 296] = 2;
         assert_eq!(
             decode_request_frame(&v),
-            Err(DecodeError::InvalidBool { cmd: Command::SetTensor, field: "cache_flag", value: 2 })
+            Err(DecodeError::InvalidBool {
+                cmd: Command::SetTensor,
+                field: "cache_flag",
+                value: 2
+            })
         );
     }
 
@@ -850,7 +1011,10 @@ mod tests {
         p.extend_from_slice(&0u32.to_le_bytes());
         assert!(matches!(
             decode_request_frame(&frame(&p)),
-            Err(DecodeError::GraphSize { n_nodes: u32::MAX, .. })
+            Err(DecodeError::GraphSize {
+                n_nodes: u32::MAX,
+                ..
+            })
         ));
         // n_tensors = u32::MAX with no tensor bytes.
         let mut p = Vec::new();
@@ -859,14 +1023,20 @@ mod tests {
         p.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             decode_request_frame(&frame(&p)),
-            Err(DecodeError::GraphSize { n_tensors: u32::MAX, .. })
+            Err(DecodeError::GraphSize {
+                n_tensors: u32::MAX,
+                ..
+            })
         ));
         // Trailing bytes after the last tensor.
         let mut v = Vec::new();
         encode_graph_compute(0, &[1], &[tensor(1)], &mut v).unwrap();
         let mut p = v[9..].to_vec();
         p.push(0);
-        assert!(matches!(decode_request_frame(&frame(&p)), Err(DecodeError::GraphSize { .. })));
+        assert!(matches!(
+            decode_request_frame(&frame(&p)),
+            Err(DecodeError::GraphSize { .. })
+        ));
         // Empty graph is well-formed.
         let mut v = Vec::new();
         encode_graph_compute(0, &[], &[], &mut v).unwrap();

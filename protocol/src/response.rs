@@ -80,14 +80,20 @@ impl ExpectedResponse {
     /// [`ExpectedResponse::get_tensor`]).
     pub fn fixed(cmd: Command) -> Option<Self> {
         match cmd.response_shape() {
-            ResponseShape::Fixed(n) => Some(ExpectedResponse { cmd, len: len_u64(n) }),
+            ResponseShape::Fixed(n) => Some(ExpectedResponse {
+                cmd,
+                len: len_u64(n),
+            }),
             ResponseShape::None | ResponseShape::Requested => None,
         }
     }
 
     /// The answer to a `GET_TENSOR` of `size` bytes.
     pub fn get_tensor(size: u64) -> Self {
-        ExpectedResponse { cmd: Command::GetTensor, len: size }
+        ExpectedResponse {
+            cmd: Command::GetTensor,
+            len: size,
+        }
     }
 
     /// Checks a declared payload length.
@@ -95,7 +101,11 @@ impl ExpectedResponse {
         if got == self.len {
             Ok(())
         } else {
-            Err(DecodeError::SizeMismatch { cmd: self.cmd, expected: self.len, got })
+            Err(DecodeError::SizeMismatch {
+                cmd: self.cmd,
+                expected: self.len,
+                got,
+            })
         }
     }
 }
@@ -119,7 +129,9 @@ pub fn decode_response_frame(
         return Ok(None);
     };
     expected.check_len(declared)?;
-    let Some(end) = usize::try_from(declared).ok().and_then(|n| n.checked_add(RESPONSE_HEADER_LEN))
+    let Some(end) = usize::try_from(declared)
+        .ok()
+        .and_then(|n| n.checked_add(RESPONSE_HEADER_LEN))
     else {
         return Ok(None);
     };
@@ -164,14 +176,21 @@ fn bool_result(cmd: Command, payload: &[u8]) -> Result<bool, DecodeError> {
     match fixed(cmd, payload, Reader::u8)? {
         0 => Ok(false),
         1 => Ok(true),
-        value => Err(DecodeError::InvalidBool { cmd, field: "result", value }),
+        value => Err(DecodeError::InvalidBool {
+            cmd,
+            field: "result",
+            value,
+        }),
     }
 }
 
 /// `ALLOC_BUFFER`: `remote_ptr u64 | remote_size u64`.
 pub fn decode_alloc_buffer_response(payload: &[u8]) -> Result<AllocBufferResponse, DecodeError> {
     fixed(Command::AllocBuffer, payload, |r| {
-        Some(AllocBufferResponse { remote_ptr: r.u64()?, remote_size: r.u64()? })
+        Some(AllocBufferResponse {
+            remote_ptr: r.u64()?,
+            remote_size: r.u64()?,
+        })
     })
 }
 
@@ -209,7 +228,10 @@ pub fn decode_copy_tensor_response(payload: &[u8]) -> Result<bool, DecodeError> 
 /// `GET_DEVICE_MEMORY`: `free u64 | total u64`.
 pub fn decode_get_device_memory_response(payload: &[u8]) -> Result<DeviceMemory, DecodeError> {
     fixed(Command::GetDeviceMemory, payload, |r| {
-        Some(DeviceMemory { free: r.u64()?, total: r.u64()? })
+        Some(DeviceMemory {
+            free: r.u64()?,
+            total: r.u64()?,
+        })
     })
 }
 
@@ -222,9 +244,16 @@ pub fn decode_get_alloc_size_response(payload: &[u8]) -> Result<u64, DecodeError
 /// padding byte is ignored.
 pub fn decode_hello_response(payload: &[u8]) -> Result<HelloResponse, DecodeError> {
     fixed(Command::Hello, payload, |r| {
-        let version = Version { major: r.u8()?, minor: r.u8()?, patch: r.u8()? };
+        let version = Version {
+            major: r.u8()?,
+            minor: r.u8()?,
+            patch: r.u8()?,
+        };
         let _pad = r.u8()?;
-        Some(HelloResponse { version, conn_caps: r.array()? })
+        Some(HelloResponse {
+            version,
+            conn_caps: r.array()?,
+        })
     })
 }
 
@@ -256,7 +285,9 @@ impl<'a> Response<'a> {
         expected.check_len(len_u64(payload.len()))?;
         Ok(match expected.cmd {
             Command::AllocBuffer => Response::AllocBuffer(decode_alloc_buffer_response(payload)?),
-            Command::GetAlignment => Response::GetAlignment(decode_get_alignment_response(payload)?),
+            Command::GetAlignment => {
+                Response::GetAlignment(decode_get_alignment_response(payload)?)
+            }
             Command::GetMaxSize => Response::GetMaxSize(decode_get_max_size_response(payload)?),
             Command::BufferGetBase => {
                 Response::BufferGetBase(decode_buffer_get_base_response(payload)?)
@@ -293,7 +324,10 @@ impl<'a> Response<'a> {
                 ResponseShape::None | ResponseShape::Requested => 0,
             },
         };
-        ExpectedResponse { cmd: self.command(), len }
+        ExpectedResponse {
+            cmd: self.command(),
+            len,
+        }
     }
 
     /// Appends the whole frame (`size u64 | payload`) to `out`, as a server
@@ -336,7 +370,10 @@ mod tests {
         let mut caps = [0u8; CONN_CAPS_SIZE];
         caps[3] = 9;
         vec![
-            Response::AllocBuffer(AllocBufferResponse { remote_ptr: 0x55aa, remote_size: 4096 }),
+            Response::AllocBuffer(AllocBufferResponse {
+                remote_ptr: 0x55aa,
+                remote_size: 4096,
+            }),
             Response::GetAlignment(32),
             Response::GetMaxSize(u64::MAX),
             Response::BufferGetBase(0x7f00_0000_0000),
@@ -345,7 +382,10 @@ mod tests {
             Response::CopyTensor(false),
             Response::GetDeviceMemory(DeviceMemory { free: 1, total: 2 }),
             Response::GetAllocSize(123),
-            Response::Hello(HelloResponse { version: PROTOCOL_VERSION, conn_caps: caps }),
+            Response::Hello(HelloResponse {
+                version: PROTOCOL_VERSION,
+                conn_caps: caps,
+            }),
             Response::DeviceCount(3),
         ]
     }
@@ -391,7 +431,11 @@ mod tests {
         let mut v = Vec::new();
         let caps = [0xcc; CONN_CAPS_SIZE];
         Response::Hello(HelloResponse {
-            version: Version { major: 7, minor: 1, patch: 2 },
+            version: Version {
+                major: 7,
+                minor: 1,
+                patch: 2,
+            },
             conn_caps: caps,
         })
         .encode(&mut v);
@@ -410,7 +454,11 @@ mod tests {
         v.extend_from_slice(&[1, 2, 3, 4]);
         assert_eq!(
             decode_response_frame(exp, &v),
-            Err(DecodeError::SizeMismatch { cmd: Command::GetAlignment, expected: 8, got: 4 })
+            Err(DecodeError::SizeMismatch {
+                cmd: Command::GetAlignment,
+                expected: 8,
+                got: 4
+            })
         );
         // Reported from the header alone, before the payload arrives.
         assert!(decode_response_frame(exp, &v[..8]).is_err());
@@ -420,14 +468,22 @@ mod tests {
         assert!(decode_device_count_response(&[0; 8]).is_err());
         assert_eq!(
             decode_get_tensor_response(&[1, 2], 3),
-            Err(DecodeError::SizeMismatch { cmd: Command::GetTensor, expected: 3, got: 2 })
+            Err(DecodeError::SizeMismatch {
+                cmd: Command::GetTensor,
+                expected: 3,
+                got: 2
+            })
         );
         assert_eq!(decode_get_tensor_response(&[1, 2], 2), Ok(&[1u8, 2][..]));
         // "HTTP/1.1" read as a size.
         let http = b"HTTP/1.1 400 Bad Request\r\n";
         assert!(matches!(
             decode_response_frame(ExpectedResponse::fixed(Command::Hello).unwrap(), http),
-            Err(DecodeError::SizeMismatch { cmd: Command::Hello, expected: 28, .. })
+            Err(DecodeError::SizeMismatch {
+                cmd: Command::Hello,
+                expected: 28,
+                ..
+            })
         ));
     }
 
@@ -437,13 +493,23 @@ mod tests {
         assert_eq!(decode_set_tensor_hash_response(&[1]), Ok(true));
         assert_eq!(
             decode_copy_tensor_response(&[2]),
-            Err(DecodeError::InvalidBool { cmd: Command::CopyTensor, field: "result", value: 2 })
+            Err(DecodeError::InvalidBool {
+                cmd: Command::CopyTensor,
+                field: "result",
+                value: 2
+            })
         );
     }
 
     #[test]
     fn no_response_commands() {
-        let exp = ExpectedResponse { cmd: Command::SetTensor, len: 0 };
-        assert_eq!(Response::decode(exp, &[]), Err(DecodeError::NoResponse(Command::SetTensor)));
+        let exp = ExpectedResponse {
+            cmd: Command::SetTensor,
+            len: 0,
+        };
+        assert_eq!(
+            Response::decode(exp, &[]),
+            Err(DecodeError::NoResponse(Command::SetTensor))
+        );
     }
 }

@@ -169,7 +169,11 @@ impl RpcTensor {
 
     /// The name's bytes, up to the first NUL (all 64 bytes if there is none).
     pub fn name_bytes(&self) -> &[u8] {
-        let end = self.name.iter().position(|&c| c == 0).unwrap_or(self.name.len());
+        let end = self
+            .name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(self.name.len());
         self.name.get(..end).unwrap_or(&[])
     }
 
@@ -184,7 +188,10 @@ impl RpcTensor {
         let bytes = name.as_bytes();
         let max = GGML_MAX_NAME - 1;
         if bytes.len() > max {
-            return Err(NameError::TooLong { len: bytes.len(), max });
+            return Err(NameError::TooLong {
+                len: bytes.len(),
+                max,
+            });
         }
         if bytes.contains(&0) {
             return Err(NameError::InteriorNul);
@@ -292,7 +299,10 @@ mod tests {
         assert_eq!(t.name(), Some(""));
         t.set_name(&"x".repeat(63)).unwrap();
         assert_eq!(t.name().unwrap().len(), 63);
-        assert_eq!(t.set_name(&"x".repeat(64)), Err(NameError::TooLong { len: 64, max: 63 }));
+        assert_eq!(
+            t.set_name(&"x".repeat(64)),
+            Err(NameError::TooLong { len: 64, max: 63 })
+        );
         assert_eq!(t.set_name("a\0b"), Err(NameError::InteriorNul));
         t.set_name("short").unwrap();
         assert_eq!(t.name(), Some("short"));

@@ -31,7 +31,10 @@ impl fmt::Display for Location {
             Location::Key { index } => write!(f, "the name of key #{index}"),
             Location::Value { key } => write!(f, "the value of key '{key}'"),
             Location::TensorInfo { index, name: None } => write!(f, "tensor info #{index}"),
-            Location::TensorInfo { index, name: Some(name) } => {
+            Location::TensorInfo {
+                index,
+                name: Some(name),
+            } => {
                 write!(f, "tensor info #{index} ('{name}')")
             }
         }
@@ -129,7 +132,11 @@ pub enum GgufError {
     DuplicateTensor { name: String, index: u64 },
 
     #[error("tensor '{tensor}' has {n_dims} dimensions, at most {max} are allowed")]
-    TooManyDims { tensor: String, n_dims: u32, max: usize },
+    TooManyDims {
+        tensor: String,
+        n_dims: u32,
+        max: usize,
+    },
 
     #[error("tensor '{tensor}' has unknown ggml type {type_id}")]
     UnknownTensorType { tensor: String, type_id: u32 },
@@ -150,7 +157,9 @@ pub enum GgufError {
         source: SizeError,
     },
 
-    #[error("tensor '{tensor}' has data offset {offset}, not a multiple of the alignment {alignment}")]
+    #[error(
+        "tensor '{tensor}' has data offset {offset}, not a multiple of the alignment {alignment}"
+    )]
     MisalignedTensor {
         tensor: String,
         offset: u64,

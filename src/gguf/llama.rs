@@ -179,17 +179,31 @@ impl LlamaHparams {
         let n_head_kv = opt_count(keys::HEAD_COUNT_KV)?.unwrap_or(n_head);
         let n_ctx_train = count(keys::CONTEXT_LENGTH)?;
         if n_head % n_head_kv != 0 {
-            return Err(bad(&key(keys::HEAD_COUNT_KV), n_head_kv, "must divide the head count"));
+            return Err(bad(
+                &key(keys::HEAD_COUNT_KV),
+                n_head_kv,
+                "must divide the head count",
+            ));
         }
         let head_dim = match opt_count(keys::KEY_LENGTH)? {
             Some(d) => d,
             None if n_embd % n_head == 0 => n_embd / n_head,
-            None => return Err(bad(&key(keys::HEAD_COUNT), n_head, "must divide the embedding length")),
+            None => {
+                return Err(bad(
+                    &key(keys::HEAD_COUNT),
+                    n_head,
+                    "must divide the embedding length",
+                ))
+            }
         };
         let n_rot = opt_count(keys::ROPE_DIMENSION_COUNT)?.unwrap_or(head_dim);
         let n_vocab = vocab_size(md, &architecture)?;
-        let rope_freq_base = md.get_opt::<f32>(&key(keys::ROPE_FREQ_BASE))?.unwrap_or(DEFAULT_ROPE_FREQ_BASE);
-        let rms_eps = md.get_opt::<f32>(&key(keys::RMS_EPS))?.unwrap_or(DEFAULT_RMS_EPS);
+        let rope_freq_base = md
+            .get_opt::<f32>(&key(keys::ROPE_FREQ_BASE))?
+            .unwrap_or(DEFAULT_ROPE_FREQ_BASE);
+        let rms_eps = md
+            .get_opt::<f32>(&key(keys::RMS_EPS))?
+            .unwrap_or(DEFAULT_RMS_EPS);
 
         Ok(LlamaHparams {
             architecture,
@@ -221,7 +235,11 @@ impl TryFrom<&Metadata> for LlamaHparams {
 }
 
 fn bad(key: &str, value: u32, reason: &'static str) -> GgufError {
-    GgufError::BadHyperparameter { key: key.to_owned(), value: value.to_string(), reason }
+    GgufError::BadHyperparameter {
+        key: key.to_owned(),
+        value: value.to_string(),
+        reason,
+    }
 }
 
 /// Vocabulary size: the length of `tokenizer.ggml.tokens` (what llama.cpp
@@ -245,7 +263,9 @@ pub fn vocab_size(md: &Metadata, arch: &str) -> Result<u32, GgufError> {
     if md.contains(&k) {
         md.get_unsigned_u32(&k)
     } else {
-        Err(GgufError::MissingKey { key: format!("{} (or {k})", keys::TOKENS) })
+        Err(GgufError::MissingKey {
+            key: format!("{} (or {k})", keys::TOKENS),
+        })
     }
 }
 
@@ -284,9 +304,14 @@ impl LayerBytes {
         for t in tensors {
             let slot = match layer_index(t.name()) {
                 None => &mut other,
-                Some(layer) => usize::try_from(layer).ok().and_then(|i| layers.get_mut(i)).ok_or_else(|| {
-                    GgufError::LayerOutOfRange { tensor: t.name().to_owned(), layer, n_layer }
-                })?,
+                Some(layer) => usize::try_from(layer)
+                    .ok()
+                    .and_then(|i| layers.get_mut(i))
+                    .ok_or_else(|| GgufError::LayerOutOfRange {
+                        tensor: t.name().to_owned(),
+                        layer,
+                        n_layer,
+                    })?,
             };
             // Tensor sizes are bounded by the file length: no overflow.
             slot.bytes += t.n_bytes();
@@ -303,9 +328,9 @@ impl LayerBytes {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::writer::GgufWriter;
     use super::super::{GgmlType, Gguf};
+    use super::*;
 
     fn base() -> Metadata {
         let mut md = Metadata::new();
@@ -343,7 +368,10 @@ mod tests {
         md.insert("llama.attention.layer_norm_rms_epsilon", 1e-6f32);
         md.insert("llama.rope.dimension_count", 4u32);
         let hp = LlamaHparams::try_from(&md).unwrap();
-        assert_eq!((hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_rot), (2, 8, 2, 4));
+        assert_eq!(
+            (hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_rot),
+            (2, 8, 2, 4)
+        );
         assert_eq!((hp.rope_freq_base, hp.rms_eps), (5e5, 1e-6));
         assert_eq!(hp.n_embd_kv(), 16);
     }
@@ -353,25 +381,39 @@ mod tests {
         let mut md = base();
         md.insert("llama.attention.head_count_kv", 3u32);
         let err = LlamaHparams::from_metadata(&md).unwrap_err();
-        assert!(matches!(&err, GgufError::BadHyperparameter { key, .. } if key == "llama.attention.head_count_kv"), "{err}");
+        assert!(
+            matches!(&err, GgufError::BadHyperparameter { key, .. } if key == "llama.attention.head_count_kv"),
+            "{err}"
+        );
 
         let mut md = base();
         md.insert("llama.block_count", 0u32);
-        assert!(matches!(LlamaHparams::from_metadata(&md), Err(GgufError::BadHyperparameter { .. })));
+        assert!(matches!(
+            LlamaHparams::from_metadata(&md),
+            Err(GgufError::BadHyperparameter { .. })
+        ));
 
         let mut md = base();
         md.insert("llama.embedding_length", 60u32);
-        assert!(matches!(LlamaHparams::from_metadata(&md), Err(GgufError::BadHyperparameter { .. })));
+        assert!(matches!(
+            LlamaHparams::from_metadata(&md),
+            Err(GgufError::BadHyperparameter { .. })
+        ));
 
         let mut md = base();
         md.insert("llama.rope.freq_base", 10_000u32);
         let err = LlamaHparams::from_metadata(&md).unwrap_err();
-        assert!(matches!(&err, GgufError::WrongType { key, expected: "f32", .. } if key == "llama.rope.freq_base"));
+        assert!(
+            matches!(&err, GgufError::WrongType { key, expected: "f32", .. } if key == "llama.rope.freq_base")
+        );
 
         let mut md = Metadata::new();
         md.insert(keys::ARCHITECTURE, "mistral");
         let err = LlamaHparams::from_metadata(&md).unwrap_err();
-        assert!(matches!(&err, GgufError::MissingKey { key } if key == "mistral.block_count"), "{err}");
+        assert!(
+            matches!(&err, GgufError::MissingKey { key } if key == "mistral.block_count"),
+            "{err}"
+        );
 
         let err = LlamaHparams::from_metadata(&Metadata::new()).unwrap_err();
         assert!(matches!(&err, GgufError::MissingKey { key } if key == keys::ARCHITECTURE));
@@ -388,37 +430,80 @@ mod tests {
         assert_eq!(vocab_size(&md, "llama").unwrap(), 1000);
 
         let err = vocab_size(&Metadata::new(), "llama").unwrap_err();
-        assert!(err.to_string().contains("tokenizer.ggml.tokens") && err.to_string().contains("llama.vocab_size"));
+        assert!(
+            err.to_string().contains("tokenizer.ggml.tokens")
+                && err.to_string().contains("llama.vocab_size")
+        );
 
         let mut md = Metadata::new();
         md.insert(keys::TOKENS, "not a list");
-        assert!(matches!(vocab_size(&md, "llama"), Err(GgufError::WrongType { .. })));
+        assert!(matches!(
+            vocab_size(&md, "llama"),
+            Err(GgufError::WrongType { .. })
+        ));
     }
 
     #[test]
     fn layer_indices() {
         assert_eq!(layer_index("blk.0.attn_q.weight"), Some(0));
         assert_eq!(layer_index("blk.29.ffn_down.weight"), Some(29));
-        for name in ["token_embd.weight", "output.weight", "blk.x.y", "blk.1", "blk..a", "blk.+1.a", "blk.-1.a", "xblk.1.a"] {
+        for name in [
+            "token_embd.weight",
+            "output.weight",
+            "blk.x.y",
+            "blk.1",
+            "blk..a",
+            "blk.+1.a",
+            "blk.-1.a",
+            "xblk.1.a",
+        ] {
             assert_eq!(layer_index(name), None, "{name}");
         }
-        assert_eq!(layer_index("blk.99999999999999999999999.a"), None, "too big for u64");
+        assert_eq!(
+            layer_index("blk.99999999999999999999999.a"),
+            None,
+            "too big for u64"
+        );
     }
 
     #[test]
     fn bytes_per_layer() {
         let mut w = GgufWriter::new();
-        w.add_tensor("token_embd.weight", GgmlType::F32, &[4, 3], vec![0u8; 48]).unwrap();
-        w.add_tensor("blk.0.a", GgmlType::F32, &[2], vec![0u8; 8]).unwrap();
-        w.add_tensor("blk.1.a", GgmlType::F32, &[3], vec![0u8; 12]).unwrap();
-        w.add_tensor("blk.1.b", GgmlType::F16, &[3], vec![0u8; 6]).unwrap();
+        w.add_tensor("token_embd.weight", GgmlType::F32, &[4, 3], vec![0u8; 48])
+            .unwrap();
+        w.add_tensor("blk.0.a", GgmlType::F32, &[2], vec![0u8; 8])
+            .unwrap();
+        w.add_tensor("blk.1.a", GgmlType::F32, &[3], vec![0u8; 12])
+            .unwrap();
+        w.add_tensor("blk.1.b", GgmlType::F16, &[3], vec![0u8; 6])
+            .unwrap();
         let g = Gguf::from_bytes(w.to_bytes().unwrap().0).unwrap();
         let lb = LayerBytes::of(g.tensors(), 2).unwrap();
-        assert_eq!(lb.layers, [LayerTotal { bytes: 8, tensors: 1 }, LayerTotal { bytes: 18, tensors: 2 }]);
-        assert_eq!(lb.other, LayerTotal { bytes: 48, tensors: 1 });
+        assert_eq!(
+            lb.layers,
+            [
+                LayerTotal {
+                    bytes: 8,
+                    tensors: 1
+                },
+                LayerTotal {
+                    bytes: 18,
+                    tensors: 2
+                }
+            ]
+        );
+        assert_eq!(
+            lb.other,
+            LayerTotal {
+                bytes: 48,
+                tensors: 1
+            }
+        );
         assert_eq!(lb.total(), 74);
         let err = LayerBytes::of(g.tensors(), 1).unwrap_err();
-        assert!(matches!(&err, GgufError::LayerOutOfRange { tensor, layer: 1, n_layer: 1 } if tensor == "blk.1.a"));
+        assert!(
+            matches!(&err, GgufError::LayerOutOfRange { tensor, layer: 1, n_layer: 1 } if tensor == "blk.1.a")
+        );
     }
 
     #[test]

@@ -55,7 +55,9 @@ impl Metadata {
 
     /// The value of `key`, or [`GgufError::MissingKey`].
     pub fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_owned() })
+        self.get(key).ok_or_else(|| GgufError::MissingKey {
+            key: key.to_owned(),
+        })
     }
 
     /// The value of `key` as `T`: [`GgufError::MissingKey`] if absent,
@@ -69,7 +71,9 @@ impl Metadata {
     pub fn get_opt<'a, T: FromValue<'a>>(&'a self, key: &str) -> Result<Option<T>, GgufError> {
         match self.get(key) {
             None => Ok(None),
-            Some(value) => T::from_value(value).map(Some).ok_or_else(|| wrong_type(key, T::EXPECTED, value)),
+            Some(value) => T::from_value(value)
+                .map(Some)
+                .ok_or_else(|| wrong_type(key, T::EXPECTED, value)),
         }
     }
 
@@ -152,5 +156,9 @@ impl Metadata {
 }
 
 fn wrong_type(key: &str, expected: &'static str, found: &Value) -> GgufError {
-    GgufError::WrongType { key: key.to_owned(), expected, found: found.type_description() }
+    GgufError::WrongType {
+        key: key.to_owned(),
+        expected,
+        found: found.type_description(),
+    }
 }

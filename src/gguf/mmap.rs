@@ -29,7 +29,10 @@ impl AsRef<[u8]> for MappedFile {
 /// Opens `path` read-only and maps the whole file.
 #[allow(unsafe_code)]
 pub fn map_file(path: &Path) -> Result<MappedFile, GgufError> {
-    let io_err = |source| GgufError::Io { path: path.to_owned(), source };
+    let io_err = |source| GgufError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let file = File::open(path).map_err(io_err)?;
     // SAFETY: the map is read-only (the file was opened read-only and `Mmap`
     // gives out only `&[u8]`), so this process never writes through it. What
@@ -38,5 +41,8 @@ pub fn map_file(path: &Path) -> Result<MappedFile, GgufError> {
     // reading it fault; as with every mmap-based model reader, keeping model
     // files unchanged while they are in use is the caller's responsibility.
     let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
-    Ok(MappedFile { map, path: path.to_owned() })
+    Ok(MappedFile {
+        map,
+        path: path.to_owned(),
+    })
 }

@@ -39,8 +39,8 @@ pub use metadata::Metadata;
 pub use mmap::{map_file, MappedFile};
 pub use reader::{GgufContent, TensorInfo};
 pub use types::{
-    element_count, GgmlType, RemovedType, SizeError, TypeLookup, TypeTraits, GGML_TYPE_COUNT, MAX_ELEMENTS,
-    REMOVED_TYPES,
+    element_count, GgmlType, RemovedType, SizeError, TypeLookup, TypeTraits, GGML_TYPE_COUNT,
+    MAX_ELEMENTS, REMOVED_TYPES,
 };
 pub use value::{Array, FromValue, Value, ValueType};
 
@@ -227,7 +227,9 @@ impl Gguf {
 
     /// The data of the tensor called `name`.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], GgufError> {
-        let info = self.tensor(name).ok_or_else(|| GgufError::NoSuchTensor { name: name.to_owned() })?;
+        let info = self.tensor(name).ok_or_else(|| GgufError::NoSuchTensor {
+            name: name.to_owned(),
+        })?;
         Ok(self.tensor_data(info))
     }
 }

@@ -102,7 +102,12 @@ impl GgufContent {
     pub fn parse(bytes: &[u8]) -> Result<GgufContent, GgufError> {
         let mut cur = Cursor { buf: bytes, pos: 0 };
         let version = read_header_version(&mut cur)?;
-        let n_tensors = cur.count("tensor count", MAX_TENSOR_COUNT, MIN_TENSOR_INFO_SIZE, Ctx::Header)?;
+        let n_tensors = cur.count(
+            "tensor count",
+            MAX_TENSOR_COUNT,
+            MIN_TENSOR_INFO_SIZE,
+            Ctx::Header,
+        )?;
         let n_kv = cur.count("key-value count", MAX_KV_COUNT, MIN_KV_SIZE, Ctx::Header)?;
 
         let metadata = read_metadata(&mut cur, n_kv)?;
@@ -111,15 +116,34 @@ impl GgufContent {
 
         // With no tensors there is no data section to align.
         let header_end = cur.pos as u64;
-        let data_offset = if infos.is_empty() { header_end } else { align_up(header_end, alignment) };
+        let data_offset = if infos.is_empty() {
+            header_end
+        } else {
+            align_up(header_end, alignment)
+        };
         let file_len = bytes.len() as u64;
         if data_offset > file_len {
-            return Err(GgufError::DataPastEnd { data_offset, file_len });
+            return Err(GgufError::DataPastEnd {
+                data_offset,
+                file_len,
+            });
         }
 
         let tensors = place_tensors(infos, data_offset, file_len)?;
-        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(GgufContent { version, alignment, data_offset, file_len, metadata, tensors, by_name })
+        let by_name = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(GgufContent {
+            version,
+            alignment,
+            data_offset,
+            file_len,
+            metadata,
+            tensors,
+            by_name,
+        })
     }
 
     pub fn version(&self) -> u32 {
@@ -181,8 +205,13 @@ impl Ctx<'_> {
         match self {
             Ctx::Header => Location::Header,
             Ctx::Key(index) => Location::Key { index },
-            Ctx::Value(key) => Location::Value { key: key.to_owned() },
-            Ctx::TensorInfo(index, name) => Location::TensorInfo { index, name: name.map(str::to_owned) },
+            Ctx::Value(key) => Location::Value {
+                key: key.to_owned(),
+            },
+            Ctx::TensorInfo(index, name) => Location::TensorInfo {
+                index,
+                name: name.map(str::to_owned),
+            },
         }
     }
 }
@@ -235,14 +264,29 @@ impl<'a> Cursor<'a> {
 
     /// A length or count, checked against a cap and against the bytes left
     /// (each element needs at least `min_each` bytes).
-    fn count(&mut self, what: &'static str, max: u64, min_each: u64, ctx: Ctx<'_>) -> Result<u64, GgufError> {
+    fn count(
+        &mut self,
+        what: &'static str,
+        max: u64,
+        min_each: u64,
+        ctx: Ctx<'_>,
+    ) -> Result<u64, GgufError> {
         let offset = self.offset();
         let count = self.u64(ctx)?;
         if count > max {
-            return Err(GgufError::CountOverLimit { what, count, max, offset, location: ctx.location() });
+            return Err(GgufError::CountOverLimit {
+                what,
+                count,
+                max,
+                offset,
+                location: ctx.location(),
+            });
         }
         let remaining = self.remaining();
-        if count.checked_mul(min_each).is_none_or(|least| least > remaining) {
+        if count
+            .checked_mul(min_each)
+            .is_none_or(|least| least > remaining)
+        {
             return Err(GgufError::CountPastEnd {
                 what,
                 count,
@@ -259,7 +303,10 @@ impl<'a> Cursor<'a> {
         let len = self.count("string length", max_len, 1, ctx)?;
         let offset = self.offset();
         let bytes = self.take(len, ctx)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { offset, location: ctx.location() })
+        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 {
+            offset,
+            location: ctx.location(),
+        })
     }
 }
 
@@ -286,10 +333,16 @@ fn read_metadata(cur: &mut Cursor<'_>, n_kv: u64) -> Result<Metadata, GgufError>
         let key_offset = cur.offset();
         let key = cur.string(MAX_STRING_LEN, Ctx::Key(index))?;
         if key.is_empty() {
-            return Err(GgufError::EmptyKey { index, offset: key_offset });
+            return Err(GgufError::EmptyKey {
+                index,
+                offset: key_offset,
+            });
         }
         if metadata.contains(&key) {
-            return Err(GgufError::DuplicateKey { key, offset: key_offset });
+            return Err(GgufError::DuplicateKey {
+                key,
+                offset: key_offset,
+            });
         }
         let ctx = Ctx::Value(&key);
         let ty = read_value_type(cur, ctx)?;
@@ -302,7 +355,11 @@ fn read_metadata(cur: &mut Cursor<'_>, n_kv: u64) -> Result<Metadata, GgufError>
 fn read_value_type(cur: &mut Cursor<'_>, ctx: Ctx<'_>) -> Result<ValueType, GgufError> {
     let offset = cur.offset();
     let type_id = cur.u32(ctx)?;
-    ValueType::from_id(type_id).ok_or(GgufError::UnknownValueType { type_id, offset, location: ctx.location() })
+    ValueType::from_id(type_id).ok_or(GgufError::UnknownValueType {
+        type_id,
+        offset,
+        location: ctx.location(),
+    })
 }
 
 fn read_value(cur: &mut Cursor<'_>, ty: ValueType, ctx: Ctx<'_>) -> Result<Value, GgufError> {
@@ -328,7 +385,11 @@ fn read_bool(cur: &mut Cursor<'_>, ctx: Ctx<'_>) -> Result<bool, GgufError> {
     match cur.array::<1>(ctx)?[0] {
         0 => Ok(false),
         1 => Ok(true),
-        byte => Err(GgufError::InvalidBool { offset, byte, location: ctx.location() }),
+        byte => Err(GgufError::InvalidBool {
+            offset,
+            byte,
+            location: ctx.location(),
+        }),
     }
 }
 
@@ -356,7 +417,11 @@ fn read_scalars<T, const N: usize>(
 fn read_array(cur: &mut Cursor<'_>, depth: usize, ctx: Ctx<'_>) -> Result<Array, GgufError> {
     let offset = cur.offset();
     if depth > MAX_ARRAY_DEPTH {
-        return Err(GgufError::ArrayTooDeep { max: MAX_ARRAY_DEPTH, offset, location: ctx.location() });
+        return Err(GgufError::ArrayTooDeep {
+            max: MAX_ARRAY_DEPTH,
+            offset,
+            location: ctx.location(),
+        });
     }
     let elem = read_value_type(cur, ctx)?;
     let n = cur.count("array length", MAX_ARRAY_LEN, elem.min_encoded_size(), ctx)?;
@@ -384,7 +449,10 @@ fn read_array(cur: &mut Cursor<'_>, depth: usize, ctx: Ctx<'_>) -> Result<Array,
 const MAX_PREALLOC: u64 = 4096;
 
 /// Calls `next` `n` times.
-fn collect_n<T>(n: u64, mut next: impl FnMut() -> Result<T, GgufError>) -> Result<Vec<T>, GgufError> {
+fn collect_n<T>(
+    n: u64,
+    mut next: impl FnMut() -> Result<T, GgufError>,
+) -> Result<Vec<T>, GgufError> {
     let mut out = Vec::with_capacity(n.min(MAX_PREALLOC) as usize);
     for _ in 0..n {
         out.push(next()?);
@@ -397,7 +465,9 @@ fn alignment_of(metadata: &Metadata) -> Result<u32, GgufError> {
         None => Ok(DEFAULT_ALIGNMENT),
         Some(&Value::U32(alignment)) if alignment.is_power_of_two() => Ok(alignment),
         Some(&Value::U32(alignment)) => Err(GgufError::BadAlignment { alignment }),
-        Some(other) => Err(GgufError::AlignmentType { found: other.value_type() }),
+        Some(other) => Err(GgufError::AlignmentType {
+            found: other.value_type(),
+        }),
     }
 }
 
@@ -410,7 +480,11 @@ struct RawTensor {
     n_bytes: u64,
 }
 
-fn read_tensor_infos(cur: &mut Cursor<'_>, n_tensors: u64, alignment: u32) -> Result<Vec<RawTensor>, GgufError> {
+fn read_tensor_infos(
+    cur: &mut Cursor<'_>,
+    n_tensors: u64,
+    alignment: u32,
+) -> Result<Vec<RawTensor>, GgufError> {
     let reserve = n_tensors.min(MAX_PREALLOC) as usize;
     let mut out: Vec<RawTensor> = Vec::with_capacity(reserve);
     let mut seen: HashSet<String> = HashSet::with_capacity(reserve);
@@ -418,7 +492,10 @@ fn read_tensor_infos(cur: &mut Cursor<'_>, n_tensors: u64, alignment: u32) -> Re
         let name_offset = cur.offset();
         let name = cur.string(MAX_TENSOR_NAME_LEN, Ctx::TensorInfo(index, None))?;
         if name.is_empty() {
-            return Err(GgufError::EmptyTensorName { index, offset: name_offset });
+            return Err(GgufError::EmptyTensorName {
+                index,
+                offset: name_offset,
+            });
         }
         if seen.contains(&name) {
             return Err(GgufError::DuplicateTensor { name, index });
@@ -430,11 +507,20 @@ fn read_tensor_infos(cur: &mut Cursor<'_>, n_tensors: u64, alignment: u32) -> Re
     Ok(out)
 }
 
-fn read_tensor_info_body(cur: &mut Cursor<'_>, index: u64, name: String, alignment: u32) -> Result<RawTensor, GgufError> {
+fn read_tensor_info_body(
+    cur: &mut Cursor<'_>,
+    index: u64,
+    name: String,
+    alignment: u32,
+) -> Result<RawTensor, GgufError> {
     let ctx = Ctx::TensorInfo(index, Some(&name));
     let n_dims = cur.u32(ctx)?;
     if n_dims as usize > MAX_DIMS {
-        return Err(GgufError::TooManyDims { tensor: name, n_dims, max: MAX_DIMS });
+        return Err(GgufError::TooManyDims {
+            tensor: name,
+            n_dims,
+            max: MAX_DIMS,
+        });
     }
     let mut dims = Vec::with_capacity(n_dims as usize);
     for _ in 0..n_dims {
@@ -445,23 +531,53 @@ fn read_tensor_info_body(cur: &mut Cursor<'_>, index: u64, name: String, alignme
     let ty = match GgmlType::from_id(type_id) {
         TypeLookup::Known(ty) => ty,
         TypeLookup::Removed(removed) => {
-            return Err(GgufError::RemovedTensorType { tensor: name, type_id, type_name: removed.name })
+            return Err(GgufError::RemovedTensorType {
+                tensor: name,
+                type_id,
+                type_name: removed.name,
+            })
         }
-        TypeLookup::Unknown(type_id) => return Err(GgufError::UnknownTensorType { tensor: name, type_id }),
+        TypeLookup::Unknown(type_id) => {
+            return Err(GgufError::UnknownTensorType {
+                tensor: name,
+                type_id,
+            })
+        }
     };
     let n_bytes = match ty.byte_size(&dims) {
         Ok(n) => n,
-        Err(source) => return Err(GgufError::BadShape { tensor: name, ty, dims, source }),
+        Err(source) => {
+            return Err(GgufError::BadShape {
+                tensor: name,
+                ty,
+                dims,
+                source,
+            })
+        }
     };
     if offset % u64::from(alignment) != 0 {
-        return Err(GgufError::MisalignedTensor { tensor: name, offset, alignment });
+        return Err(GgufError::MisalignedTensor {
+            tensor: name,
+            offset,
+            alignment,
+        });
     }
-    Ok(RawTensor { name, ty, dims, offset, n_bytes })
+    Ok(RawTensor {
+        name,
+        ty,
+        dims,
+        offset,
+        n_bytes,
+    })
 }
 
 /// Places each tensor's data in the file and checks that it lies inside the
 /// file and overlaps no other tensor.
-fn place_tensors(raw: Vec<RawTensor>, data_offset: u64, file_len: u64) -> Result<Vec<TensorInfo>, GgufError> {
+fn place_tensors(
+    raw: Vec<RawTensor>,
+    data_offset: u64,
+    file_len: u64,
+) -> Result<Vec<TensorInfo>, GgufError> {
     let mut tensors = Vec::with_capacity(raw.len());
     for t in raw {
         let start = data_offset.checked_add(t.offset);
@@ -475,14 +591,28 @@ fn place_tensors(raw: Vec<RawTensor>, data_offset: u64, file_len: u64) -> Result
             });
         };
         if end > file_len {
-            return Err(GgufError::TensorPastEnd { tensor: t.name, start, end, file_len });
+            return Err(GgufError::TensorPastEnd {
+                tensor: t.name,
+                start,
+                end,
+                file_len,
+            });
         }
         // end <= file_len, which came from a slice length.
         let data = start as usize..end as usize;
-        tensors.push(TensorInfo { name: t.name, ty: t.ty, dims: t.dims, offset: t.offset, n_bytes: t.n_bytes, data });
+        tensors.push(TensorInfo {
+            name: t.name,
+            ty: t.ty,
+            dims: t.dims,
+            offset: t.offset,
+            n_bytes: t.n_bytes,
+            data,
+        });
     }
 
-    let mut order: Vec<usize> = (0..tensors.len()).filter(|&i| tensors[i].n_bytes > 0).collect();
+    let mut order: Vec<usize> = (0..tensors.len())
+        .filter(|&i| tensors[i].n_bytes > 0)
+        .collect();
     order.sort_by_key(|&i| tensors[i].data.start);
     for pair in order.windows(2) {
         let (a, b) = (&tensors[pair[0]], &tensors[pair[1]]);

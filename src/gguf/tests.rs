@@ -2,7 +2,10 @@
 //! nested arrays, v2 and v3, alignments) read back; then malformed files, one
 //! defect each, every one rejected with the error that names it.
 
-use super::writer::{put_str, put_u32, put_u64, GgufWriter, Layout, TensorData, KV_COUNT_AT, TENSOR_COUNT_AT, VERSION_AT};
+use super::writer::{
+    put_str, put_u32, put_u64, GgufWriter, Layout, TensorData, KV_COUNT_AT, TENSOR_COUNT_AT,
+    VERSION_AT,
+};
 use super::*;
 
 // ---------------------------------------------------------------------------
@@ -29,7 +32,9 @@ fn patch_u64(bytes: &mut [u8], at: usize, v: u64) {
 
 /// Deterministic bytes for tensor data.
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// One value of every scalar type, a string, arrays of every element type,
@@ -82,9 +87,12 @@ fn sample_writer() -> GgufWriter<'static> {
     for (k, v) in every_value() {
         w.add_kv(k, v);
     }
-    w.add_tensor("a.f32", GgmlType::F32, &[3, 2], pattern(24, 1)).unwrap();
-    w.add_tensor("b.q4_1", GgmlType::Q4_1, &[64, 2], pattern(4 * 20, 2)).unwrap();
-    w.add_tensor("c.scalar", GgmlType::I32, &[], pattern(4, 3)).unwrap();
+    w.add_tensor("a.f32", GgmlType::F32, &[3, 2], pattern(24, 1))
+        .unwrap();
+    w.add_tensor("b.q4_1", GgmlType::Q4_1, &[64, 2], pattern(4 * 20, 2))
+        .unwrap();
+    w.add_tensor("c.scalar", GgmlType::I32, &[], pattern(4, 3))
+        .unwrap();
     w
 }
 
@@ -106,7 +114,13 @@ fn raw_kv_file(key: &str, type_id: u32, value: &[u8]) -> Vec<u8> {
 }
 
 /// A file with one tensor whose info fields are given raw, followed by `data_len` bytes of data.
-fn raw_tensor_file(name: &str, dims: &[u64], type_id: u32, offset: u64, data_len: usize) -> Vec<u8> {
+fn raw_tensor_file(
+    name: &str,
+    dims: &[u64],
+    type_id: u32,
+    offset: u64,
+    data_len: usize,
+) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(b"GGUF");
     put_u32(&mut b, 3);
@@ -135,7 +149,10 @@ fn every_type_id_is_known_or_removed() {
             TypeLookup::Unknown(_) => panic!("type id {id} is in neither table"),
         }
     }
-    assert_eq!(GgmlType::ALL.len() + REMOVED_TYPES.len(), GGML_TYPE_COUNT as usize);
+    assert_eq!(
+        GgmlType::ALL.len() + REMOVED_TYPES.len(),
+        GGML_TYPE_COUNT as usize
+    );
     for id in [GGML_TYPE_COUNT, 1000, u32::MAX] {
         assert_eq!(GgmlType::from_id(id), TypeLookup::Unknown(id));
     }
@@ -144,7 +161,12 @@ fn every_type_id_is_known_or_removed() {
 #[test]
 fn type_table_is_ordered_and_sane() {
     for pair in GgmlType::ALL.windows(2) {
-        assert!(pair[0].id() < pair[1].id(), "{} before {}", pair[0], pair[1]);
+        assert!(
+            pair[0].id() < pair[1].id(),
+            "{} before {}",
+            pair[0],
+            pair[1]
+        );
     }
     for t in GgmlType::ALL {
         assert!(t.block_size() > 0 && t.type_size() > 0, "{t}");
@@ -171,7 +193,10 @@ fn type_facts() {
         (GgmlType::I64, "i64", 1, 8),
     ];
     for (t, name, block, size) in facts {
-        assert_eq!((t.name(), t.block_size(), t.type_size()), (name, block, size));
+        assert_eq!(
+            (t.name(), t.block_size(), t.type_size()),
+            (name, block, size)
+        );
     }
 }
 
@@ -183,12 +208,21 @@ fn row_and_byte_sizes() {
     assert_eq!(GgmlType::F32.byte_size(&[7, 0, 3]), Ok(0));
     assert_eq!(
         GgmlType::Q4_1.row_size(33),
-        Err(SizeError::NotBlockMultiple { ne0: 33, block_size: 32 })
+        Err(SizeError::NotBlockMultiple {
+            ne0: 33,
+            block_size: 32
+        })
     );
-    assert_eq!(GgmlType::F32.byte_size(&[1 << 40, 1 << 40]), Err(SizeError::Overflow));
+    assert_eq!(
+        GgmlType::F32.byte_size(&[1 << 40, 1 << 40]),
+        Err(SizeError::Overflow)
+    );
     // Elements fit in i64 but bytes do not fit in u64.
     assert_eq!(GgmlType::F32.byte_size(&[1 << 30, 1 << 30]), Ok(1 << 62));
-    assert_eq!(GgmlType::F64.byte_size(&[1 << 31, 1 << 31]), Err(SizeError::Overflow));
+    assert_eq!(
+        GgmlType::F64.byte_size(&[1 << 31, 1 << 31]),
+        Err(SizeError::Overflow)
+    );
     assert_eq!(element_count(&[1 << 62, 2]), Err(SizeError::Overflow));
     assert_eq!(element_count(&[1 << 62, 0]), Ok(0));
 }
@@ -217,7 +251,11 @@ fn tensors_round_trip_with_data() {
     assert_eq!(g.tensors().len(), 3);
     assert_eq!(g.data_offset() as usize, layout.data_offset);
     assert_eq!(g.data_offset() % 32, 0);
-    let expect = [("a.f32", GgmlType::F32, vec![3, 2], pattern(24, 1)), ("b.q4_1", GgmlType::Q4_1, vec![64, 2], pattern(80, 2)), ("c.scalar", GgmlType::I32, vec![], pattern(4, 3))];
+    let expect = [
+        ("a.f32", GgmlType::F32, vec![3, 2], pattern(24, 1)),
+        ("b.q4_1", GgmlType::Q4_1, vec![64, 2], pattern(80, 2)),
+        ("c.scalar", GgmlType::I32, vec![], pattern(4, 3)),
+    ];
     for (name, ty, dims, data) in expect {
         let t = g.tensor(name).unwrap();
         assert_eq!((t.ty(), t.dims()), (ty, dims.as_slice()));
@@ -226,11 +264,16 @@ fn tensors_round_trip_with_data() {
         assert_eq!(t.file_offset(), g.data_offset() + t.offset());
         assert_eq!(g.tensor_data(t), data.as_slice());
         assert_eq!(g.tensor_bytes(name).unwrap(), data.as_slice());
-        assert_eq!(t.file_offset() as usize, layout.tensor(name).unwrap().data_at);
+        assert_eq!(
+            t.file_offset() as usize,
+            layout.tensor(name).unwrap().data_at
+        );
     }
     assert_eq!(g.tensor("b.q4_1").unwrap().row_bytes(), 40);
     assert_eq!(g.tensor("b.q4_1").unwrap().n_elements(), 128);
-    assert!(matches!(g.tensor_bytes("nope"), Err(GgufError::NoSuchTensor { name }) if name == "nope"));
+    assert!(
+        matches!(g.tensor_bytes("nope"), Err(GgufError::NoSuchTensor { name }) if name == "nope")
+    );
 }
 
 #[test]
@@ -257,7 +300,12 @@ fn alignments() {
         assert_eq!(g.get_u32(ALIGNMENT_KEY).unwrap(), alignment);
         assert_eq!(g.data_offset() % u64::from(alignment), 0);
         for t in g.tensors() {
-            assert_eq!(t.file_offset() % u64::from(alignment), 0, "{} at {alignment}", t.name());
+            assert_eq!(
+                t.file_offset() % u64::from(alignment),
+                0,
+                "{} at {alignment}",
+                t.name()
+            );
         }
         assert_eq!(g.tensor_bytes("b.q4_1").unwrap(), pattern(80, 2).as_slice());
     }
@@ -269,8 +317,10 @@ fn writer_takes_alignment_from_copied_metadata() {
     md.insert(ALIGNMENT_KEY, 128u32);
     let mut w = GgufWriter::new();
     w.add_metadata(&md);
-    w.add_tensor("x", GgmlType::F16, &[3], pattern(6, 0)).unwrap();
-    w.add_tensor("y", GgmlType::F16, &[3], pattern(6, 9)).unwrap();
+    w.add_tensor("x", GgmlType::F16, &[3], pattern(6, 0))
+        .unwrap();
+    w.add_tensor("y", GgmlType::F16, &[3], pattern(6, 9))
+        .unwrap();
     let g = Gguf::from_bytes(w.to_bytes().unwrap().0).unwrap();
     assert_eq!(g.tensor("y").unwrap().offset(), 128);
 }
@@ -299,7 +349,13 @@ fn generated_tensor_data() {
             *b = ((offset + i as u64) % 251) as u8;
         }
     };
-    w.add_tensor("big", GgmlType::I8, &[n as u64], TensorData::Generate(Box::new(fill))).unwrap();
+    w.add_tensor(
+        "big",
+        GgmlType::I8,
+        &[n as u64],
+        TensorData::Generate(Box::new(fill)),
+    )
+    .unwrap();
     let g = Gguf::from_bytes(w.to_bytes().unwrap().0).unwrap();
     let data = g.tensor_bytes("big").unwrap();
     assert_eq!(data.len(), n);
@@ -309,14 +365,28 @@ fn generated_tensor_data() {
 #[test]
 fn writer_rejects_bad_input() {
     let mut w = GgufWriter::new();
-    assert!(matches!(w.set_alignment(48), Err(writer::WriteError::BadAlignment(48))));
+    assert!(matches!(
+        w.set_alignment(48),
+        Err(writer::WriteError::BadAlignment(48))
+    ));
     assert!(matches!(
         w.add_tensor("short", GgmlType::F32, &[4], vec![0u8; 15]),
-        Err(writer::WriteError::DataSize { expected: 16, got: 15, .. })
+        Err(writer::WriteError::DataSize {
+            expected: 16,
+            got: 15,
+            ..
+        })
     ));
-    assert!(matches!(w.add_tensor("odd", GgmlType::Q8_0, &[33], vec![]), Err(writer::WriteError::BadShape { .. })));
-    w.add_tensor("t", GgmlType::F32, &[1], vec![0u8; 4]).unwrap();
-    assert!(matches!(w.add_tensor("t", GgmlType::F32, &[1], vec![0u8; 4]), Err(writer::WriteError::DuplicateTensor(_))));
+    assert!(matches!(
+        w.add_tensor("odd", GgmlType::Q8_0, &[33], vec![]),
+        Err(writer::WriteError::BadShape { .. })
+    ));
+    w.add_tensor("t", GgmlType::F32, &[1], vec![0u8; 4])
+        .unwrap();
+    assert!(matches!(
+        w.add_tensor("t", GgmlType::F32, &[1], vec![0u8; 4]),
+        Err(writer::WriteError::DuplicateTensor(_))
+    ));
 }
 
 #[test]
@@ -331,7 +401,10 @@ fn open_maps_a_file() {
 
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
-    assert!(matches!(Gguf::open(&empty), Err(GgufError::Truncated { offset: 0, .. })));
+    assert!(matches!(
+        Gguf::open(&empty),
+        Err(GgufError::Truncated { offset: 0, .. })
+    ));
     let missing = dir.join("missing.gguf");
     let err = Gguf::open(&missing).unwrap_err();
     assert!(matches!(err, GgufError::Io { .. }));
@@ -361,26 +434,43 @@ fn typed_getters() {
     assert_eq!(g.get_opt::<u32>("absent").unwrap(), None);
     assert_eq!(g.metadata("t.u8"), Some(&Value::U8(200)));
     assert_eq!(g.metadata_map().get_unsigned("t.u8").unwrap(), 200);
-    assert_eq!(g.metadata_map().get_unsigned("t.u64").unwrap(), u64::MAX - 1);
+    assert_eq!(
+        g.metadata_map().get_unsigned("t.u64").unwrap(),
+        u64::MAX - 1
+    );
 }
 
 #[test]
 fn getter_errors_name_the_key() {
     let g = Gguf::from_bytes(sample().0).unwrap();
     let err = g.get_u32("t.u64").unwrap_err();
-    assert!(matches!(&err, GgufError::WrongType { key, expected: "u32", found } if key == "t.u64" && found == "u64"));
+    assert!(
+        matches!(&err, GgufError::WrongType { key, expected: "u32", found } if key == "t.u64" && found == "u64")
+    );
     assert!(err.to_string().contains("'t.u64'"), "{err}");
 
     let err = g.get_str_array("a.u32").unwrap_err();
     assert!(err.to_string().contains("array of u32"), "{err}");
-    assert!(matches!(g.get_opt::<&str>("t.u8"), Err(GgufError::WrongType { .. })));
+    assert!(matches!(
+        g.get_opt::<&str>("t.u8"),
+        Err(GgufError::WrongType { .. })
+    ));
 
     let err = g.get_f32("no.such.key").unwrap_err();
     assert!(matches!(&err, GgufError::MissingKey { key } if key == "no.such.key"));
 
-    assert!(matches!(g.metadata_map().get_unsigned("t.i8"), Err(GgufError::OutOfRange { .. })));
-    assert!(matches!(g.metadata_map().get_unsigned("t.f32"), Err(GgufError::WrongType { .. })));
-    assert!(matches!(g.metadata_map().get_unsigned_u32("t.u64"), Err(GgufError::OutOfRange { target: "u32", .. })));
+    assert!(matches!(
+        g.metadata_map().get_unsigned("t.i8"),
+        Err(GgufError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        g.metadata_map().get_unsigned("t.f32"),
+        Err(GgufError::WrongType { .. })
+    ));
+    assert!(matches!(
+        g.metadata_map().get_unsigned_u32("t.u64"),
+        Err(GgufError::OutOfRange { target: "u32", .. })
+    ));
 }
 
 // ---------------------------------------------------------------------------
@@ -438,12 +528,25 @@ fn bad_magic() {
     bytes[..4].copy_from_slice(b"GGML");
     let err = parse_err(&bytes);
     assert!(matches!(err, GgufError::BadMagic { found } if &found == b"GGML"));
-    assert!(matches!(parse_err(b"GGU"), GgufError::Truncated { offset: 0, needed: 4, remaining: 3, .. }));
+    assert!(matches!(
+        parse_err(b"GGU"),
+        GgufError::Truncated {
+            offset: 0,
+            needed: 4,
+            remaining: 3,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn bad_versions() {
-    for (version, hint) in [(0, "does not exist"), (1, "v1"), (4, "newer"), (0x0300_0000, "byte-swapped")] {
+    for (version, hint) in [
+        (0, "does not exist"),
+        (1, "v1"),
+        (4, "newer"),
+        (0x0300_0000, "byte-swapped"),
+    ] {
         let (mut bytes, _) = sample();
         patch_u32(&mut bytes, VERSION_AT, version);
         let err = parse_err(&bytes);
@@ -458,12 +561,28 @@ fn huge_tensor_count() {
         let (mut bytes, _) = sample();
         patch_u64(&mut bytes, TENSOR_COUNT_AT, count);
         let err = parse_err(&bytes);
-        assert!(matches!(err, GgufError::CountOverLimit { what: "tensor count", offset: 8, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                GgufError::CountOverLimit {
+                    what: "tensor count",
+                    offset: 8,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
     // Under the cap, but more tensor infos than the file could hold.
     let (mut bytes, _) = sample();
     patch_u64(&mut bytes, TENSOR_COUNT_AT, MAX_TENSOR_COUNT);
-    assert!(matches!(parse_err(&bytes), GgufError::CountPastEnd { what: "tensor count", .. }));
+    assert!(matches!(
+        parse_err(&bytes),
+        GgufError::CountPastEnd {
+            what: "tensor count",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -475,7 +594,10 @@ fn flipped_tensor_count() {
     // A high bit set.
     let (mut bytes, _) = sample();
     patch_u64(&mut bytes, TENSOR_COUNT_AT, 3 | 1 << 32);
-    assert!(matches!(parse_err(&bytes), GgufError::CountOverLimit { .. }));
+    assert!(matches!(
+        parse_err(&bytes),
+        GgufError::CountOverLimit { .. }
+    ));
     // (One fewer can be a valid file: the last info becomes padding and every
     // tensor still lies inside the file. Nothing in the format tells.)
 }
@@ -485,11 +607,24 @@ fn huge_kv_count() {
     for count in [u64::MAX, MAX_KV_COUNT + 1] {
         let (mut bytes, _) = sample();
         patch_u64(&mut bytes, KV_COUNT_AT, count);
-        assert!(matches!(parse_err(&bytes), GgufError::CountOverLimit { what: "key-value count", offset: 16, .. }));
+        assert!(matches!(
+            parse_err(&bytes),
+            GgufError::CountOverLimit {
+                what: "key-value count",
+                offset: 16,
+                ..
+            }
+        ));
     }
     let (mut bytes, _) = sample();
     patch_u64(&mut bytes, KV_COUNT_AT, 1 << 19);
-    assert!(matches!(parse_err(&bytes), GgufError::CountPastEnd { what: "key-value count", .. }));
+    assert!(matches!(
+        parse_err(&bytes),
+        GgufError::CountPastEnd {
+            what: "key-value count",
+            ..
+        }
+    ));
     // One more than written: the first tensor info is read as a key-value pair.
     let (mut bytes, layout) = sample();
     patch_u64(&mut bytes, KV_COUNT_AT, layout.kvs.len() as u64 + 1);
@@ -505,25 +640,63 @@ fn huge_string_lengths() {
     let mut b = bytes.clone();
     patch_u64(&mut b, key_at, u64::MAX);
     let err = parse_err(&b);
-    assert!(matches!(&err, GgufError::CountOverLimit { what: "string length", location: Location::Key { .. }, .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            GgufError::CountOverLimit {
+                what: "string length",
+                location: Location::Key { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let mut b = bytes.clone();
     patch_u64(&mut b, value_at, MAX_STRING_LEN + 1);
     let err = parse_err(&b);
-    assert!(matches!(&err, GgufError::CountOverLimit { what: "string length", .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            GgufError::CountOverLimit {
+                what: "string length",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("'t.string'"), "{err}");
 
     let mut b = bytes.clone();
     patch_u64(&mut b, value_at, bytes.len() as u64);
     let err = parse_err(&b);
-    assert!(matches!(&err, GgufError::CountPastEnd { what: "string length", .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            GgufError::CountPastEnd {
+                what: "string length",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("'t.string'"), "{err}");
 
     let mut b = bytes.clone();
     let name_at = layout.tensor("b.q4_1").unwrap().info_at;
     patch_u64(&mut b, name_at, 1 << 40);
     let err = parse_err(&b);
-    assert!(matches!(&err, GgufError::CountOverLimit { max: MAX_TENSOR_NAME_LEN, location: Location::TensorInfo { index: 1, .. }, .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            GgufError::CountOverLimit {
+                max: MAX_TENSOR_NAME_LEN,
+                location: Location::TensorInfo { index: 1, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -534,18 +707,42 @@ fn huge_array_lengths() {
     let mut b = bytes.clone();
     patch_u64(&mut b, len_at, u64::MAX);
     let err = parse_err(&b);
-    assert!(matches!(&err, GgufError::CountOverLimit { what: "array length", max: MAX_ARRAY_LEN, .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            GgufError::CountOverLimit {
+                what: "array length",
+                max: MAX_ARRAY_LEN,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("'a.string'"), "{err}");
 
     // Under the cap, but at 8 bytes per string the file cannot hold them.
     let mut b = bytes.clone();
     patch_u64(&mut b, len_at, bytes.len() as u64 / 8 + 1);
-    assert!(matches!(parse_err(&b), GgufError::CountPastEnd { what: "array length", min_each: 8, .. }));
+    assert!(matches!(
+        parse_err(&b),
+        GgufError::CountPastEnd {
+            what: "array length",
+            min_each: 8,
+            ..
+        }
+    ));
 
     let len_at = layout.kv("a.u64").unwrap().value_at + 4;
     let mut b = bytes.clone();
     patch_u64(&mut b, len_at, MAX_ARRAY_LEN);
-    assert!(matches!(parse_err(&b), GgufError::CountPastEnd { what: "array length", min_each: 8, .. }));
+    assert!(matches!(
+        parse_err(&b),
+        GgufError::CountPastEnd {
+            what: "array length",
+            min_each: 8,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -554,12 +751,21 @@ fn unknown_value_types() {
     let mut b = bytes.clone();
     patch_u32(&mut b, layout.kv("t.u32").unwrap().type_at, 13);
     let err = parse_err(&b);
-    assert!(matches!(&err, GgufError::UnknownValueType { type_id: 13, .. }), "{err}");
+    assert!(
+        matches!(&err, GgufError::UnknownValueType { type_id: 13, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("'t.u32'"), "{err}");
 
     let mut b = bytes.clone();
     patch_u32(&mut b, layout.kv("a.u32").unwrap().value_at, u32::MAX);
-    assert!(matches!(parse_err(&b), GgufError::UnknownValueType { type_id: u32::MAX, .. }));
+    assert!(matches!(
+        parse_err(&b),
+        GgufError::UnknownValueType {
+            type_id: u32::MAX,
+            ..
+        }
+    ));
 }
 
 /// `depth` arrays, each the only element of the one outside it.
@@ -577,16 +783,36 @@ fn nested_array(depth: usize) -> Vec<u8> {
 
 #[test]
 fn array_nesting_is_capped() {
-    let ok = parse(&raw_kv_file("deep", ValueType::Array.id(), &nested_array(MAX_ARRAY_DEPTH))).unwrap();
+    let ok = parse(&raw_kv_file(
+        "deep",
+        ValueType::Array.id(),
+        &nested_array(MAX_ARRAY_DEPTH),
+    ))
+    .unwrap();
     let mut value = ok.metadata().get_array("deep").unwrap();
     for _ in 1..MAX_ARRAY_DEPTH {
-        let Array::Array(inner) = value else { panic!("expected a nested array") };
+        let Array::Array(inner) = value else {
+            panic!("expected a nested array")
+        };
         value = &inner[0];
     }
     assert_eq!(value, &Array::U8(vec![7]));
 
-    let err = parse_err(&raw_kv_file("deep", ValueType::Array.id(), &nested_array(MAX_ARRAY_DEPTH + 1)));
-    assert!(matches!(&err, GgufError::ArrayTooDeep { max: MAX_ARRAY_DEPTH, .. }), "{err}");
+    let err = parse_err(&raw_kv_file(
+        "deep",
+        ValueType::Array.id(),
+        &nested_array(MAX_ARRAY_DEPTH + 1),
+    ));
+    assert!(
+        matches!(
+            &err,
+            GgufError::ArrayTooDeep {
+                max: MAX_ARRAY_DEPTH,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("'deep'"), "{err}");
 }
 
@@ -599,30 +825,53 @@ fn bad_scalars_and_keys() {
     put_u64(&mut bad_utf8, 2);
     bad_utf8.extend_from_slice(&[0xC3, 0x28]);
     let err = parse_err(&raw_kv_file("s", ValueType::String.id(), &bad_utf8));
-    assert!(matches!(&err, GgufError::InvalidUtf8 { offset, .. } if *offset == 24 + 9 + 4 + 8), "{err}");
+    assert!(
+        matches!(&err, GgufError::InvalidUtf8 { offset, .. } if *offset == 24 + 9 + 4 + 8),
+        "{err}"
+    );
 
     // (Trailing bytes so that the count check, which assumes one-byte keys, passes.)
     let err = parse_err(&raw_kv_file("", ValueType::U8.id(), &[0, 0]));
-    assert!(matches!(err, GgufError::EmptyKey { index: 0, offset: 24 }));
+    assert!(matches!(
+        err,
+        GgufError::EmptyKey {
+            index: 0,
+            offset: 24
+        }
+    ));
 
     let (mut bytes, layout) = sample();
     // Rename "t.i8" to "t.u8": same length, so only the key changes.
     let at = layout.kv("t.i8").unwrap().key_at + 8;
     bytes[at..at + 4].copy_from_slice(b"t.u8");
     let err = parse_err(&bytes);
-    assert!(matches!(&err, GgufError::DuplicateKey { key, .. } if key == "t.u8"), "{err}");
+    assert!(
+        matches!(&err, GgufError::DuplicateKey { key, .. } if key == "t.u8"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_alignment() {
-    for (value, want_type_error) in [(Value::U64(32), true), (Value::I32(32), true), (Value::U32(0), false), (Value::U32(48), false)] {
+    for (value, want_type_error) in [
+        (Value::U64(32), true),
+        (Value::I32(32), true),
+        (Value::U32(0), false),
+        (Value::U32(48), false),
+    ] {
         let mut w = sample_writer();
         w.add_kv(ALIGNMENT_KEY, value.clone());
         let err = parse_err(&w.to_bytes().unwrap().0);
         if want_type_error {
-            assert!(matches!(err, GgufError::AlignmentType { .. }), "{value:?}: {err}");
+            assert!(
+                matches!(err, GgufError::AlignmentType { .. }),
+                "{value:?}: {err}"
+            );
         } else {
-            assert!(matches!(err, GgufError::BadAlignment { .. }), "{value:?}: {err}");
+            assert!(
+                matches!(err, GgufError::BadAlignment { .. }),
+                "{value:?}: {err}"
+            );
         }
     }
 }
@@ -634,41 +883,78 @@ fn bad_tensor_names() {
 
     let long = "x".repeat(MAX_TENSOR_NAME_LEN as usize + 1);
     let err = parse_err(&raw_tensor_file(&long, &[1], 0, 0, 32));
-    assert!(matches!(err, GgufError::CountOverLimit { what: "string length", .. }));
+    assert!(matches!(
+        err,
+        GgufError::CountOverLimit {
+            what: "string length",
+            ..
+        }
+    ));
     let longest = "x".repeat(MAX_TENSOR_NAME_LEN as usize);
     assert!(parse(&raw_tensor_file(&longest, &[1], 0, 0, 32)).is_ok());
-
 }
 
 #[test]
 fn duplicate_tensor_name() {
     let mut w = GgufWriter::new();
-    w.add_tensor("aa", GgmlType::F32, &[1], vec![0u8; 4]).unwrap();
-    w.add_tensor("ab", GgmlType::F32, &[1], vec![0u8; 4]).unwrap();
+    w.add_tensor("aa", GgmlType::F32, &[1], vec![0u8; 4])
+        .unwrap();
+    w.add_tensor("ab", GgmlType::F32, &[1], vec![0u8; 4])
+        .unwrap();
     let (mut bytes, layout) = w.to_bytes().unwrap();
     let at = layout.tensor("ab").unwrap().info_at + 8;
     bytes[at + 1] = b'a';
     let err = parse_err(&bytes);
-    assert!(matches!(&err, GgufError::DuplicateTensor { name, index: 1 } if name == "aa"), "{err}");
+    assert!(
+        matches!(&err, GgufError::DuplicateTensor { name, index: 1 } if name == "aa"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_dims() {
     let err = parse_err(&raw_tensor_file("t", &[1, 1, 1, 1, 1], 0, 0, 32));
-    assert!(matches!(&err, GgufError::TooManyDims { tensor, n_dims: 5, max: 4 } if tensor == "t"), "{err}");
+    assert!(
+        matches!(&err, GgufError::TooManyDims { tensor, n_dims: 5, max: 4 } if tensor == "t"),
+        "{err}"
+    );
 
     let err = parse_err(&raw_tensor_file("t", &[1 << 40, 1 << 40], 0, 0, 32));
-    assert!(matches!(&err, GgufError::BadShape { tensor, source: SizeError::Overflow, .. } if tensor == "t"), "{err}");
+    assert!(
+        matches!(&err, GgufError::BadShape { tensor, source: SizeError::Overflow, .. } if tensor == "t"),
+        "{err}"
+    );
 
     let err = parse_err(&raw_tensor_file("t", &[u64::MAX], 0, 0, 32));
-    assert!(matches!(err, GgufError::BadShape { source: SizeError::Overflow, .. }));
+    assert!(matches!(
+        err,
+        GgufError::BadShape {
+            source: SizeError::Overflow,
+            ..
+        }
+    ));
 
     // Elements fit, bytes overflow: 2^62 f32 elements.
     let err = parse_err(&raw_tensor_file("t", &[1 << 31, 1 << 31], 0, 0, 32));
-    assert!(matches!(err, GgufError::BadShape { source: SizeError::Overflow, .. } | GgufError::TensorPastEnd { .. }));
+    assert!(matches!(
+        err,
+        GgufError::BadShape {
+            source: SizeError::Overflow,
+            ..
+        } | GgufError::TensorPastEnd { .. }
+    ));
 
     let err = parse_err(&raw_tensor_file("t", &[33, 2], GgmlType::Q4_1.id(), 0, 64));
-    assert!(matches!(err, GgufError::BadShape { source: SizeError::NotBlockMultiple { ne0: 33, block_size: 32 }, .. }));
+    assert!(matches!(
+        err,
+        GgufError::BadShape {
+            source: SizeError::NotBlockMultiple {
+                ne0: 33,
+                block_size: 32
+            },
+            ..
+        }
+    ));
     assert!(err.to_string().contains("'t'"));
 
     // Flip a dim in a real layout.
@@ -681,16 +967,24 @@ fn bad_dims() {
 fn unknown_and_removed_tensor_types() {
     for id in [GGML_TYPE_COUNT, 99, u32::MAX] {
         let err = parse_err(&raw_tensor_file("t", &[32], id, 0, 128));
-        assert!(matches!(&err, GgufError::UnknownTensorType { tensor, type_id } if tensor == "t" && *type_id == id), "{err}");
+        assert!(
+            matches!(&err, GgufError::UnknownTensorType { tensor, type_id } if tensor == "t" && *type_id == id),
+            "{err}"
+        );
     }
     for removed in REMOVED_TYPES {
         let err = parse_err(&raw_tensor_file("t", &[32], removed.id, 0, 128));
-        assert!(matches!(err, GgufError::RemovedTensorType { type_id, .. } if type_id == removed.id));
+        assert!(
+            matches!(err, GgufError::RemovedTensorType { type_id, .. } if type_id == removed.id)
+        );
         assert!(err.to_string().contains(removed.name));
     }
     let (mut bytes, layout) = sample();
     patch_u32(&mut bytes, layout.tensor("a.f32").unwrap().type_at, 4);
-    assert!(matches!(parse_err(&bytes), GgufError::RemovedTensorType { type_id: 4, .. }));
+    assert!(matches!(
+        parse_err(&bytes),
+        GgufError::RemovedTensorType { type_id: 4, .. }
+    ));
 }
 
 #[test]
@@ -701,23 +995,35 @@ fn bad_tensor_offsets() {
     let mut b = bytes.clone();
     patch_u64(&mut b, at, 33);
     let err = parse_err(&b);
-    assert!(matches!(&err, GgufError::MisalignedTensor { tensor, offset: 33, alignment: 32 } if tensor == "b.q4_1"), "{err}");
+    assert!(
+        matches!(&err, GgufError::MisalignedTensor { tensor, offset: 33, alignment: 32 } if tensor == "b.q4_1"),
+        "{err}"
+    );
 
     let mut b = bytes.clone();
     patch_u64(&mut b, at, 1 << 40);
     let err = parse_err(&b);
-    assert!(matches!(&err, GgufError::TensorPastEnd { tensor, .. } if tensor == "b.q4_1"), "{err}");
+    assert!(
+        matches!(&err, GgufError::TensorPastEnd { tensor, .. } if tensor == "b.q4_1"),
+        "{err}"
+    );
 
     let mut b = bytes.clone();
     patch_u64(&mut b, at, u64::MAX - 31);
-    assert!(matches!(parse_err(&b), GgufError::TensorPastEnd { end: u64::MAX, .. }));
+    assert!(matches!(
+        parse_err(&b),
+        GgufError::TensorPastEnd { end: u64::MAX, .. }
+    ));
 
     // Point b at a's data: they overlap.
     let mut b = bytes.clone();
     patch_u64(&mut b, at, 0);
     let err = parse_err(&b);
     assert!(matches!(&err, GgufError::TensorOverlap { .. }), "{err}");
-    assert!(err.to_string().contains("'a.f32'") && err.to_string().contains("'b.q4_1'"), "{err}");
+    assert!(
+        err.to_string().contains("'a.f32'") && err.to_string().contains("'b.q4_1'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -733,7 +1039,14 @@ fn data_section_past_end() {
 #[test]
 fn errors_are_readable() {
     let (mut bytes, layout) = sample();
-    patch_u64(&mut bytes, layout.kv("a.string").unwrap().value_at + 4, u64::MAX);
+    patch_u64(
+        &mut bytes,
+        layout.kv("a.string").unwrap().value_at + 4,
+        u64::MAX,
+    );
     let msg = parse_err(&bytes).to_string();
-    assert!(msg.contains("array length") && msg.contains("byte") && msg.contains("'a.string'"), "{msg}");
+    assert!(
+        msg.contains("array length") && msg.contains("byte") && msg.contains("'a.string'"),
+        "{msg}"
+    );
 }

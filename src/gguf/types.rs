@@ -72,11 +72,21 @@ pub struct TypeTraits {
 }
 
 const fn plain(name: &'static str, type_size: u32) -> TypeTraits {
-    TypeTraits { name, block_size: 1, type_size, quantized: false }
+    TypeTraits {
+        name,
+        block_size: 1,
+        type_size,
+        quantized: false,
+    }
 }
 
 const fn quant(name: &'static str, block_size: u32, type_size: u32) -> TypeTraits {
-    TypeTraits { name, block_size, type_size, quantized: true }
+    TypeTraits {
+        name,
+        block_size,
+        type_size,
+        quantized: true,
+    }
 }
 
 impl GgmlType {
@@ -202,9 +212,14 @@ impl GgmlType {
     pub fn row_size(self, ne0: u64) -> Result<u64, SizeError> {
         let block = u64::from(self.block_size());
         if ne0 % block != 0 {
-            return Err(SizeError::NotBlockMultiple { ne0, block_size: block });
+            return Err(SizeError::NotBlockMultiple {
+                ne0,
+                block_size: block,
+            });
         }
-        (ne0 / block).checked_mul(u64::from(self.type_size())).ok_or(SizeError::Overflow)
+        (ne0 / block)
+            .checked_mul(u64::from(self.type_size()))
+            .ok_or(SizeError::Overflow)
     }
 
     /// Bytes of a whole tensor with dims in ggml order (`dims[0]` is the
@@ -217,7 +232,10 @@ impl GgmlType {
             return self.row_size(1);
         };
         let row = self.row_size(ne0)?;
-        let rows = rest.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or(SizeError::Overflow)?;
+        let rows = rest
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or(SizeError::Overflow)?;
         row.checked_mul(rows).ok_or(SizeError::Overflow)
     }
 }
@@ -227,7 +245,10 @@ impl GgmlType {
 pub fn element_count(dims: &[u64]) -> Result<u64, SizeError> {
     let mut count: u64 = 1;
     for &d in dims {
-        count = count.checked_mul(d).filter(|&c| c <= MAX_ELEMENTS).ok_or(SizeError::Overflow)?;
+        count = count
+            .checked_mul(d)
+            .filter(|&c| c <= MAX_ELEMENTS)
+            .ok_or(SizeError::Overflow)?;
     }
     Ok(count)
 }
@@ -248,14 +269,38 @@ pub struct RemovedType {
 
 /// Type ids that are gone from this ggml release (their numbers stay reserved).
 pub const REMOVED_TYPES: [RemovedType; 8] = [
-    RemovedType { id: 4, name: "Q4_2" },
-    RemovedType { id: 5, name: "Q4_3" },
-    RemovedType { id: 31, name: "Q4_0_4_4" },
-    RemovedType { id: 32, name: "Q4_0_4_8" },
-    RemovedType { id: 33, name: "Q4_0_8_8" },
-    RemovedType { id: 36, name: "IQ4_NL_4_4" },
-    RemovedType { id: 37, name: "IQ4_NL_4_8" },
-    RemovedType { id: 38, name: "IQ4_NL_8_8" },
+    RemovedType {
+        id: 4,
+        name: "Q4_2",
+    },
+    RemovedType {
+        id: 5,
+        name: "Q4_3",
+    },
+    RemovedType {
+        id: 31,
+        name: "Q4_0_4_4",
+    },
+    RemovedType {
+        id: 32,
+        name: "Q4_0_4_8",
+    },
+    RemovedType {
+        id: 33,
+        name: "Q4_0_8_8",
+    },
+    RemovedType {
+        id: 36,
+        name: "IQ4_NL_4_4",
+    },
+    RemovedType {
+        id: 37,
+        name: "IQ4_NL_4_8",
+    },
+    RemovedType {
+        id: 38,
+        name: "IQ4_NL_8_8",
+    },
 ];
 
 /// What a type id read from a file refers to.

@@ -43,7 +43,11 @@ pub enum WriteError {
         source: SizeError,
     },
     #[error("tensor '{tensor}' needs {expected} bytes of data, got {got}")]
-    DataSize { tensor: String, expected: u64, got: u64 },
+    DataSize {
+        tensor: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("tensor '{0}' was added twice")]
     DuplicateTensor(String),
 }
@@ -155,7 +159,12 @@ impl Default for GgufWriter<'_> {
 
 impl<'a> GgufWriter<'a> {
     pub fn new() -> Self {
-        GgufWriter { version: WRITE_VERSION, alignment: DEFAULT_ALIGNMENT, metadata: Metadata::new(), tensors: Vec::new() }
+        GgufWriter {
+            version: WRITE_VERSION,
+            alignment: DEFAULT_ALIGNMENT,
+            metadata: Metadata::new(),
+            tensors: Vec::new(),
+        }
     }
 
     /// The version number to put in the header. Any number is written as
@@ -220,13 +229,23 @@ impl<'a> GgufWriter<'a> {
         })?;
         if let TensorData::Bytes(bytes) = &data {
             if bytes.len() as u64 != n_bytes {
-                return Err(WriteError::DataSize { tensor: name, expected: n_bytes, got: bytes.len() as u64 });
+                return Err(WriteError::DataSize {
+                    tensor: name,
+                    expected: n_bytes,
+                    got: bytes.len() as u64,
+                });
             }
         }
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(WriteError::DuplicateTensor(name));
         }
-        self.tensors.push(PendingTensor { name, ty, dims: dims.to_vec(), n_bytes, data });
+        self.tensors.push(PendingTensor {
+            name,
+            ty,
+            dims: dims.to_vec(),
+            n_bytes,
+            data,
+        });
         Ok(self)
     }
 
@@ -247,7 +266,12 @@ impl<'a> GgufWriter<'a> {
             put_u32(&mut head, value.value_type().id());
             let value_at = head.len();
             put_value(&mut head, value);
-            kvs.push(KvLayout { key: key.to_owned(), key_at, type_at, value_at });
+            kvs.push(KvLayout {
+                key: key.to_owned(),
+                key_at,
+                type_at,
+                value_at,
+            });
         }
 
         let mut tensors = Vec::with_capacity(self.tensors.len());
@@ -278,7 +302,11 @@ impl<'a> GgufWriter<'a> {
             offset += t.n_bytes.div_ceil(align) * align;
         }
 
-        let data_offset = if self.tensors.is_empty() { head.len() } else { head.len().div_ceil(align as usize) * align as usize };
+        let data_offset = if self.tensors.is_empty() {
+            head.len()
+        } else {
+            head.len().div_ceil(align as usize) * align as usize
+        };
         head.resize(data_offset, 0);
         out.write_all(&head)?;
         drop(head);
@@ -295,7 +323,12 @@ impl<'a> GgufWriter<'a> {
             written += padded;
         }
         out.flush()?;
-        Ok(Layout { kvs, tensors, data_offset, len: written as usize })
+        Ok(Layout {
+            kvs,
+            tensors,
+            data_offset,
+            len: written as usize,
+        })
     }
 
     /// Writes the file into memory.
@@ -312,7 +345,11 @@ impl<'a> GgufWriter<'a> {
     }
 }
 
-fn generate(out: &mut impl Write, n_bytes: u64, fill: &mut dyn FnMut(u64, &mut [u8])) -> io::Result<()> {
+fn generate(
+    out: &mut impl Write,
+    n_bytes: u64,
+    fill: &mut dyn FnMut(u64, &mut [u8]),
+) -> io::Result<()> {
     let mut chunk = vec![0u8; GENERATE_CHUNK.min(n_bytes as usize)];
     let mut done = 0u64;
     while done < n_bytes {

@@ -73,17 +73,27 @@ impl Buffers {
     /// Type and op known to the server.
     fn check_kind(t: &RpcTensor) -> Result<(), InvalidRequest> {
         if t.ty >= GGML_TYPE_COUNT {
-            return Err(InvalidRequest::InvalidType { tensor: label(t), ty: t.ty });
+            return Err(InvalidRequest::InvalidType {
+                tensor: label(t),
+                ty: t.ty,
+            });
         }
         if t.op >= GGML_OP_COUNT {
-            return Err(InvalidRequest::InvalidOp { tensor: label(t), op: t.op });
+            return Err(InvalidRequest::InvalidOp {
+                tensor: label(t),
+                op: t.op,
+            });
         }
         Ok(())
     }
 
     /// A tensor that has data in one of our buffers: `data .. data + nbytes`
     /// inside it.
-    pub(crate) fn check_tensor(&self, t: &RpcTensor, nbytes: u64) -> Result<&RemoteBuffer, InvalidRequest> {
+    pub(crate) fn check_tensor(
+        &self,
+        t: &RpcTensor,
+        nbytes: u64,
+    ) -> Result<&RemoteBuffer, InvalidRequest> {
         Self::check_kind(t)?;
         if t.buffer == 0 {
             return Err(InvalidRequest::NoBuffer { tensor: label(t) });
@@ -115,7 +125,12 @@ impl Buffers {
         len: u64,
     ) -> Result<(), InvalidRequest> {
         let b = self.check_tensor(t, nbytes)?;
-        let outside = || InvalidRequest::OutsideTensor { tensor: label(t), offset, len, nbytes };
+        let outside = || InvalidRequest::OutsideTensor {
+            tensor: label(t),
+            offset,
+            len,
+            nbytes,
+        };
         if offset > nbytes || len > nbytes - offset {
             return Err(outside());
         }
@@ -131,11 +146,18 @@ impl Buffers {
     /// tensors) and whose byte size may be unknown: a buffer, if named, must
     /// be ours, and the data address must lie inside it (all of
     /// `data .. data + nbytes` when `nbytes` is given).
-    pub(crate) fn check_optional(&self, t: &RpcTensor, nbytes: Option<u64>) -> Result<(), InvalidRequest> {
+    pub(crate) fn check_optional(
+        &self,
+        t: &RpcTensor,
+        nbytes: Option<u64>,
+    ) -> Result<(), InvalidRequest> {
         Self::check_kind(t)?;
         if t.buffer == 0 {
             if t.data != 0 {
-                return Err(InvalidRequest::DataWithoutBuffer { tensor: label(t), data: t.data });
+                return Err(InvalidRequest::DataWithoutBuffer {
+                    tensor: label(t),
+                    data: t.data,
+                });
             }
             return Ok(());
         }
@@ -212,7 +234,12 @@ pub(crate) fn check_device(device: u32, count: u32) -> Result<(), InvalidRequest
 mod tests {
     use super::*;
 
-    const BUF: RemoteBuffer = RemoteBuffer { remote_ptr: 0xb0, base: 0x1000, size: 0x100, device: 0 };
+    const BUF: RemoteBuffer = RemoteBuffer {
+        remote_ptr: 0xb0,
+        base: 0x1000,
+        size: 0x100,
+        device: 0,
+    };
 
     fn buffers() -> Buffers {
         let mut b = Buffers::default();
@@ -221,7 +248,12 @@ mod tests {
     }
 
     fn tensor(id: u64, offset: u64) -> RpcTensor {
-        RpcTensor { id, buffer: BUF.remote_ptr, data: BUF.base + offset, ..RpcTensor::default() }
+        RpcTensor {
+            id,
+            buffer: BUF.remote_ptr,
+            data: BUF.base + offset,
+            ..RpcTensor::default()
+        }
     }
 
     #[test]
@@ -239,18 +271,33 @@ mod tests {
     fn tensor_checks() {
         let b = buffers();
         assert!(b.check_tensor(&tensor(1, 0), 0x100).is_ok());
-        assert!(matches!(b.check_tensor(&tensor(1, 1), 0x100), Err(InvalidRequest::OutsideBuffer { .. })));
+        assert!(matches!(
+            b.check_tensor(&tensor(1, 1), 0x100),
+            Err(InvalidRequest::OutsideBuffer { .. })
+        ));
         let mut t = tensor(1, 0);
         t.buffer = 0xdead;
-        assert_eq!(b.check_tensor(&t, 1), Err(InvalidRequest::UnknownBuffer { buffer: 0xdead }));
+        assert_eq!(
+            b.check_tensor(&t, 1),
+            Err(InvalidRequest::UnknownBuffer { buffer: 0xdead })
+        );
         t.buffer = 0;
-        assert!(matches!(b.check_tensor(&t, 1), Err(InvalidRequest::NoBuffer { .. })));
+        assert!(matches!(
+            b.check_tensor(&t, 1),
+            Err(InvalidRequest::NoBuffer { .. })
+        ));
         let mut t = tensor(1, 0);
         t.data = 0x10;
-        assert!(matches!(b.check_tensor(&t, 1), Err(InvalidRequest::OutsideBuffer { .. })));
+        assert!(matches!(
+            b.check_tensor(&t, 1),
+            Err(InvalidRequest::OutsideBuffer { .. })
+        ));
         let mut t = tensor(1, 0);
         t.ty = GGML_TYPE_COUNT;
-        assert!(matches!(b.check_tensor(&t, 1), Err(InvalidRequest::InvalidType { .. })));
+        assert!(matches!(
+            b.check_tensor(&t, 1),
+            Err(InvalidRequest::InvalidType { .. })
+        ));
     }
 
     #[test]
@@ -279,27 +326,66 @@ mod tests {
             b.check_graph(&[2], &[a, c], Some(&[0x10, 0x100])),
             Err(InvalidRequest::OutsideBuffer { .. })
         ));
-        assert!(matches!(b.check_graph(&[2], &[a, c], Some(&[1])), Err(InvalidRequest::LengthMismatch { .. })));
-        assert_eq!(b.check_graph(&[], &[a], None), Err(InvalidRequest::EmptyGraph));
-        assert_eq!(b.check_graph(&[3], &[a, c], None), Err(InvalidRequest::MissingTensor { id: 3, role: "node" }));
-        assert_eq!(b.check_graph(&[2], &[c], None), Err(InvalidRequest::MissingTensor { id: 1, role: "src" }));
-        assert_eq!(b.check_graph(&[1], &[a, a], None), Err(InvalidRequest::DuplicateId { id: 1 }));
+        assert!(matches!(
+            b.check_graph(&[2], &[a, c], Some(&[1])),
+            Err(InvalidRequest::LengthMismatch { .. })
+        ));
+        assert_eq!(
+            b.check_graph(&[], &[a], None),
+            Err(InvalidRequest::EmptyGraph)
+        );
+        assert_eq!(
+            b.check_graph(&[3], &[a, c], None),
+            Err(InvalidRequest::MissingTensor {
+                id: 3,
+                role: "node"
+            })
+        );
+        assert_eq!(
+            b.check_graph(&[2], &[c], None),
+            Err(InvalidRequest::MissingTensor { id: 1, role: "src" })
+        );
+        assert_eq!(
+            b.check_graph(&[1], &[a, a], None),
+            Err(InvalidRequest::DuplicateId { id: 1 })
+        );
         a.view_src = 9;
-        assert_eq!(b.check_graph(&[1], &[a], None), Err(InvalidRequest::MissingTensor { id: 9, role: "view_src" }));
+        assert_eq!(
+            b.check_graph(&[1], &[a], None),
+            Err(InvalidRequest::MissingTensor {
+                id: 9,
+                role: "view_src"
+            })
+        );
         let z = RpcTensor::default();
-        assert!(matches!(b.check_graph(&[1], &[z], None), Err(InvalidRequest::ZeroId { .. })));
+        assert!(matches!(
+            b.check_graph(&[1], &[z], None),
+            Err(InvalidRequest::ZeroId { .. })
+        ));
         let mut d = tensor(4, 0);
         d.buffer = 0;
-        assert!(matches!(b.check_graph(&[4], &[d], None), Err(InvalidRequest::DataWithoutBuffer { .. })));
+        assert!(matches!(
+            b.check_graph(&[4], &[d], None),
+            Err(InvalidRequest::DataWithoutBuffer { .. })
+        ));
         d.data = 0;
         assert!(b.check_graph(&[4], &[d], None).is_ok());
         d.op = GGML_OP_COUNT;
-        assert!(matches!(b.check_graph(&[4], &[d], None), Err(InvalidRequest::InvalidOp { .. })));
+        assert!(matches!(
+            b.check_graph(&[4], &[d], None),
+            Err(InvalidRequest::InvalidOp { .. })
+        ));
     }
 
     #[test]
     fn devices() {
         assert!(check_device(0, 1).is_ok());
-        assert_eq!(check_device(1, 1), Err(InvalidRequest::UnknownDevice { device: 1, count: 1 }));
+        assert_eq!(
+            check_device(1, 1),
+            Err(InvalidRequest::UnknownDevice {
+                device: 1,
+                count: 1
+            })
+        );
     }
 }

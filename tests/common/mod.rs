@@ -4,11 +4,7 @@
 
 pub mod llama_ref;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// Path of SmolLM2-135M-Instruct Q4_1, fetched by `scripts/fetch-model.sh`.
@@ -27,93 +23,13 @@ pub fn model_path() -> PathBuf {
     p
 }
 
-/// A `shardline worker` child process, killed (by pid) when dropped.
-pub struct Worker {
-    child: Child,
-    /// Where it listens.
-    pub endpoint: SocketAddr,
-}
+/// A real `shardline worker` on a free loopback port (killed by pid on drop).
+pub type Worker = shardline::worker::LocalWorker;
 
-impl Worker {
-    /// Starts a worker on a free loopback port and waits for its ready line.
-    pub fn start() -> Worker {
-        Self::start_with(&[])
-    }
-
-    /// Starts a worker with extra command-line arguments.
-    pub fn start_with(extra: &[&str]) -> Worker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
-            .args(["worker", "--host", "127.0.0.1", "--port", "0", "--threads", "1"])
-            .args(extra)
-            .env("SHARDLINE_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn shardline worker");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            // Keep draining stdout for the worker's whole life so it never
-            // blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("shardline worker ready: endpoint=") {
-                    if let Some(tx) = tx.take() {
-                        let ep = rest.split_whitespace().next().unwrap_or_default().to_string();
-                        let _ = tx.send(ep);
-                    }
-                }
-            }
-        });
-        let ep = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(ep) => ep,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("worker did not print its ready line within 60 s");
-            }
-        };
-        Worker {
-            child,
-            endpoint: ep.parse().expect("endpoint on the ready line"),
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Kills the worker now (SIGKILL) and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-        assert!(ok.success());
-        for _ in 0..200 {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        self.kill();
-        panic!("worker did not exit within 5 s of SIGTERM");
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts a worker with `--threads 1` plus `extra` arguments.
+pub fn start_worker(extra: &[&str]) -> Worker {
+    let mut args = vec!["--threads", "1"];
+    args.extend_from_slice(extra);
+    Worker::spawn(Path::new(env!("CARGO_BIN_EXE_shardline")), &args, Duration::from_secs(60))
+        .expect("start shardline worker")
 }

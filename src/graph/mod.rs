@@ -1,0 +1,8 @@
+//! Computation graphs: built with ggml (through `ggml-sys`), laid out in remote
+//! buffers, and turned into the RPC wire form a server rebuilds and computes.
+
+pub mod layout;
+pub mod wire;
+
+pub use layout::{layout_nodes, Layout};
+pub use wire::{to_wire, RemoteLocation, WireError, WireGraph};
