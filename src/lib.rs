@@ -7,6 +7,7 @@
 // The one exception is the read-only mmap of a model file in `gguf::mmap`.
 #![deny(unsafe_code)]
 
+pub mod cluster;
 pub mod gguf;
 pub mod graph;
 pub mod inspect;

@@ -17,6 +17,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Show what each rpc-server offers (protocol, devices, memory). With no
+    /// --rpc, starts two local workers and shows those.
+    Cluster {
+        /// rpc-servers as host:port, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        rpc: Vec<String>,
+        /// Local workers to start when no --rpc is given.
+        #[arg(long, default_value_t = 2)]
+        local_workers: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Summarize a GGUF model: architecture, layers, sizes, bytes per layer.
+    Inspect {
+        /// The .gguf file.
+        path: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run ggml's RPC server on this machine (wire-compatible with llama.cpp's
     /// rpc-server), serving its CPU (or GPUs in a GPU build) to a coordinator.
     Worker {
@@ -55,6 +76,20 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Cluster {
+            rpc,
+            local_workers,
+            json,
+        } => run_cluster(rpc, local_workers, json),
+        Command::Inspect { path, json } => {
+            let out = shardline::inspect::run_inspect(&path, json)
+                .with_context(|| format!("inspecting {}", path.display()))?;
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
+            Ok(())
+        }
         Command::Worker {
             host,
             port,
@@ -69,6 +104,53 @@ fn main() -> anyhow::Result<()> {
             devices: device,
         }),
     }
+}
+
+/// Starts `n` workers on this machine, splitting its cores between them.
+fn start_local_workers(n: usize) -> anyhow::Result<Vec<shardline::worker::LocalWorker>> {
+    let exe = std::env::current_exe().context("locating the shardline binary")?;
+    let threads = (default_threads() / n.max(1)).max(1).to_string();
+    tracing::info!(count = n, "no --rpc given: starting local workers");
+    (0..n)
+        .map(|_| {
+            shardline::worker::LocalWorker::spawn(
+                &exe,
+                &["--threads", &threads],
+                std::time::Duration::from_secs(60),
+            )
+            .context("starting a local worker")
+        })
+        .collect()
+}
+
+fn run_cluster(rpc: Vec<String>, local_workers: usize, json: bool) -> anyhow::Result<()> {
+    let workers = if rpc.is_empty() {
+        start_local_workers(local_workers)?
+    } else {
+        Vec::new()
+    };
+    let endpoints: Vec<String> = if rpc.is_empty() {
+        workers.iter().map(|w| w.endpoint.to_string()).collect()
+    } else {
+        rpc
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let reports = rt.block_on(async {
+        let mut out = Vec::new();
+        for ep in &endpoints {
+            let r = shardline::cluster::probe(ep, Default::default())
+                .await
+                .with_context(|| format!("probing {ep}"))?;
+            out.push(r);
+        }
+        Ok::<_, anyhow::Error>(out)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", shardline::cluster::ClusterTable(&reports));
+    }
+    Ok(())
 }
 
 fn default_threads() -> usize {
