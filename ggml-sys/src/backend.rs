@@ -76,6 +76,14 @@ impl Device {
         (free, total)
     }
 
+    /// Whether this device can compute `t`'s op with `t`'s types and shapes.
+    /// A graph a server cannot compute aborts the server, so the coordinator
+    /// checks every node before it sends a graph to a server of this kind.
+    pub fn supports_op(&self, t: &crate::Tensor<'_>) -> bool {
+        // SAFETY: valid device and live tensor; the call only inspects it.
+        unsafe { sys::ggml_backend_dev_supports_op(self.raw(), t.raw()) }
+    }
+
     /// Its kind.
     pub fn kind(&self) -> DeviceKind {
         // SAFETY: valid device.

@@ -191,7 +191,7 @@ impl Drop for Context {
 }
 
 /// Bytes of a tensor of `ty` with extents `ne`, with every check ggml asserts.
-fn shape_nbytes(ty: GgmlType, ne: &[i64; MAX_DIMS]) -> Result<usize, GgmlError> {
+pub(crate) fn shape_nbytes(ty: GgmlType, ne: &[i64; MAX_DIMS]) -> Result<usize, GgmlError> {
     let ts = type_size(ty).ok_or(GgmlError::UnknownType(ty))?;
     let bs = type_blck_size(ty).ok_or(GgmlError::UnknownType(ty))? as i64;
     if ne.iter().any(|&n| n < 0) {
@@ -331,6 +331,11 @@ impl<'ctx> Tensor<'ctx> {
         // SAFETY: live tensor; only sets a flag bit.
         unsafe { sys::ggml_set_output(self.ptr.as_ptr()) };
         self
+    }
+
+    /// Whether it is marked as a graph output.
+    pub fn is_output(&self) -> bool {
+        self.fields().flags & (sys::GGML_TENSOR_FLAG_OUTPUT as i32) != 0
     }
 
     /// Sources of its op, in order.
