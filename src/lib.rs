@@ -8,9 +8,14 @@
 #![deny(unsafe_code)]
 
 pub mod cluster;
+pub mod exec;
 pub mod gguf;
 pub mod graph;
 pub mod inspect;
+pub mod kv;
 pub mod load;
+pub mod model;
+pub mod plan;
 pub mod rpc;
+pub mod sample;
 pub mod worker;

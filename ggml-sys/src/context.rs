@@ -126,6 +126,14 @@ impl Context {
         Tensor::from_raw(t).ok_or_else(|| GgmlError::Backend("ggml_new_tensor returned null".into()))
     }
 
+    /// Fills every backend buffer of this context with `value`.
+    pub fn clear_buffers(&self, value: u8) {
+        for buf in self.buffers.borrow().iter() {
+            // SAFETY: a live buffer owned by this context.
+            unsafe { sys::ggml_backend_buffer_clear(buf.as_ptr(), value) };
+        }
+    }
+
     /// Every tensor created in this context, in creation order.
     pub fn tensors(&self) -> Vec<Tensor<'_>> {
         let mut out = Vec::new();

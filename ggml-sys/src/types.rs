@@ -86,3 +86,13 @@ pub fn op_name(op: u32) -> Option<&'static str> {
     // SAFETY: non-null static C string.
     unsafe { CStr::from_ptr(p) }.to_str().ok()
 }
+
+/// Type ids of the element types the coordinator builds tensors of.
+pub mod ty {
+    #![allow(missing_docs)]
+    use llama_cpp_sys_2 as sys;
+    pub const F32: u32 = sys::GGML_TYPE_F32;
+    pub const F16: u32 = sys::GGML_TYPE_F16;
+    pub const I32: u32 = sys::GGML_TYPE_I32;
+    pub const I64: u32 = sys::GGML_TYPE_I64;
+}

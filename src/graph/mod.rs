@@ -2,6 +2,7 @@
 //! buffers, and turned into the RPC wire form a server rebuilds and computes.
 
 pub mod layout;
+pub mod llama;
 pub mod wire;
 
 pub use layout::{layout_nodes, Layout};

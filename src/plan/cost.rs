@@ -173,7 +173,11 @@ impl ModelCost {
 
     /// A cost from its parts, with `opts`' context, batch and sequence count
     /// (each at least 1).
-    pub fn from_parts(shape: ModelShape, weights: ModelWeights, opts: &PlanOptions) -> Result<ModelCost, PlanError> {
+    pub fn from_parts(
+        shape: ModelShape,
+        weights: ModelWeights,
+        opts: &PlanOptions,
+    ) -> Result<ModelCost, PlanError> {
         if opts.n_ctx == 0 {
             return Err(PlanError::ZeroContext);
         }
@@ -198,7 +202,11 @@ impl ModelCost {
             n_seq_max: opts.n_seq_max,
             kv_tensor_bytes: kv_tensor_bytes(&shape, opts.n_ctx),
             compute_bytes: compute_estimate(&shape, opts.n_ctx, n_batch),
-            logits_bytes: saturating_product(&[u64::from(shape.n_vocab), u64::from(n_batch), ACTIVATION_BYTES]),
+            logits_bytes: saturating_product(&[
+                u64::from(shape.n_vocab),
+                u64::from(n_batch),
+                ACTIVATION_BYTES,
+            ]),
         })
     }
 
@@ -217,7 +225,9 @@ impl ModelCost {
     pub fn total_bytes(&self) -> u64 {
         let w = &self.weights;
         let layers: u64 = (0..self.n_layer()).map(|l| w.layer_bytes(l)).sum();
-        let kv = self.kv_layer_bytes().saturating_mul(u64::from(self.n_layer()));
+        let kv = self
+            .kv_layer_bytes()
+            .saturating_mul(u64::from(self.n_layer()));
         let other: u64 = w.shared.iter().chain(&w.output).map(|t| t.bytes).sum();
         layers
             .saturating_add(kv)

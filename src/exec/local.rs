@@ -1,0 +1,180 @@
+//! A stage on the coordinator's own CPU (`--local-layers`): weights copied
+//! from the model into CPU memory, the KV cache next to them, graphs computed
+//! by ggml's CPU backend.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use ggml_sys::{ty, Context, CpuBackend, Tensor};
+
+use super::{le_bytes_f32, le_bytes_i32, le_bytes_i64, le_bytes_u16, ExecError, Step};
+use crate::gguf::Gguf;
+use crate::graph::llama::{build_stage, HeadTensors, LayerTensors, StageInputs, StageTensors};
+use crate::model::{LayerRole, LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
+
+/// Graph size for one step: generous for the ~30 nodes a layer takes.
+pub(crate) fn graph_size(n_layers: usize) -> usize {
+    64 * n_layers + 256
+}
+
+/// Weight names a stage holds: its layers' weights, the RoPE factors, and the
+/// output weights when it makes the logits.
+pub(crate) fn stage_weight_names(cfg: &LlamaConfig, layers: &Range<u32>, head: bool) -> Vec<String> {
+    let mut names: Vec<String> = layers
+        .clone()
+        .flat_map(|il| LayerRole::ALL.iter().map(move |r| r.name(il)))
+        .collect();
+    if cfg.rope_freqs {
+        names.push(ROPE_FREQS.into());
+    }
+    if head {
+        names.push(OUTPUT_NORM.into());
+        names.push(if cfg.tied_output { TOKEN_EMBD } else { OUTPUT }.into());
+    }
+    names
+}
+
+pub(crate) fn k_cache_name(il: u32) -> String {
+    format!("cache_k_l{il}")
+}
+
+pub(crate) fn v_cache_name(il: u32) -> String {
+    format!("cache_v_l{il}")
+}
+
+/// Looks up the stage's tensors by name in `by_name` and arranges them for the
+/// graph builder.
+pub(crate) fn stage_tensors<'c>(
+    cfg: &LlamaConfig,
+    layers: &Range<u32>,
+    head: bool,
+    by_name: &HashMap<String, Tensor<'c>>,
+) -> Result<StageTensors<'c>, ExecError> {
+    let get = |n: &str| {
+        by_name
+            .get(n)
+            .copied()
+            .ok_or_else(|| ExecError::Weight(n.to_string(), "not loaded on this stage".into()))
+    };
+    let mut out = Vec::new();
+    for il in layers.clone() {
+        let w = |r: LayerRole| get(&r.name(il));
+        out.push(LayerTensors {
+            il,
+            attn_norm: w(LayerRole::AttnNorm)?,
+            wq: w(LayerRole::Q)?,
+            wk: w(LayerRole::K)?,
+            wv: w(LayerRole::V)?,
+            wo: w(LayerRole::Out)?,
+            ffn_norm: w(LayerRole::FfnNorm)?,
+            gate: w(LayerRole::Gate)?,
+            up: w(LayerRole::Up)?,
+            down: w(LayerRole::Down)?,
+            k_cache: get(&k_cache_name(il))?,
+            v_cache: get(&v_cache_name(il))?,
+        });
+    }
+    let head = if head {
+        Some(HeadTensors {
+            output_norm: get(OUTPUT_NORM)?,
+            output: get(if cfg.tied_output { TOKEN_EMBD } else { OUTPUT })?,
+        })
+    } else {
+        None
+    };
+    let rope_freqs = if cfg.rope_freqs { Some(get(ROPE_FREQS)?) } else { None };
+    Ok(StageTensors {
+        layers: out,
+        head,
+        rope_freqs,
+    })
+}
+
+/// Layers computed on the coordinator.
+#[derive(Debug)]
+pub struct LocalStage {
+    layers: Range<u32>,
+    head: bool,
+    weights: Context,
+    backend: CpuBackend,
+}
+
+impl LocalStage {
+    /// Copies the stage's weights into CPU memory and makes a zeroed KV cache
+    /// of `kv_size` cells per layer.
+    pub fn new(
+        g: &Gguf,
+        cfg: &LlamaConfig,
+        layers: Range<u32>,
+        head: bool,
+        kv_size: u32,
+        threads: usize,
+    ) -> Result<Self, ExecError> {
+        let names = stage_weight_names(cfg, &layers, head);
+        let n_tensors = names.len() + 2 * layers.len();
+        let ctx = Context::new(Context::tensor_overhead() * (n_tensors + 1), true)?;
+        let mut data = Vec::new();
+        for name in &names {
+            let info = g
+                .tensor(name)
+                .ok_or_else(|| ExecError::Weight(name.clone(), "missing".into()))?;
+            let ne: Vec<i64> = info.dims().iter().map(|&d| d as i64).collect();
+            let t = ctx.new_tensor(info.ty().id(), &ne)?.set_name(name);
+            data.push((t, g.tensor_data(info)));
+        }
+        let n_embd_kv = cfg.n_embd_kv() as i64;
+        for il in layers.clone() {
+            ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(kv_size), 1])?.set_name(&k_cache_name(il));
+            ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(kv_size), 1])?.set_name(&v_cache_name(il));
+        }
+        let backend = CpuBackend::new(threads)?;
+        backend.alloc_context(&ctx)?;
+        // A zeroed cache: attention multiplies masked cells by 0, and 0 × NaN
+        // from stale memory would not be 0.
+        ctx.clear_buffers(0);
+        for (t, bytes) in data {
+            t.write_bytes(0, bytes)?;
+        }
+        Ok(LocalStage {
+            layers,
+            head,
+            weights: ctx,
+            backend,
+        })
+    }
+
+    /// Runs the stage on `hidden` (`[n_embd, n_tokens]`); returns its output.
+    pub fn run(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
+        let by_name: HashMap<String, Tensor<'_>> =
+            self.weights.tensors().into_iter().map(|t| (t.name(), t)).collect();
+        let st = stage_tensors(cfg, &self.layers, self.head, &by_name)?;
+        let kv_size = st.layers.first().map_or(0, |l| l.k_cache.ne()[1]);
+        let gsize = graph_size(self.layers.len());
+        let ctx = Context::new(Context::tensor_overhead() * gsize + Context::graph_overhead(gsize), true)?;
+        let n = step.n_tokens as i64;
+        let n_embd = i64::from(cfg.hp.n_embd);
+        let inp = StageInputs {
+            hidden: ctx.new_tensor(ty::F32, &[n_embd, n])?.set_name("inp_hidden").set_input(),
+            pos: ctx.new_tensor(ty::I32, &[n])?.set_name("inp_pos").set_input(),
+            kv_idx: ctx.new_tensor(ty::I64, &[n])?.set_name("inp_kv_idx").set_input(),
+            mask: ctx.new_tensor(ty::F16, &[kv_size.max(1), n])?.set_name("inp_mask").set_input(),
+            out_ids: if self.layers.contains(&(cfg.hp.n_layer - 1)) {
+                Some(ctx.new_tensor(ty::I32, &[step.out_ids.len() as i64])?.set_name("inp_out_ids").set_input())
+            } else {
+                None
+            },
+        };
+        let mut graph = ctx.new_graph(gsize)?;
+        let out = build_stage(&ctx, &mut graph, cfg, &st, &inp)?;
+        self.backend.alloc_context(&ctx)?;
+        inp.hidden.write_bytes(0, &le_bytes_f32(hidden))?;
+        inp.pos.write_bytes(0, &le_bytes_i32(&step.pos))?;
+        inp.kv_idx.write_bytes(0, &le_bytes_i64(&step.kv_idx))?;
+        inp.mask.write_bytes(0, &le_bytes_u16(&step.mask))?;
+        if let Some(ids) = inp.out_ids {
+            ids.write_bytes(0, &le_bytes_i32(&step.out_ids))?;
+        }
+        self.backend.compute(&graph)?;
+        Ok(out.read_f32()?)
+    }
+}

@@ -1,0 +1,134 @@
+//! Running a batch through the pipeline: the token embedding on the
+//! coordinator, then each stage in order (on the coordinator's CPU or on a
+//! server), activations handed from stage to stage, logits from the last.
+
+pub mod local;
+pub mod pipeline;
+pub mod remote;
+
+use ggml_sys::{ty, Context, CpuBackend, GgmlError};
+
+use crate::gguf::Gguf;
+use crate::model::{LlamaConfig, TOKEN_EMBD};
+use crate::rpc::RpcError;
+
+/// Errors while executing a step.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// ggml refused an operation (a bug or an unsupported model shape).
+    #[error("building or computing the graph: {0}")]
+    Ggml(#[from] GgmlError),
+    /// A server failed.
+    #[error("server {endpoint}: {source}")]
+    Rpc {
+        /// The server.
+        endpoint: String,
+        /// What went wrong.
+        source: RpcError,
+    },
+    /// A graph could not be put on the wire.
+    #[error(transparent)]
+    Wire(#[from] crate::graph::WireError),
+    /// A graph needs more memory than its server gave.
+    #[error("server {endpoint}: {detail}")]
+    Memory {
+        /// The server.
+        endpoint: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A weight is missing or malformed.
+    #[error("weight '{0}': {1}")]
+    Weight(String, String),
+    /// The local CPU cannot compute a node the graph needs (a server could
+    /// not either, and would abort).
+    #[error("op {op} of tensor '{name}' is not supported by ggml's CPU backend")]
+    Unsupported {
+        /// The op.
+        op: String,
+        /// The tensor.
+        name: String,
+    },
+}
+
+/// The inputs of one step, shared by every stage.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Tokens in the batch.
+    pub n_tokens: usize,
+    /// Position of each token, I32.
+    pub pos: Vec<i32>,
+    /// KV cell of each token, I64.
+    pub kv_idx: Vec<i64>,
+    /// Mask rows, f16 bits, `[n_tokens][kv_size]`.
+    pub mask: Vec<u16>,
+    /// Tokens whose logits are wanted (indices into the batch), I32.
+    pub out_ids: Vec<i32>,
+}
+
+pub(crate) fn le_bytes_f32(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub(crate) fn le_bytes_i32(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub(crate) fn le_bytes_i64(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub(crate) fn le_bytes_u16(v: &[u16]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub(crate) fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Token embedding lookup on the coordinator's CPU (ggml `get_rows`, which
+/// dequantizes exactly as a server would).
+#[derive(Debug)]
+pub struct Embedder {
+    ctx: Context,
+    backend: CpuBackend,
+    n_embd: i64,
+}
+
+impl Embedder {
+    /// Copies the token embedding out of the model into CPU memory.
+    pub fn new(g: &Gguf, cfg: &LlamaConfig, threads: usize) -> Result<Self, ExecError> {
+        let info = g
+            .tensor(TOKEN_EMBD)
+            .ok_or_else(|| ExecError::Weight(TOKEN_EMBD.into(), "missing".into()))?;
+        let ctx = Context::new(Context::tensor_overhead() * 2, true)?;
+        let ne: Vec<i64> = info.dims().iter().map(|&d| d as i64).collect();
+        let t = ctx.new_tensor(info.ty().id(), &ne)?.set_name(TOKEN_EMBD);
+        let backend = CpuBackend::new(threads)?;
+        backend.alloc_context(&ctx)?;
+        t.write_bytes(0, g.tensor_data(info))?;
+        Ok(Embedder {
+            ctx,
+            backend,
+            n_embd: i64::from(cfg.hp.n_embd),
+        })
+    }
+
+    /// F32 `[n_embd, tokens.len()]` embeddings of `tokens`.
+    pub fn embed(&mut self, tokens: &[i32]) -> Result<Vec<f32>, ExecError> {
+        let table = self.ctx.tensors()[0];
+        let n = tokens.len() as i64;
+        let step = Context::new(Context::tensor_overhead() * 4 + Context::graph_overhead(8), true)?;
+        let ids = step.new_tensor(ty::I32, &[n])?.set_input();
+        let rows = step.get_rows(table, ids)?.set_output();
+        let mut graph = step.new_graph(8)?;
+        graph.build_forward(rows)?;
+        self.backend.alloc_context(&step)?;
+        ids.write_bytes(0, &le_bytes_i32(tokens))?;
+        self.backend.compute(&graph)?;
+        debug_assert_eq!(rows.ne()[0], self.n_embd);
+        Ok(rows.read_f32()?)
+    }
+}

@@ -1,0 +1,165 @@
+//! Bookkeeping of the KV cache's cells: which sequence and position each cell
+//! holds. The cache itself (K and V tensors per layer) lives on the server that
+//! owns the layer; every stage uses the same cell indices, so one table serves
+//! all of them.
+
+/// A sequence id.
+pub type SeqId = u32;
+
+/// What one cell of the cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cell {
+    /// The sequence the cell belongs to.
+    pub seq: SeqId,
+    /// The token position it holds.
+    pub pos: u32,
+}
+
+/// The cell table of a unified KV cache shared by all sequences.
+#[derive(Debug, Clone)]
+pub struct KvCells {
+    cells: Vec<Option<Cell>>,
+    /// Where the next search for free cells starts (cells fill in order).
+    head: usize,
+}
+
+/// The cache has no room for a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("KV cache full: {needed} cells needed, {free} free of {size} (raise --ctx)")]
+pub struct CacheFull {
+    /// Cells the batch needs.
+    pub needed: usize,
+    /// Cells free.
+    pub free: usize,
+    /// Cells in all.
+    pub size: usize,
+}
+
+impl KvCells {
+    /// A table of `size` empty cells.
+    pub fn new(size: usize) -> Self {
+        KvCells {
+            cells: vec![None; size],
+            head: 0,
+        }
+    }
+
+    /// Number of cells.
+    pub fn size(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Cells in use.
+    pub fn used(&self) -> usize {
+        self.cells.iter().filter(|c| c.is_some()).count()
+    }
+
+    /// The cell at `i`.
+    pub fn get(&self, i: usize) -> Option<Cell> {
+        self.cells.get(i).copied().flatten()
+    }
+
+    /// Claims one free cell for each of `tokens` (sequence, position) and
+    /// returns their indices, in order. Nothing changes when they do not fit.
+    pub fn claim(&mut self, tokens: &[Cell]) -> Result<Vec<usize>, CacheFull> {
+        let n = self.cells.len();
+        let free = n - self.used();
+        if tokens.len() > free {
+            return Err(CacheFull {
+                needed: tokens.len(),
+                free,
+                size: n,
+            });
+        }
+        let mut out = Vec::with_capacity(tokens.len());
+        let mut i = self.head;
+        for &t in tokens {
+            while self.cells[i % n].is_some() {
+                i += 1;
+            }
+            self.cells[i % n] = Some(t);
+            out.push(i % n);
+            i += 1;
+        }
+        self.head = i % n.max(1);
+        Ok(out)
+    }
+
+    /// Frees one cell.
+    pub fn release(&mut self, i: usize) {
+        if let Some(c) = self.cells.get_mut(i) {
+            *c = None;
+        }
+    }
+
+    /// Frees every cell of `seq`.
+    pub fn remove_seq(&mut self, seq: SeqId) {
+        for c in &mut self.cells {
+            if c.is_some_and(|c| c.seq == seq) {
+                *c = None;
+            }
+        }
+    }
+
+    /// Frees every cell.
+    pub fn clear(&mut self) {
+        self.cells.iter_mut().for_each(|c| *c = None);
+        self.head = 0;
+    }
+
+    /// The attention mask for a batch of query tokens, as f16 bits, row-major
+    /// `[rows][size]`: 0 where query `q` may see the cell (same sequence, not a
+    /// later position), -inf elsewhere. Rows past `queries.len()` (padding)
+    /// are all -inf.
+    pub fn mask_f16(&self, queries: &[Cell], rows: usize) -> Vec<u16> {
+        const ZERO: u16 = 0x0000;
+        const NEG_INF: u16 = 0xfc00;
+        let n = self.cells.len();
+        let mut m = vec![NEG_INF; rows * n];
+        for (q, row) in queries.iter().zip(m.chunks_exact_mut(n)) {
+            for (c, v) in self.cells.iter().zip(row.iter_mut()) {
+                if let Some(c) = c {
+                    if c.seq == q.seq && c.pos <= q.pos {
+                        *v = ZERO;
+                    }
+                }
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(seq: SeqId, pos: u32) -> Cell {
+        Cell { seq, pos }
+    }
+
+    #[test]
+    fn claims_in_order_and_frees_by_sequence() {
+        let mut kv = KvCells::new(6);
+        assert_eq!(kv.claim(&[cell(0, 0), cell(0, 1), cell(0, 2)]).unwrap(), [0, 1, 2]);
+        assert_eq!(kv.claim(&[cell(1, 0), cell(1, 1)]).unwrap(), [3, 4]);
+        kv.remove_seq(0);
+        assert_eq!(kv.used(), 2);
+        // Wraps around to the freed cells.
+        assert_eq!(kv.claim(&[cell(2, 0), cell(2, 1)]).unwrap(), [5, 0]);
+        let err = kv.claim(&[cell(3, 0); 3]).unwrap_err();
+        assert_eq!(err, CacheFull { needed: 3, free: 2, size: 6 });
+        assert_eq!(kv.used(), 4, "a failed claim changes nothing");
+    }
+
+    #[test]
+    fn mask_is_causal_per_sequence_with_padding_rows() {
+        let mut kv = KvCells::new(4);
+        kv.claim(&[cell(0, 0), cell(1, 0), cell(0, 1)]).unwrap();
+        let m = kv.mask_f16(&[cell(0, 1), cell(1, 0)], 3);
+        let z = 0u16;
+        let x = 0xfc00u16;
+        assert_eq!(&m[0..4], &[z, x, z, x], "seq 0 pos 1 sees its cells 0 and 2");
+        assert_eq!(&m[4..8], &[x, z, x, x], "seq 1 sees only its own cell");
+        assert_eq!(&m[8..12], &[x, x, x, x], "padding row");
+    }
+}

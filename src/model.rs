@@ -1,0 +1,246 @@
+//! The llama family as shardline runs it: hyperparameters resolved into the
+//! numbers the graph needs, and the weights as named roles with shapes.
+
+use ggml_sys::RopeParams;
+
+use crate::gguf::llama::{keys, LlamaHparams};
+use crate::gguf::{Gguf, GgufError, TensorInfo};
+
+
+
+/// Why a model cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The metadata is missing or malformed.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// Not a llama-family architecture.
+    #[error("architecture '{0}' is not supported (supported: llama and its derivatives)")]
+    Architecture(String),
+    /// A required weight is missing.
+    #[error("weight '{0}' is missing from the model")]
+    MissingWeight(String),
+    /// A weight has a shape the architecture does not allow.
+    #[error("weight '{name}' has shape {got:?}, expected {expected:?}")]
+    Shape {
+        /// The weight.
+        name: String,
+        /// Its dims.
+        got: Vec<u64>,
+        /// What the hyperparameters require.
+        expected: Vec<u64>,
+    },
+    /// A setting this implementation does not handle.
+    #[error("unsupported model setting: {0}")]
+    Unsupported(String),
+}
+
+/// Everything the forward graph needs to know about the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Hyperparameters as stored.
+    pub hp: LlamaHparams,
+    /// RoPE settings.
+    pub rope: RopeParams,
+    /// Attention scale (1/sqrt(head_dim) unless the model says otherwise).
+    pub kq_scale: f32,
+    /// Whether `rope_freqs.weight` (Llama 3 frequency factors) is present.
+    pub rope_freqs: bool,
+    /// Whether the output matrix is the token embedding (no `output.weight`).
+    pub tied_output: bool,
+}
+
+impl LlamaConfig {
+    /// Reads the configuration and checks every weight's presence and shape.
+    pub fn from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
+        let hp = LlamaHparams::from_metadata(g.metadata_map())?;
+        let arch = hp.architecture.clone();
+        if !matches!(arch.as_str(), "llama" | "mistral") {
+            return Err(ModelError::Architecture(arch));
+        }
+        let key = |s: &str| keys::arch_key(&arch, s);
+        if hp.n_rot != hp.head_dim {
+            return Err(ModelError::Unsupported(format!(
+                "rope dimension count {} differs from head size {}",
+                hp.n_rot, hp.head_dim
+            )));
+        }
+        let scaling = g.get_opt::<&str>(&key(keys::ROPE_SCALING_TYPE))?.unwrap_or("linear");
+        let factor = g.get_opt::<f32>(&key(keys::ROPE_SCALING_FACTOR))?.unwrap_or(0.0);
+        let freq_scale = match scaling {
+            "none" | "linear" => {
+                if factor > 0.0 {
+                    1.0 / factor
+                } else {
+                    1.0
+                }
+            }
+            other => {
+                return Err(ModelError::Unsupported(format!("rope scaling type '{other}'")));
+            }
+        };
+        let n_ctx_orig = g
+            .get_opt::<u32>(&key("rope.scaling.original_context_length"))
+            .ok()
+            .flatten()
+            .unwrap_or(hp.n_ctx_train);
+        let attn_scale = g.get_opt::<f32>(&key("attention.scale")).ok().flatten().unwrap_or(0.0);
+        let kq_scale = if attn_scale == 0.0 {
+            1.0 / (hp.head_dim as f32).sqrt()
+        } else {
+            attn_scale
+        };
+        let rope = RopeParams {
+            n_dims: hp.n_rot as i32,
+            mode: 0,
+            n_ctx_orig: n_ctx_orig as i32,
+            freq_base: hp.rope_freq_base,
+            freq_scale,
+            ext_factor: 0.0,
+            attn_factor: 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+        };
+        let cfg = LlamaConfig {
+            rope_freqs: g.tensor(ROPE_FREQS).is_some(),
+            tied_output: g.tensor(OUTPUT).is_none(),
+            hp,
+            rope,
+            kq_scale,
+        };
+        cfg.check_weights(g)?;
+        Ok(cfg)
+    }
+
+    /// Width of K and V per token.
+    pub fn n_embd_kv(&self) -> u64 {
+        u64::from(self.hp.n_embd_kv())
+    }
+
+    /// Name and expected dims of every weight a layer has.
+    pub fn layer_weights(&self, il: u32) -> Vec<(String, Vec<u64>)> {
+        LayerRole::ALL.iter().map(|r| (r.name(il), r.dims(self))).collect()
+    }
+
+    fn check_weights(&self, g: &Gguf) -> Result<(), ModelError> {
+        let (e, v) = (u64::from(self.hp.n_embd), u64::from(self.hp.n_vocab));
+        let mut expect: Vec<(String, Vec<u64>)> = vec![
+            (TOKEN_EMBD.into(), vec![e, v]),
+            (OUTPUT_NORM.into(), vec![e]),
+        ];
+        if !self.tied_output {
+            expect.push((OUTPUT.into(), vec![e, v]));
+        }
+        if self.rope_freqs {
+            expect.push((ROPE_FREQS.into(), vec![u64::from(self.hp.n_rot / 2)]));
+        }
+        for il in 0..self.hp.n_layer {
+            expect.extend(self.layer_weights(il));
+        }
+        for (name, dims) in expect {
+            let t = g.tensor(&name).ok_or_else(|| ModelError::MissingWeight(name.clone()))?;
+            check_dims(t, &dims)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_dims(t: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {
+    // Trailing 1s are the same shape.
+    let trim = |d: &[u64]| {
+        let mut v = d.to_vec();
+        while v.len() > 1 && v.last() == Some(&1) {
+            v.pop();
+        }
+        v
+    };
+    if trim(t.dims()) != trim(expected) {
+        return Err(ModelError::Shape {
+            name: t.name().to_string(),
+            got: t.dims().to_vec(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Token embedding (looked up on the coordinator; also the output matrix
+/// when the model has none).
+pub const TOKEN_EMBD: &str = "token_embd.weight";
+/// Final norm weight.
+pub const OUTPUT_NORM: &str = "output_norm.weight";
+/// Output (LM head) matrix, when not tied.
+pub const OUTPUT: &str = "output.weight";
+/// Llama 3 RoPE frequency factors.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The weights of one transformer layer, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerRole {
+    /// RMSNorm weight before attention.
+    AttnNorm,
+    /// Query projection.
+    Q,
+    /// Key projection.
+    K,
+    /// Value projection.
+    V,
+    /// Attention output projection.
+    Out,
+    /// RMSNorm weight before the feed-forward.
+    FfnNorm,
+    /// Feed-forward gate projection.
+    Gate,
+    /// Feed-forward up projection.
+    Up,
+    /// Feed-forward down projection.
+    Down,
+}
+
+impl LayerRole {
+    /// Every role, in a fixed order.
+    pub const ALL: [LayerRole; 9] = [
+        LayerRole::AttnNorm,
+        LayerRole::Q,
+        LayerRole::K,
+        LayerRole::V,
+        LayerRole::Out,
+        LayerRole::FfnNorm,
+        LayerRole::Gate,
+        LayerRole::Up,
+        LayerRole::Down,
+    ];
+
+    /// The GGUF tensor name of this role in layer `il`.
+    pub fn name(self, il: u32) -> String {
+        let suffix = match self {
+            LayerRole::AttnNorm => "attn_norm",
+            LayerRole::Q => "attn_q",
+            LayerRole::K => "attn_k",
+            LayerRole::V => "attn_v",
+            LayerRole::Out => "attn_output",
+            LayerRole::FfnNorm => "ffn_norm",
+            LayerRole::Gate => "ffn_gate",
+            LayerRole::Up => "ffn_up",
+            LayerRole::Down => "ffn_down",
+        };
+        format!("blk.{il}.{suffix}.weight")
+    }
+
+    /// Its dims (ggml order) for this model.
+    pub fn dims(self, cfg: &LlamaConfig) -> Vec<u64> {
+        let hp = &cfg.hp;
+        let e = u64::from(hp.n_embd);
+        let q = u64::from(hp.head_dim * hp.n_head);
+        let kv = cfg.n_embd_kv();
+        let ff = u64::from(hp.n_ff);
+        match self {
+            LayerRole::AttnNorm | LayerRole::FfnNorm => vec![e],
+            LayerRole::Q => vec![e, q],
+            LayerRole::K | LayerRole::V => vec![e, kv],
+            LayerRole::Out => vec![q, e],
+            LayerRole::Gate | LayerRole::Up => vec![e, ff],
+            LayerRole::Down => vec![ff, e],
+        }
+    }
+}

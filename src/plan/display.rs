@@ -1,0 +1,101 @@
+//! The plan as a table, one row per stage.
+
+use std::fmt;
+
+use crate::cluster::human_bytes;
+
+use super::{layer_range, Plan};
+
+const HEADERS: [&str; 8] = [
+    "stage",
+    "device",
+    "layers",
+    "weights",
+    "KV",
+    "compute",
+    "output",
+    "free after",
+];
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seqs = if self.n_seq_max == 1 {
+            "sequence"
+        } else {
+            "sequences"
+        };
+        write!(
+            f,
+            "{} layers, context {} (f16 KV shared by {} {seqs}), batch {}, strategy {}, reserve {} per device",
+            self.n_layer,
+            self.n_ctx,
+            self.n_seq_max,
+            self.n_batch,
+            self.strategy,
+            human_bytes(self.reserve)
+        )?;
+        if self.output_tied {
+            f.write_str(", output tied to token_embd.weight")?;
+        }
+        writeln!(f)?;
+
+        let mut rows: Vec<[String; 8]> = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                [
+                    i.to_string(),
+                    s.target.to_string(),
+                    layer_range(&s.layers),
+                    human_bytes(s.weight_bytes),
+                    human_bytes(s.kv_bytes),
+                    human_bytes(s.compute_bytes),
+                    if s.holds_output {
+                        human_bytes(s.output_bytes)
+                    } else {
+                        "-".to_owned()
+                    },
+                    s.free_after.map_or_else(|| "-".to_owned(), human_bytes),
+                ]
+            })
+            .collect();
+        let sum =
+            |field: fn(&super::Stage) -> u64| human_bytes(self.stages.iter().map(field).sum());
+        rows.push([
+            "total".to_owned(),
+            String::new(),
+            format!("{} layers", self.n_layer),
+            sum(|s| s.weight_bytes),
+            sum(|s| s.kv_bytes),
+            sum(|s| s.compute_bytes),
+            sum(|s| s.output_bytes),
+            String::new(),
+        ]);
+
+        let mut widths = HEADERS.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let line = |f: &mut fmt::Formatter<'_>, cells: [&str; 8]| -> fmt::Result {
+            // Text columns left-aligned, sizes right-aligned.
+            let mut text = String::new();
+            for (k, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                let sep = if k == 0 { "" } else { "  " };
+                if k < 3 {
+                    text.push_str(&format!("{sep}{cell:<w$}"));
+                } else {
+                    text.push_str(&format!("{sep}{cell:>w$}"));
+                }
+            }
+            writeln!(f, "{}", text.trim_end())
+        };
+        line(f, HEADERS)?;
+        for row in &rows {
+            line(f, row.each_ref().map(String::as_str))?;
+        }
+        Ok(())
+    }
+}

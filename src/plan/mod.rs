@@ -1,0 +1,447 @@
+//! Layer placement: which contiguous range of a model's layers runs on which
+//! device, and what that costs each device in memory.
+//!
+//! Pure: no I/O, no async. The planner returns a plain [`Plan`] that the
+//! rest of the code reads ([`Plan::stage_of_layer`]). The `plan` command is:
+//! probe the servers → [`devices_from_reports`] → [`ModelCost::from_gguf`] →
+//! [`plan`] → print the [`Plan`] (a table through `Display`, or JSON).
+//!
+//! Placement rules:
+//! - the first [`PlanOptions::local_layers`] layers run on the coordinator's
+//!   CPU; the rest go to the devices in the order given, each device one
+//!   contiguous range, devices with no layers left out;
+//! - the input embedding lookup runs on the coordinator (it reads the mapped
+//!   file), so `token_embd.weight` costs the servers nothing, unless the
+//!   output is tied to it;
+//! - the device of the last stage also holds the output norm, the output
+//!   matrix (`token_embd.weight` again when the file has no `output.weight`)
+//!   and the logits;
+//! - every stage holds its layers' weights and KV cache and one compute
+//!   buffer; see [`cost`] for the formulas.
+//!
+//! Every tensor is rounded up to its device's alignment, and each device
+//! keeps [`PlanOptions::reserve`] bytes free.
+
+pub mod cost;
+mod display;
+mod split;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::cluster::{human_bytes, ServerReport};
+use crate::gguf::GgufError;
+
+pub use cost::{
+    compute_estimate, kv_tensor_bytes, ModelCost, ModelShape, ModelWeights, TensorCost,
+};
+pub use split::parse_split;
+
+/// Default [`PlanOptions::reserve`]: 256 MiB left free on each device.
+pub const DEFAULT_RESERVE: u64 = 256 << 20;
+/// Alignment assumed for tensors on the coordinator's CPU backend.
+pub const LOCAL_ALIGNMENT: u64 = 64;
+
+/// One device of one server, as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceSpec {
+    /// `host:port` of its server.
+    pub endpoint: String,
+    /// Index of the device on its server.
+    pub device: u32,
+    /// Free memory in bytes.
+    pub free: u64,
+    /// Total memory in bytes.
+    pub total: u64,
+    /// Buffer alignment in bytes (0 is taken as 1).
+    pub alignment: u64,
+    /// Largest single buffer in bytes (0 is taken as no limit).
+    pub max_size: u64,
+}
+
+impl DeviceSpec {
+    fn alignment(&self) -> u64 {
+        self.alignment.max(1)
+    }
+
+    fn max_buffer(&self) -> u64 {
+        if self.max_size == 0 {
+            u64::MAX
+        } else {
+            self.max_size
+        }
+    }
+}
+
+/// Every device of every server, in order.
+pub fn devices_from_reports(reports: &[ServerReport]) -> Vec<DeviceSpec> {
+    reports
+        .iter()
+        .flat_map(|s| {
+            s.devices.iter().map(|d| DeviceSpec {
+                endpoint: s.endpoint.clone(),
+                device: d.index,
+                free: d.free,
+                total: d.total,
+                alignment: d.alignment,
+                max_size: d.max_size,
+            })
+        })
+        .collect()
+}
+
+/// How the layers that are not local divide between the devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Layers in proportion to each device's free memory (less the reserve),
+    /// as llama.cpp splits by free memory. When that leaves a device short,
+    /// layers move one at a time from the short device to the one with the
+    /// most room left, while any device has room.
+    Memory,
+    /// The same number of layers on every device; the first devices get one
+    /// more when the count does not divide.
+    Even,
+    /// Explicit layer counts, one per device, summing to the number of
+    /// layers that are not local. A 0 leaves the device out.
+    Split(Vec<u32>),
+}
+
+/// `memory`, `even`, or a split such as `10,20`.
+impl FromStr for Strategy {
+    type Err = ParseStrategyError;
+    fn from_str(s: &str) -> Result<Strategy, ParseStrategyError> {
+        match s.trim() {
+            "memory" => Ok(Strategy::Memory),
+            "even" => Ok(Strategy::Even),
+            t if t.starts_with(|c: char| c.is_ascii_digit()) => parse_split(t).map(Strategy::Split),
+            _ => Err(ParseStrategyError::Unknown(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Strategy::Memory => f.write_str("memory"),
+            Strategy::Even => f.write_str("even"),
+            Strategy::Split(counts) => {
+                for (i, c) in counts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{c}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why a strategy or split does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseStrategyError {
+    #[error("unknown strategy '{0}': expected 'memory', 'even' or layer counts such as '10,20'")]
+    Unknown(String),
+    #[error("bad layer count '{item}' in split '{split}': expected comma-separated whole numbers such as '10,20'")]
+    BadCount { split: String, item: String },
+}
+
+/// What to plan for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanOptions {
+    /// KV cells, shared by all sequences (at least 1).
+    pub n_ctx: u32,
+    /// Tokens per forward pass (at least 1; at most `n_ctx` is used).
+    pub n_batch: u32,
+    /// Sequences that share the KV cache (at least 1).
+    pub n_seq_max: u32,
+    pub strategy: Strategy,
+    /// The first `local_layers` layers run on the coordinator's CPU.
+    pub local_layers: u32,
+    /// Bytes to leave free on each device (and on the coordinator).
+    pub reserve: u64,
+    /// Free memory of the coordinator for its local layers; `None` leaves
+    /// the local stage unchecked.
+    pub local_free: Option<u64>,
+}
+
+impl Default for PlanOptions {
+    fn default() -> PlanOptions {
+        PlanOptions {
+            n_ctx: 4096,
+            n_batch: 512,
+            n_seq_max: 1,
+            strategy: Strategy::Memory,
+            local_layers: 0,
+            reserve: DEFAULT_RESERVE,
+            local_free: None,
+        }
+    }
+}
+
+/// Where a stage runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// The coordinator's own ggml CPU backend.
+    Local,
+    /// A device of an rpc-server.
+    Remote {
+        /// Index into the `devices` given to [`plan`].
+        server: usize,
+        endpoint: String,
+        device: u32,
+    },
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Local => f.write_str("local CPU"),
+            Target::Remote {
+                endpoint, device, ..
+            } => write!(f, "{endpoint}/{device}"),
+        }
+    }
+}
+
+/// A contiguous range of layers on one device, and what it costs there
+/// (every size rounded up to the device's alignment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stage {
+    pub target: Target,
+    pub layers: Range<u32>,
+    /// The layers' weights, plus tensors every stage needs.
+    pub weight_bytes: u64,
+    /// K and V of the layers.
+    pub kv_bytes: u64,
+    /// The compute buffer; on the last stage the logits too.
+    pub compute_bytes: u64,
+    /// Output norm and output matrix: non-zero on the last stage only.
+    pub output_bytes: u64,
+    /// True for the last stage, which computes the logits.
+    pub holds_output: bool,
+    /// The device's free memory after this stage is loaded (the reserve is
+    /// still free); `None` for a local stage without
+    /// [`PlanOptions::local_free`].
+    pub free_after: Option<u64>,
+}
+
+impl Stage {
+    pub fn n_layers(&self) -> u32 {
+        self.layers.end - self.layers.start
+    }
+
+    /// Everything the stage needs on its device.
+    pub fn needed_bytes(&self) -> u64 {
+        self.weight_bytes
+            .saturating_add(self.kv_bytes)
+            .saturating_add(self.compute_bytes)
+            .saturating_add(self.output_bytes)
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.target == Target::Local
+    }
+}
+
+/// Where every layer runs: stages in layer order, covering `0..n_layer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub stages: Vec<Stage>,
+    pub n_layer: u32,
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub n_seq_max: u32,
+    /// The output matrix on the last stage is `token_embd.weight`.
+    pub output_tied: bool,
+    pub strategy: Strategy,
+    pub reserve: u64,
+}
+
+impl Plan {
+    /// Index of the stage that runs layer `l`.
+    pub fn stage_of_layer(&self, l: u32) -> Option<usize> {
+        self.stages.iter().position(|s| s.layers.contains(&l))
+    }
+
+    /// The stage that runs layer `l`.
+    pub fn stage_for_layer(&self, l: u32) -> Option<&Stage> {
+        self.stage_of_layer(l).map(|i| &self.stages[i])
+    }
+
+    /// Where layer `l` runs.
+    pub fn target_of_layer(&self, l: u32) -> Option<&Target> {
+        self.stage_for_layer(l).map(|s| &s.target)
+    }
+
+    /// The stage that holds the output and computes the logits.
+    pub fn last_stage(&self) -> &Stage {
+        // A plan has at least one layer, so at least one stage.
+        self.stages.last().expect("a plan has at least one stage")
+    }
+
+    /// The stage on the coordinator's CPU, when there is one (always first).
+    pub fn local_stage(&self) -> Option<&Stage> {
+        self.stages.first().filter(|s| s.is_local())
+    }
+
+    /// Stages on rpc-servers, in order.
+    pub fn remote_stages(&self) -> impl Iterator<Item = &Stage> {
+        self.stages.iter().filter(|s| !s.is_local())
+    }
+
+    /// Everything all stages need.
+    pub fn needed_bytes(&self) -> u64 {
+        self.stages
+            .iter()
+            .map(Stage::needed_bytes)
+            .fold(0, u64::saturating_add)
+    }
+}
+
+/// Why there is no plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("reading the model: {0}")]
+    Gguf(#[from] GgufError),
+    #[error("the model has neither output.weight nor token_embd.weight to compute logits with")]
+    MissingOutput,
+    #[error("the model has no layers")]
+    NoLayers,
+    #[error("the model declares {n_layer} layers but weights were given for {layers}")]
+    LayerCountMismatch { n_layer: u32, layers: usize },
+    #[error("the context size must be at least 1 token")]
+    ZeroContext,
+    #[error("the batch size must be at least 1 token")]
+    ZeroBatch,
+    #[error("the number of sequences must be at least 1")]
+    ZeroSequences,
+    #[error("{local_layers} local layers asked for, but the model has only {n_layer}")]
+    TooManyLocalLayers { local_layers: u32, n_layer: u32 },
+    #[error("no rpc-server devices to place {layers} layers on (give servers, or run every layer locally)")]
+    NoDevices { layers: u32 },
+    #[error("the split gives {given} layer counts but there are {devices} devices: give one count per device, in order")]
+    SplitCount { given: usize, devices: usize },
+    #[error("the split places {sum} layers but {expected} layers need a server ({n_layer} layers, {local_layers} local)")]
+    SplitSum {
+        sum: u64,
+        expected: u32,
+        n_layer: u32,
+        local_layers: u32,
+    },
+    #[error(
+        "{endpoint} device {device} is short by {}: layers {} need {} there \
+         but it has {} free after the {} reserve (use a smaller context, more or larger devices, or another split)",
+        human_bytes(*short_by), layer_range(layers), human_bytes(*needed), human_bytes(*available), human_bytes(*reserve)
+    )]
+    DoesNotFit {
+        endpoint: String,
+        device: u32,
+        layers: Range<u32>,
+        needed: u64,
+        available: u64,
+        short_by: u64,
+        reserve: u64,
+    },
+    #[error(
+        "the coordinator's CPU is short by {}: local layers {} need {} but it has {} free after the {} reserve (use fewer local layers)",
+        human_bytes(*short_by), layer_range(layers), human_bytes(*needed), human_bytes(*available), human_bytes(*reserve)
+    )]
+    LocalDoesNotFit {
+        layers: Range<u32>,
+        needed: u64,
+        available: u64,
+        short_by: u64,
+        reserve: u64,
+    },
+    #[error(
+        "{endpoint} device {device} cannot hold {what}: it needs one buffer of {} but the device's largest buffer is {}",
+        human_bytes(*bytes), human_bytes(*max_size)
+    )]
+    BufferTooLarge {
+        endpoint: String,
+        device: u32,
+        what: String,
+        bytes: u64,
+        max_size: u64,
+    },
+}
+
+/// `0-9 (10)`.
+pub fn layer_range(layers: &Range<u32>) -> String {
+    match layers.len() {
+        0 => "none (0)".to_owned(),
+        n => format!("{}-{} ({n})", layers.start, layers.end - 1),
+    }
+}
+
+/// Places `cost`'s layers on the coordinator (the first
+/// [`PlanOptions::local_layers`]) and on `devices`, by
+/// [`PlanOptions::strategy`], and checks that every stage fits.
+///
+/// The context, batch and sequence count come from `cost` (built with its
+/// own options); `opts` gives the strategy, local layers, reserve and local
+/// memory. A plan that does not fit names the first device that is short in
+/// layer order, with the shortfall.
+pub fn plan(
+    cost: &ModelCost,
+    devices: &[DeviceSpec],
+    opts: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    let n_layer = cost.n_layer();
+    if n_layer == 0 {
+        return Err(PlanError::NoLayers);
+    }
+    if opts.local_layers > n_layer {
+        return Err(PlanError::TooManyLocalLayers {
+            local_layers: opts.local_layers,
+            n_layer,
+        });
+    }
+    let n_remote = n_layer - opts.local_layers;
+    if n_remote > 0 && devices.is_empty() {
+        return Err(PlanError::NoDevices { layers: n_remote });
+    }
+    let placer = split::Placer::new(cost, devices, opts);
+    let counts = match &opts.strategy {
+        Strategy::Split(counts) => {
+            if counts.len() != devices.len() {
+                return Err(PlanError::SplitCount {
+                    given: counts.len(),
+                    devices: devices.len(),
+                });
+            }
+            let sum: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+            if sum != u64::from(n_remote) {
+                return Err(PlanError::SplitSum {
+                    sum,
+                    expected: n_remote,
+                    n_layer,
+                    local_layers: opts.local_layers,
+                });
+            }
+            counts.clone()
+        }
+        Strategy::Even => split::even(n_remote, devices.len()),
+        Strategy::Memory => placer.memory_counts(n_remote),
+    };
+    let stages = placer.stages(&counts);
+    placer.check(&stages)?;
+    Ok(Plan {
+        stages: stages.into_iter().map(|s| s.stage).collect(),
+        n_layer,
+        n_ctx: cost.n_ctx,
+        n_batch: cost.n_batch,
+        n_seq_max: cost.n_seq_max,
+        output_tied: cost.weights.output_tied,
+        strategy: opts.strategy.clone(),
+        reserve: opts.reserve,
+    })
+}
