@@ -1,15 +1,364 @@
-//! A stage on an rpc-server.
+//! A stage on an rpc-server: weights uploaded once, KV cache and inputs in
+//! buffers of the server, the stage's graph sent with GRAPH_COMPUTE and rerun
+//! with GRAPH_RECOMPUTE while its shape stays the same.
 
-use super::{ExecError, Step};
+use std::collections::HashMap;
+use std::ops::Range;
+
+use ggml_sys::{ty, Context, Device, Tensor, TensorId};
+use shardline_protocol::RpcTensor;
+
+use super::local::{graph_size, k_cache_name, stage_tensors, stage_weight_names, v_cache_name};
+use super::{f32s, le_bytes_f32, le_bytes_i32, le_bytes_i64, le_bytes_u16, ExecError, Step};
+use crate::gguf::Gguf;
+use crate::graph::llama::{build_stage, StageInputs};
+use crate::graph::{layout_nodes, to_wire, RemoteLocation};
+use crate::load::{upload_weights, PlacedWeight, UploadError, UploadStats};
 use crate::model::LlamaConfig;
+use crate::rpc::{RemoteBuffer, RpcClient, RpcError};
 
-/// Layers computed on a server (filled in next).
+/// Shape of the step a stored graph was built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GraphKey {
+    n_tokens: usize,
+    n_outputs: usize,
+}
+
+/// The graph the server holds for GRAPH_RECOMPUTE, with the wire form of
+/// its inputs and output.
 #[derive(Debug)]
-pub struct RemoteStage {}
+struct StoredGraph {
+    key: GraphKey,
+    inputs: Vec<(Input, RpcTensor, u64)>,
+    output: (RpcTensor, u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Hidden,
+    Pos,
+    KvIdx,
+    Mask,
+    OutIds,
+}
+
+/// Byte offsets of the inputs inside the input buffer, sized for the largest
+/// batch.
+#[derive(Debug, Clone, Copy)]
+struct InputLayout {
+    hidden: u64,
+    pos: u64,
+    kv_idx: u64,
+    mask: u64,
+    out_ids: u64,
+    size: u64,
+}
+
+impl InputLayout {
+    fn new(n_embd: u64, kv_size: u64, n_batch: u64, align: u64) -> Self {
+        let up = |n: u64| n.div_ceil(align.max(1)) * align.max(1);
+        let hidden = 0;
+        let pos = up(hidden + 4 * n_embd * n_batch);
+        let kv_idx = up(pos + 4 * n_batch);
+        let mask = up(kv_idx + 8 * n_batch);
+        let out_ids = up(mask + 2 * kv_size * n_batch);
+        let size = up(out_ids + 4 * n_batch);
+        InputLayout {
+            hidden,
+            pos,
+            kv_idx,
+            mask,
+            out_ids,
+            size,
+        }
+    }
+
+    fn offset(&self, i: Input) -> u64 {
+        match i {
+            Input::Hidden => self.hidden,
+            Input::Pos => self.pos,
+            Input::KvIdx => self.kv_idx,
+            Input::Mask => self.mask,
+            Input::OutIds => self.out_ids,
+        }
+    }
+}
+
+/// Layers computed on one device of one server.
+#[derive(Debug)]
+pub struct RemoteStage {
+    client: RpcClient,
+    device: u32,
+    layers: Range<u32>,
+    head: bool,
+    alignment: u64,
+    n_batch: u32,
+    kv_size: u32,
+    weights: HashMap<String, PlacedWeight>,
+    kv_buf: RemoteBuffer,
+    input_buf: RemoteBuffer,
+    inputs: InputLayout,
+    compute_buf: Option<RemoteBuffer>,
+    stored: Option<StoredGraph>,
+    upload: UploadStats,
+}
 
 impl RemoteStage {
-    /// Runs the stage.
-    pub async fn run(&mut self, _cfg: &LlamaConfig, _step: &Step, _hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
-        unimplemented!()
+    /// Uploads the stage's weights, and allocates its KV cache (zeroed) and
+    /// input buffer on `device` of the server behind `client`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn load(
+        mut client: RpcClient,
+        device: u32,
+        g: &Gguf,
+        cfg: &LlamaConfig,
+        layers: Range<u32>,
+        head: bool,
+        kv_size: u32,
+        n_batch: u32,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Self, UploadError> {
+        let endpoint = client.addr().to_string();
+        let rpc = |source| UploadError::Rpc {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let names = stage_weight_names(cfg, &layers, head);
+        let (weights, upload) = upload_weights(&mut client, device, g, &names, progress).await?;
+        let alignment = client.alignment(device).await.map_err(rpc)?;
+        let kv_tensor = 2 * cfg.n_embd_kv() * u64::from(kv_size);
+        let kv_stride = kv_tensor.div_ceil(alignment) * alignment;
+        let kv_buf = client
+            .alloc_buffer(device, (2 * kv_stride * layers.len() as u64).max(1))
+            .await
+            .map_err(rpc)?;
+        // A zeroed cache: attention multiplies masked cells by 0.
+        client.buffer_clear(kv_buf.remote_ptr, 0).await.map_err(rpc)?;
+        let inputs = InputLayout::new(u64::from(cfg.hp.n_embd), u64::from(kv_size), u64::from(n_batch), alignment);
+        let input_buf = client.alloc_buffer(device, inputs.size).await.map_err(rpc)?;
+        client.sync().await.map_err(rpc)?;
+        Ok(RemoteStage {
+            client,
+            device,
+            layers,
+            head,
+            alignment,
+            n_batch,
+            kv_size,
+            weights,
+            kv_buf,
+            input_buf,
+            inputs,
+            compute_buf: None,
+            stored: None,
+            upload,
+        })
     }
+
+    /// The server's address.
+    pub fn endpoint(&self) -> &str {
+        self.client.addr()
+    }
+
+    /// The layers it runs.
+    pub fn layers(&self) -> Range<u32> {
+        self.layers.clone()
+    }
+
+    /// What the weight upload sent and what the server's cache answered.
+    pub fn upload_stats(&self) -> UploadStats {
+        self.upload
+    }
+
+    fn kv_location(&self, cfg: &LlamaConfig, il: u32, v: bool) -> RemoteLocation {
+        let kv_tensor = 2 * cfg.n_embd_kv() * u64::from(self.kv_size);
+        let stride = kv_tensor.div_ceil(self.alignment) * self.alignment;
+        let slot = 2 * u64::from(il - self.layers.start) + u64::from(v);
+        RemoteLocation {
+            buffer: self.kv_buf.remote_ptr,
+            data: self.kv_buf.base + slot * stride,
+        }
+    }
+
+    fn err(&self, source: RpcError) -> ExecError {
+        ExecError::Rpc {
+            endpoint: self.client.addr().to_string(),
+            source,
+        }
+    }
+
+    /// Builds the stage's graph for `key` and puts it on the wire, placed in
+    /// `compute`; or says how large a compute buffer it needs.
+    fn build_wire(&self, cfg: &LlamaConfig, key: GraphKey, compute: Option<RemoteBuffer>) -> Result<Built, ExecError> {
+        let gsize = graph_size(self.layers.len());
+        let ctx = Context::new(Context::tensor_overhead() * gsize + Context::graph_overhead(gsize), true)?;
+        let mut place: HashMap<TensorId, RemoteLocation> = HashMap::new();
+        let mut by_name: HashMap<String, Tensor<'_>> = HashMap::new();
+        for (name, w) in &self.weights {
+            let ne: Vec<i64> = w.wire.ne.iter().map(|&n| i64::from(n)).collect();
+            let t = ctx.new_tensor(w.wire.ty, &ne)?.set_name(name);
+            place.insert(t.id(), RemoteLocation { buffer: w.wire.buffer, data: w.wire.data });
+            by_name.insert(name.clone(), t);
+        }
+        let n_embd_kv = cfg.n_embd_kv() as i64;
+        for il in self.layers.clone() {
+            for (v, name) in [(false, k_cache_name(il)), (true, v_cache_name(il))] {
+                let t = ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(self.kv_size), 1])?.set_name(&name);
+                place.insert(t.id(), self.kv_location(cfg, il, v));
+                by_name.insert(name, t);
+            }
+        }
+        let st = stage_tensors(cfg, &self.layers, self.head, &by_name)?;
+        let n = key.n_tokens as i64;
+        let mut input = |what: Input, t: Tensor<'_>| {
+            place.insert(
+                t.id(),
+                RemoteLocation {
+                    buffer: self.input_buf.remote_ptr,
+                    data: self.input_buf.base + self.inputs.offset(what),
+                },
+            );
+        };
+        let inp = StageInputs {
+            hidden: ctx.new_tensor(ty::F32, &[i64::from(cfg.hp.n_embd), n])?.set_name("inp_hidden").set_input(),
+            pos: ctx.new_tensor(ty::I32, &[n])?.set_name("inp_pos").set_input(),
+            kv_idx: ctx.new_tensor(ty::I64, &[n])?.set_name("inp_kv_idx").set_input(),
+            mask: ctx.new_tensor(ty::F16, &[i64::from(self.kv_size), n])?.set_name("inp_mask").set_input(),
+            out_ids: if key.n_outputs > 0 {
+                Some(ctx.new_tensor(ty::I32, &[key.n_outputs as i64])?.set_name("inp_out_ids").set_input())
+            } else {
+                None
+            },
+        };
+        let mut inputs = vec![
+            (Input::Hidden, inp.hidden),
+            (Input::Pos, inp.pos),
+            (Input::KvIdx, inp.kv_idx),
+            (Input::Mask, inp.mask),
+        ];
+        if let Some(ids) = inp.out_ids {
+            inputs.push((Input::OutIds, ids));
+        }
+        for &(what, t) in &inputs {
+            input(what, t);
+        }
+        let mut graph = ctx.new_graph(gsize)?;
+        let out = build_stage(&ctx, &mut graph, cfg, &st, &inp)?;
+
+        // A graph the server cannot compute would abort it: check every node
+        // against ggml's CPU backend, which is what CPU servers run.
+        if let Some(cpu) = Device::cpu() {
+            for node in graph.nodes() {
+                if !cpu.supports_op(&node) {
+                    let info = node.info();
+                    return Err(ExecError::Unsupported {
+                        op: ggml_sys::op_name(info.op).unwrap_or("?").to_string(),
+                        name: info.name,
+                    });
+                }
+            }
+        }
+
+        let layout = layout_nodes(&graph, self.alignment, |t| place.contains_key(&t.id()), |t| t.nbytes() as u64)
+            .ok_or_else(|| ExecError::Memory {
+                endpoint: self.endpoint().to_string(),
+                detail: "compute buffer size overflows".into(),
+            })?;
+        let compute = match compute {
+            Some(c) if c.size >= layout.size => c,
+            _ => return Ok(Built::NeedCompute(layout.size)),
+        };
+        for (id, off) in &layout.offsets {
+            place.insert(*id, RemoteLocation { buffer: compute.remote_ptr, data: compute.base + off });
+        }
+        let wire = to_wire(&graph, self.device, |t: &Tensor<'_>| place.get(&t.id()).copied())?;
+        let find = |t: Tensor<'_>| -> (RpcTensor, u64) {
+            let i = wire.index[&t.id()];
+            (wire.msg.tensors[i], wire.nbytes[i])
+        };
+        let stored = StoredGraph {
+            key,
+            inputs: inputs.iter().map(|&(what, t)| {
+                let (w, n) = find(t);
+                (what, w, n)
+            }).collect(),
+            output: find(out),
+        };
+        Ok(Built::Ready(stored, wire.msg, wire.nbytes))
+    }
+
+    async fn upload_inputs(&mut self, stored: &StoredGraph, step: &Step, hidden: &[f32]) -> Result<(), ExecError> {
+        for (what, wire, n) in &stored.inputs {
+            let bytes = match what {
+                Input::Hidden => le_bytes_f32(hidden),
+                Input::Pos => le_bytes_i32(&step.pos),
+                Input::KvIdx => le_bytes_i64(&step.kv_idx),
+                Input::Mask => le_bytes_u16(&step.mask),
+                Input::OutIds => le_bytes_i32(&step.out_ids),
+            };
+            if bytes.len() as u64 != *n {
+                return Err(ExecError::Memory {
+                    endpoint: self.endpoint().to_string(),
+                    detail: format!("input {what:?} has {} bytes, the graph expects {n}", bytes.len()),
+                });
+            }
+            self.client.set_tensor(wire, *n, 0, &bytes).await.map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the stage on `hidden` (`[n_embd, n_tokens]`); returns its output.
+    pub async fn run(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
+        if step.n_tokens > self.n_batch as usize {
+            return Err(ExecError::Memory {
+                endpoint: self.endpoint().to_string(),
+                detail: format!("batch of {} tokens exceeds the stage's {}", step.n_tokens, self.n_batch),
+            });
+        }
+        let has_last = self.layers.contains(&(cfg.hp.n_layer - 1));
+        let key = GraphKey {
+            n_tokens: step.n_tokens,
+            n_outputs: if has_last { step.out_ids.len() } else { 0 },
+        };
+        let stored = match self.stored.take() {
+            Some(s) if s.key == key => {
+                self.upload_inputs(&s, step, hidden).await?;
+                self.client.graph_recompute(self.device).await.map_err(|e| self.err(e))?;
+                s
+            }
+            _ => {
+                let mut built = self.build_wire(cfg, key, self.compute_buf)?;
+                if let Built::NeedCompute(size) = built {
+                    if let Some(old) = self.compute_buf.take() {
+                        self.client.free_buffer(old.remote_ptr).await.map_err(|e| self.err(e))?;
+                    }
+                    let buf = self.client.alloc_buffer(self.device, size).await.map_err(|e| self.err(e))?;
+                    self.compute_buf = Some(buf);
+                    built = self.build_wire(cfg, key, self.compute_buf)?;
+                }
+                let Built::Ready(stored, msg, nbytes) = built else {
+                    return Err(ExecError::Memory {
+                        endpoint: self.endpoint().to_string(),
+                        detail: "compute buffer still too small after reallocation".into(),
+                    });
+                };
+                self.upload_inputs(&stored, step, hidden).await?;
+                self.client
+                    .graph_compute_sized(self.device, &msg.nodes, &msg.tensors, &nbytes)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                stored
+            }
+        };
+        let (out, n) = stored.output;
+        let bytes = self.client.get_tensor(&out, n, 0, n).await.map_err(|e| self.err(e));
+        self.stored = Some(stored);
+        Ok(f32s(&bytes?))
+    }
+}
+
+/// Result of [`RemoteStage::build_wire`].
+enum Built {
+    Ready(StoredGraph, shardline_protocol::GraphCompute, Vec<u64>),
+    NeedCompute(u64),
 }

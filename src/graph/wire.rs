@@ -51,6 +51,8 @@ pub struct WireGraph {
     pub msg: GraphCompute,
     /// `ggml_nbytes` of each tensor of `msg.tensors`.
     pub nbytes: Vec<u64>,
+    /// Position in `msg.tensors` of each graph tensor.
+    pub index: HashMap<TensorId, usize>,
 }
 
 /// Serializes `graph` for computing on `device`. `locate` gives the remote
@@ -119,7 +121,8 @@ pub fn to_wire<'c>(
         nodes: nodes.iter().map(|n| ids[&n.id()]).collect(),
         tensors,
     };
-    Ok(WireGraph { msg, nbytes })
+    let index = order.iter().enumerate().map(|(i, t)| (t.id(), i)).collect();
+    Ok(WireGraph { msg, nbytes, index })
 }
 
 /// Depth-first, sources (and view source) before the tensor itself.

@@ -264,7 +264,8 @@ fn merge_ranks(md: &Metadata) -> Result<MergeRanks, TokenizerError> {
     for (rank, merge) in merges.iter().enumerate() {
         // Split at the first space after the first byte, so a half may
         // itself start with a space.
-        let Some(at) = merge.get(1..).and_then(|s| s.find(' ')).map(|p| p + 1) else {
+        let space = merge.bytes().skip(1).position(|b| b == b' ');
+        let Some(at) = space.map(|p| p + 1) else {
             continue;
         };
         let (left, right) = (&merge[..at], &merge[at + 1..]);
@@ -283,26 +284,29 @@ fn merge_ranks(md: &Metadata) -> Result<MergeRanks, TokenizerError> {
 /// outside the vocabulary is ignored (the default stays, itself dropped if
 /// outside), as llama.cpp does.
 fn read_special_ids(md: &Metadata, s: &mut SpecialTokens, n: usize) -> Result<(), TokenizerError> {
-    let keys: [(&str, &mut Option<u32>); 17] = [
-        ("tokenizer.ggml.bos_token_id", &mut s.bos),
-        ("tokenizer.ggml.eos_token_id", &mut s.eos),
-        ("tokenizer.ggml.eot_token_id", &mut s.eot),
-        ("tokenizer.ggml.eom_token_id", &mut s.eom),
-        ("tokenizer.ggml.unknown_token_id", &mut s.unk),
-        ("tokenizer.ggml.seperator_token_id", &mut s.sep),
-        ("tokenizer.ggml.padding_token_id", &mut s.pad),
-        ("tokenizer.ggml.mask_token_id", &mut s.mask),
-        ("tokenizer.ggml.fim_pre_token_id", &mut s.fim_pre),
-        ("tokenizer.ggml.fim_suf_token_id", &mut s.fim_suf),
-        ("tokenizer.ggml.fim_mid_token_id", &mut s.fim_mid),
-        ("tokenizer.ggml.fim_pad_token_id", &mut s.fim_pad),
-        ("tokenizer.ggml.fim_rep_token_id", &mut s.fim_rep),
-        ("tokenizer.ggml.fim_sep_token_id", &mut s.fim_sep),
-        ("tokenizer.ggml.prefix_token_id", &mut s.fim_pre),
-        ("tokenizer.ggml.suffix_token_id", &mut s.fim_suf),
-        ("tokenizer.ggml.middle_token_id", &mut s.fim_mid),
+    type Slot = fn(&mut SpecialTokens) -> &mut Option<u32>;
+    let keys: [(&str, Slot); 17] = [
+        ("tokenizer.ggml.bos_token_id", |s| &mut s.bos),
+        ("tokenizer.ggml.eos_token_id", |s| &mut s.eos),
+        ("tokenizer.ggml.eot_token_id", |s| &mut s.eot),
+        ("tokenizer.ggml.eom_token_id", |s| &mut s.eom),
+        ("tokenizer.ggml.unknown_token_id", |s| &mut s.unk),
+        ("tokenizer.ggml.seperator_token_id", |s| &mut s.sep),
+        ("tokenizer.ggml.padding_token_id", |s| &mut s.pad),
+        ("tokenizer.ggml.mask_token_id", |s| &mut s.mask),
+        ("tokenizer.ggml.fim_pre_token_id", |s| &mut s.fim_pre),
+        ("tokenizer.ggml.fim_suf_token_id", |s| &mut s.fim_suf),
+        ("tokenizer.ggml.fim_mid_token_id", |s| &mut s.fim_mid),
+        ("tokenizer.ggml.fim_pad_token_id", |s| &mut s.fim_pad),
+        ("tokenizer.ggml.fim_rep_token_id", |s| &mut s.fim_rep),
+        ("tokenizer.ggml.fim_sep_token_id", |s| &mut s.fim_sep),
+        // Older names of the FIM keys.
+        ("tokenizer.ggml.prefix_token_id", |s| &mut s.fim_pre),
+        ("tokenizer.ggml.suffix_token_id", |s| &mut s.fim_suf),
+        ("tokenizer.ggml.middle_token_id", |s| &mut s.fim_mid),
     ];
-    for (key, slot) in keys {
+    for (key, slot_of) in keys {
+        let slot = slot_of(s);
         if slot.is_some_and(|id| id as usize >= n) {
             tracing::warn!("default special token '{key}' = {slot:?} is outside the vocabulary; disabling it");
             *slot = None;
@@ -385,16 +389,16 @@ fn find_by_text(tokens: &mut [TokenData], s: &mut SpecialTokens) -> BTreeSet<u32
     };
     // Harmony-style vocabularies end a message with <|end|> but a turn with
     // <|return|>/<|call|> (or <|calls|>/<|flush|>): there <|end|> is no EOG.
-    let has = |t: &str| with_text(&eog, tokens, t).is_some();
+    let has = |eog: &BTreeSet<u32>, tokens: &[TokenData], t: &str| with_text(eog, tokens, t).is_some();
     if let Some(end) = with_text(&eog, tokens, "<|end|>") {
-        let call = has("<|call|>") || has("<|calls|>");
-        if call && (has("<|return|>") || has("<|flush|>")) {
+        let call = has(&eog, tokens, "<|call|>") || has(&eog, tokens, "<|calls|>");
+        if call && (has(&eog, tokens, "<|return|>") || has(&eog, tokens, "<|flush|>")) {
             eog.remove(&end);
             tokens[end as usize].attr = attr::USER_DEFINED;
         }
     }
     // Where </s> is an ordinary token (vocabularies with their own end marker).
-    if has("<|tool_response>") || has("<|plamo:eos|>") {
+    if has(&eog, tokens, "<|tool_response>") || has(&eog, tokens, "<|plamo:eos|>") {
         if let Some(id) = with_text(&eog, tokens, "</s>") {
             eog.remove(&id);
             tokens[id as usize].attr = attr::NORMAL;
@@ -471,7 +475,7 @@ fn strip_attributes(md: &Metadata, pre: Option<&str>, tok: &mut Tokenizer) {
         .to_lowercase();
     let arch = md.get_opt::<&str>("general.architecture").ok().flatten().unwrap_or("");
     let pre = pre.unwrap_or("");
-    let mut set = |tok: &mut Tokenizer, text: &str, flag: u16, on: bool| {
+    let set = |tok: &mut Tokenizer, text: &str, flag: u16, on: bool| {
         if let Some(id) = tok.token_to_id.get(text).copied() {
             let a = &mut tok.tokens[id as usize].attr;
             *a = if on { *a | flag } else { *a & !flag };

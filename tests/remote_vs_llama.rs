@@ -1,0 +1,61 @@
+//! Stages on real workers give llama.cpp's greedy tokens.
+
+mod common;
+
+use common::llama_ref::LlamaRef;
+use common::{model_path, start_worker};
+use shardline::exec::local::LocalStage;
+use shardline::exec::pipeline::{Pipeline, StageRunner};
+use shardline::exec::remote::RemoteStage;
+use shardline::exec::Embedder;
+use shardline::gguf::Gguf;
+use shardline::kv::Cell;
+use shardline::model::LlamaConfig;
+use shardline::rpc::{ClientOptions, RpcClient};
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+async fn greedy(p: &mut Pipeline, prompt: &[u32], n: usize) -> Vec<u32> {
+    let cells: Vec<Cell> = (0..prompt.len()).map(|i| Cell { seq: 0, pos: i as u32 }).collect();
+    let logits = p.decode(prompt, &cells, &[prompt.len() - 1]).await.unwrap();
+    let mut out = vec![argmax(&logits)];
+    while out.len() < n {
+        let pos = (prompt.len() + out.len() - 1) as u32;
+        let logits = p.decode(&[*out.last().unwrap()], &[Cell { seq: 0, pos }], &[0]).await.unwrap();
+        out.push(argmax(&logits));
+    }
+    p.remove_seq(0);
+    out
+}
+
+#[tokio::test]
+async fn split_on_workers_matches_llama_cpp() {
+    let g = Gguf::open(model_path()).unwrap();
+    let cfg = LlamaConfig::from_gguf(&g).unwrap();
+    let workers = [start_worker(&[]), start_worker(&[])];
+    let mut stages = Vec::new();
+    stages.push(StageRunner::Local(LocalStage::new(&g, &cfg, 0..4, false, 256, 1).unwrap()));
+    for (w, (layers, head)) in workers.iter().zip([(4..20, false), (20..30, true)]) {
+        let c = RpcClient::connect(&w.endpoint.to_string(), ClientOptions::default()).await.unwrap();
+        let s = RemoteStage::load(c, 0, &g, &cfg, layers, head, 256, 256, &|_| {}).await.unwrap();
+        stages.push(StageRunner::Remote(s));
+    }
+    let embedder = Embedder::new(&g, &cfg, 1).unwrap();
+    let mut p = Pipeline::new(cfg, embedder, stages, 256);
+    let mut reference = LlamaRef::load(&model_path(), &[], 256);
+    for prompt in ["The capital of France is", "def fibonacci(n):"] {
+        let toks = reference.tokenize(prompt, true);
+        let want = reference.greedy(&toks, 32);
+        let toks_u: Vec<u32> = toks.iter().map(|&t| t as u32).collect();
+        let got: Vec<i32> = greedy(&mut p, &toks_u, 32).await.into_iter().map(|t| t as i32).collect();
+        assert_eq!(got, want, "prompt {prompt:?}");
+    }
+}
