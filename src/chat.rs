@@ -17,6 +17,7 @@
 //! ignores anything a template adds beyond the family's basic shape (SmolLM2's
 //! default system prompt, for one).
 
+use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::Serialize;
 
@@ -107,6 +108,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(ChatError::Syntax)?;
         Ok(ChatTemplate {
@@ -165,6 +167,77 @@ fn raised_message(e: &Error) -> Option<String> {
         err = cur.source();
     }
     None
+}
+
+/// `tojson(value, indent=None, sort_keys=False)` as Hugging Face defines
+/// it: Python's `json.dumps` with `ensure_ascii=False`, so `", "` and `": "`
+/// between items, or one item a line with `indent`.
+fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent = match indent {
+        Some(n) => Some(n),
+        None => kwargs.get::<Option<usize>>("indent")?,
+    };
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    write_json(value, indent, sort_keys, 0, &mut out)?;
+    Ok(Value::from(out))
+}
+
+fn write_json(v: &Value, indent: Option<usize>, sort_keys: bool, depth: usize, out: &mut String) -> Result<(), Error> {
+    use minijinja::value::ValueKind;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    };
+    let sep = if indent.is_some() { "," } else { ", " };
+    match v.kind() {
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = v.try_iter()?.collect();
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, depth + 1);
+                write_json(item, indent, sort_keys, depth + 1, out)?;
+            }
+            if !items.is_empty() {
+                newline(out, depth);
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            let mut keys: Vec<Value> = v.try_iter()?.collect();
+            if sort_keys {
+                keys.sort();
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, depth + 1);
+                let name = key.as_str().map_or_else(|| key.to_string(), str::to_owned);
+                out.push_str(&json_scalar(&Value::from(name))?);
+                out.push_str(": ");
+                write_json(&v.get_item(key)?, indent, sort_keys, depth + 1, out)?;
+            }
+            if !keys.is_empty() {
+                newline(out, depth);
+            }
+            out.push('}');
+        }
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        _ => out.push_str(&json_scalar(v)?),
+    }
+    Ok(())
+}
+
+fn json_scalar(v: &Value) -> Result<String, Error> {
+    serde_json::to_string(v).map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))
 }
 
 /// `strftime_now(format)`: the current UTC time formatted with the common
@@ -339,7 +412,21 @@ mod tests {
         let out = t.render(&msgs, true).unwrap();
         assert_eq!(
             out,
-            r#"<s>[USER:x y:true][ASSISTANT:z:false]{"role":"user","content":" x y "}<gen></s>"#
+            r#"<s>[USER:x y:True][ASSISTANT:z:False]{"role": "user", "content": " x y "}<gen></s>"#
+        );
+    }
+
+    #[test]
+    fn tojson_is_python_style() {
+        let t = ChatTemplate::new(
+            "{{ {'b': [1, 'é', none, true], 'a': {}} | tojson }}|{{ [1, {'k': 2}] | tojson(indent=2) }}|{{ {'b': 1, 'a': 2} | tojson(sort_keys=true) }}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            "{\"b\": [1, \"é\", null, true], \"a\": {}}|[\n  1,\n  {\n    \"k\": 2\n  }\n]|{\"a\": 2, \"b\": 1}"
         );
     }
 

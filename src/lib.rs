@@ -7,7 +7,9 @@
 // The one exception is the read-only mmap of a model file in `gguf::mmap`.
 #![deny(unsafe_code)]
 
+pub mod chat;
 pub mod cluster;
+pub mod engine;
 pub mod exec;
 pub mod gguf;
 pub mod graph;
@@ -18,4 +20,5 @@ pub mod model;
 pub mod plan;
 pub mod rpc;
 pub mod sample;
+pub mod tokenizer;
 pub mod worker;

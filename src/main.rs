@@ -15,8 +15,92 @@ struct Cli {
     command: Command,
 }
 
+/// Where the model runs: servers, layer split, context.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// The model (.gguf).
+    #[arg(long)]
+    model: PathBuf,
+    /// rpc-servers as host:port, comma separated. Without it, shardline
+    /// starts --local-workers workers on this machine.
+    #[arg(long, value_delimiter = ',')]
+    rpc: Vec<String>,
+    /// Local workers to start when no --rpc is given.
+    #[arg(long, default_value_t = 2)]
+    local_workers: usize,
+    /// Context size (KV cache cells).
+    #[arg(long, default_value_t = 4096)]
+    ctx: u32,
+    /// Largest batch of tokens per step (prompts are processed in chunks of it).
+    #[arg(long, default_value_t = 512)]
+    batch: u32,
+    /// How to spread layers: memory (by free memory) or even.
+    #[arg(long, default_value = "memory")]
+    strategy: shardline::plan::Strategy,
+    /// Explicit layer counts per server, e.g. 10,20 (overrides --strategy).
+    #[arg(long)]
+    split: Option<String>,
+    /// Keep the first N layers on this machine's CPU.
+    #[arg(long, default_value_t = 0)]
+    local_layers: u32,
+}
+
+impl ClusterArgs {
+    fn strategy(&self) -> anyhow::Result<shardline::plan::Strategy> {
+        Ok(match &self.split {
+            Some(s) => shardline::plan::Strategy::Split(shardline::plan::parse_split(s)?),
+            None => self.strategy.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Generate text with a model sharded across rpc-servers. Only the
+    /// generated text goes to stdout.
+    Run {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// The prompt (read from stdin when absent).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Wrap the prompt in the model's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        /// Keep the K most likely tokens (0 = off).
+        #[arg(long, default_value_t = 40)]
+        top_k: u32,
+        /// Nucleus sampling threshold (1 = off).
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        /// Minimum probability relative to the best token (0 = off).
+        #[arg(long, default_value_t = 0.05)]
+        min_p: f32,
+        /// Repetition penalty (1 = off).
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        /// Random seed [default: from the clock].
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print one JSON line of timings on stderr at the end.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Show how a model's layers would be spread over the servers, without
+    /// uploading anything.
+    Plan {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what each rpc-server offers (protocol, devices, memory). With no
     /// --rpc, starts two local workers and shows those.
     Cluster {
@@ -76,6 +160,31 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Run {
+            cluster,
+            prompt,
+            chat,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            seed,
+            stats,
+        } => {
+            let sampler = shardline::sample::SamplerConfig {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repeat_penalty,
+                seed: seed.unwrap_or_else(clock_seed),
+                ..Default::default()
+            };
+            run_generate(cluster, prompt, chat, max_tokens, sampler, stats)
+        }
+        Command::Plan { cluster, json } => run_plan(cluster, json),
         Command::Cluster {
             rpc,
             local_workers,
@@ -104,6 +213,144 @@ fn main() -> anyhow::Result<()> {
             devices: device,
         }),
     }
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::EngineOptions> {
+    Ok(shardline::engine::EngineOptions {
+        model: c.model.clone(),
+        servers: c.rpc.clone(),
+        local_workers: c.local_workers,
+        worker_exe: Some(std::env::current_exe().context("locating the shardline binary")?),
+        n_ctx: c.ctx,
+        n_batch: c.batch,
+        strategy: c.strategy()?,
+        local_layers: c.local_layers,
+        ..Default::default()
+    })
+}
+
+fn run_generate(
+    cluster: ClusterArgs,
+    prompt: Option<String>,
+    chat: bool,
+    max_tokens: usize,
+    sampler: shardline::sample::SamplerConfig,
+    stats: bool,
+) -> anyhow::Result<()> {
+    use std::io::Read;
+    let prompt = match prompt {
+        Some(p) => p,
+        None => {
+            if std::io::stdin().is_terminal() {
+                anyhow::bail!("no prompt: pass --prompt TEXT or pipe it on stdin");
+            }
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+            s
+        }
+    };
+    let opts = engine_options(&cluster)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let mut engine = shardline::engine::Engine::load(opts).await.context("loading the model")?;
+        let text = if chat {
+            let tmpl = shardline::chat::ChatTemplate::from_gguf(engine.gguf()).context("chat template")?;
+            tmpl.render(&[shardline::chat::ChatMessage::new("user", prompt)], true)
+                .context("rendering the chat template")?
+        } else {
+            prompt
+        };
+        let tokens = engine.tokenizer().encode(&text, true, true);
+        let params = shardline::engine::GenerateParams {
+            max_tokens,
+            sampler,
+            stop_at_eog: true,
+        };
+        let mut out = std::io::stdout();
+        let mut write_err = None;
+        let (_, st) = engine
+            .generate(&tokens, &params, |piece| {
+                let r = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
+                match r {
+                    Ok(()) => true,
+                    Err(e) => {
+                        write_err = Some(e);
+                        false
+                    }
+                }
+            })
+            .await
+            .context("generating")?;
+        if let Some(e) = write_err {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(anyhow::Error::new(e).context("writing to stdout"));
+            }
+        }
+        if out.is_terminal() {
+            writeln!(out)?;
+        }
+        if stats {
+            let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+            let line = serde_json::json!({
+                "load_s": engine.load_time().as_secs_f64(),
+                "prompt_tokens": st.prompt_tokens,
+                "prompt_tok_s": rate(st.prompt_tokens, st.prompt_s),
+                "gen_tokens": st.gen_tokens,
+                "gen_tok_s": rate(st.gen_steps, st.gen_s),
+            });
+            eprintln!("{line}");
+        }
+        Ok(())
+    })
+}
+
+fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
+    use shardline::plan::{devices_from_reports, plan, ModelCost, PlanOptions};
+    let gguf = shardline::gguf::Gguf::open(&cluster.model)
+        .with_context(|| format!("reading {}", cluster.model.display()))?;
+    let workers = if cluster.rpc.is_empty() {
+        start_local_workers(cluster.local_workers)?
+    } else {
+        Vec::new()
+    };
+    let endpoints: Vec<String> = if cluster.rpc.is_empty() {
+        workers.iter().map(|w| w.endpoint.to_string()).collect()
+    } else {
+        cluster.rpc.clone()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let reports = rt.block_on(async {
+        let mut out = Vec::new();
+        for ep in &endpoints {
+            out.push(
+                shardline::cluster::probe(ep, Default::default())
+                    .await
+                    .with_context(|| format!("probing {ep}"))?,
+            );
+        }
+        Ok::<_, anyhow::Error>(out)
+    })?;
+    let opts = PlanOptions {
+        n_ctx: cluster.ctx,
+        n_batch: cluster.batch,
+        strategy: cluster.strategy()?,
+        local_layers: cluster.local_layers,
+        ..PlanOptions::default()
+    };
+    let cost = ModelCost::from_gguf(&gguf, &opts)?;
+    let p = plan(&cost, &devices_from_reports(&reports), &opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print!("{p}");
+    }
+    Ok(())
 }
 
 /// Starts `n` workers on this machine, splitting its cores between them.

@@ -29,7 +29,7 @@ mod load;
 pub mod pretokenize;
 mod special;
 mod spm;
-mod stream;
+pub mod stream;
 mod unicode;
 
 #[cfg(test)]
@@ -131,10 +131,6 @@ impl MergeRanks {
         let l = *self.halves.get(left)?;
         let r = *self.halves.get(right)?;
         self.ranks.get(&(l, r)).copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.ranks.len()
     }
 }
 

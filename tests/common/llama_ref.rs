@@ -160,3 +160,178 @@ impl Drop for LlamaRef {
         }
     }
 }
+
+/// A model loaded by llama.cpp with its vocabulary only (no tensors, no
+/// context): the tokenizer reference.
+pub struct LlamaVocab {
+    model: *mut sys::llama_model,
+    vocab: *const sys::llama_vocab,
+}
+
+impl LlamaVocab {
+    /// Loads the vocabulary of `path`; `None` if llama.cpp refuses the file.
+    pub fn load(path: &Path) -> Option<LlamaVocab> {
+        init();
+        let cpath = CString::new(path.to_str()?).ok()?;
+        // SAFETY: default params with one plain field write; valid C string.
+        unsafe {
+            let mut mp = sys::llama_model_default_params();
+            mp.vocab_only = true;
+            mp.n_gpu_layers = 0;
+            let model = sys::llama_model_load_from_file(cpath.as_ptr(), mp);
+            if model.is_null() {
+                return None;
+            }
+            let vocab = sys::llama_model_get_vocab(model);
+            Some(LlamaVocab { model, vocab })
+        }
+    }
+
+    pub fn n_tokens(&self) -> i32 {
+        // SAFETY: valid vocab.
+        unsafe { sys::llama_vocab_n_tokens(self.vocab) }
+    }
+
+    /// `llama_tokenize` with both flags explicit.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<i32> {
+        let mut out = vec![0i32; text.len() + 16];
+        loop {
+            // SAFETY: valid vocab; text pointer/len describe a live buffer;
+            // `out` has room for out.len() tokens.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab,
+                    text.as_ptr().cast(),
+                    text.len() as i32,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                out.truncate(n as usize);
+                return out;
+            }
+            out.resize((-n) as usize, 0);
+        }
+    }
+
+    /// `llama_token_to_piece`.
+    pub fn piece(&self, token: i32, lstrip: i32, special: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; 64];
+        loop {
+            // SAFETY: valid vocab and a writable buffer of the stated length.
+            let n = unsafe {
+                sys::llama_token_to_piece(self.vocab, token, buf.as_mut_ptr().cast(), buf.len() as i32, lstrip, special)
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return buf;
+            }
+            buf.resize((-n) as usize, 0);
+        }
+    }
+
+    /// `llama_detokenize`.
+    pub fn detokenize(&self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; 64 + tokens.len() * 8];
+        loop {
+            // SAFETY: valid vocab; token slice and writable buffer with their lengths.
+            let n = unsafe {
+                sys::llama_detokenize(
+                    self.vocab,
+                    tokens.as_ptr(),
+                    tokens.len() as i32,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    remove_special,
+                    unparse_special,
+                )
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return buf;
+            }
+            buf.resize((-n) as usize, 0);
+        }
+    }
+
+    pub fn is_eog(&self, token: i32) -> bool {
+        // SAFETY: valid vocab.
+        unsafe { sys::llama_vocab_is_eog(self.vocab, token) }
+    }
+
+    /// BOS, EOS, EOT ids (-1: none).
+    pub fn bos_eos_eot(&self) -> (i32, i32, i32) {
+        // SAFETY: valid vocab.
+        unsafe {
+            (
+                sys::llama_vocab_bos(self.vocab),
+                sys::llama_vocab_eos(self.vocab),
+                sys::llama_vocab_eot(self.vocab),
+            )
+        }
+    }
+
+    /// The model's default chat template, if any.
+    pub fn chat_template(&self) -> Option<String> {
+        // SAFETY: valid model; a null name asks for the default template; the
+        // returned string is owned by the model and copied at once.
+        unsafe {
+            let p = sys::llama_model_chat_template(self.model, std::ptr::null());
+            if p.is_null() {
+                return None;
+            }
+            Some(std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+        }
+    }
+}
+
+impl Drop for LlamaVocab {
+    fn drop(&mut self) {
+        // SAFETY: created in `load`, freed once.
+        unsafe { sys::llama_model_free(self.model) }
+    }
+}
+
+/// `llama_chat_apply_template`: llama.cpp's built-in formatting of `messages`
+/// (role, content) for the template family it detects in `template`. `None`
+/// if llama.cpp does not recognise the template.
+pub fn chat_apply_template(template: &str, messages: &[(&str, &str)], add_assistant: bool) -> Option<String> {
+    let tmpl = CString::new(template).ok()?;
+    let owned: Vec<(CString, CString)> = messages
+        .iter()
+        .map(|(r, c)| (CString::new(*r).unwrap(), CString::new(*c).unwrap()))
+        .collect();
+    let msgs: Vec<sys::llama_chat_message> = owned
+        .iter()
+        .map(|(r, c)| sys::llama_chat_message {
+            role: r.as_ptr(),
+            content: c.as_ptr(),
+        })
+        .collect();
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: `msgs` points into `owned`, alive across the call; `buf`
+        // is writable for its stated length.
+        let n = unsafe {
+            sys::llama_chat_apply_template(
+                tmpl.as_ptr(),
+                msgs.as_ptr(),
+                msgs.len(),
+                add_assistant,
+                buf.as_mut_ptr().cast(),
+                buf.len() as i32,
+            )
+        };
+        if n < 0 {
+            return None;
+        }
+        if (n as usize) <= buf.len() {
+            buf.truncate(n as usize);
+            return Some(String::from_utf8_lossy(&buf).into_owned());
+        }
+        buf.resize(n as usize, 0);
+    }
+}

@@ -1,0 +1,209 @@
+//! Loading: servers (given, or local workers), plan, upload, pipeline.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::{Engine, EngineOptions};
+use crate::cluster::{probe, ServerReport};
+use crate::exec::local::LocalStage;
+use crate::exec::pipeline::{Pipeline, StageRunner};
+use crate::exec::remote::RemoteStage;
+use crate::exec::{Embedder, ExecError};
+use crate::gguf::{Gguf, GgufError};
+use crate::load::UploadError;
+use crate::model::{LlamaConfig, ModelError};
+use crate::plan::{devices_from_reports, plan, ModelCost, PlanError, PlanOptions, Target};
+use crate::rpc::{ClientOptions, RpcClient, RpcError};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::worker::{LocalWorker, WorkerError};
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model file cannot be read.
+    #[error("reading {path}: {source}")]
+    Model {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        source: GgufError,
+    },
+    /// The model is not one shardline can run.
+    #[error(transparent)]
+    Unsupported(#[from] ModelError),
+    /// Its tokenizer cannot be built.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// Local workers could not be started.
+    #[error("starting local workers: {0}")]
+    Workers(#[from] WorkerError),
+    /// A server could not be reached or probed.
+    #[error("server {endpoint}: {source}")]
+    Server {
+        /// The server.
+        endpoint: String,
+        /// What went wrong.
+        source: RpcError,
+    },
+    /// The model does not fit the cluster (nothing was uploaded).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Two stages would share one server, which serves one connection.
+    #[error("the plan puts two stages on {0}; servers with several devices are not supported yet")]
+    SharedServer(String),
+    /// Uploading weights failed.
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    /// Setting up a stage failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
+    let started = Instant::now();
+    let path = opts.model.display().to_string();
+    let gguf = Gguf::open(&opts.model).map_err(|source| EngineError::Model {
+        path: path.clone(),
+        source,
+    })?;
+    let cfg = LlamaConfig::from_gguf(&gguf)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+
+    let mut workers = Vec::new();
+    let servers = if opts.servers.is_empty() {
+        let exe = match &opts.worker_exe {
+            Some(e) => e.clone(),
+            None => std::env::current_exe().map_err(|e| WorkerError::Server(e.to_string()))?,
+        };
+        let n = opts.local_workers.max(1);
+        let threads = (opts.threads / n).max(1).to_string();
+        tracing::info!(count = n, "no servers given: starting local workers");
+        for _ in 0..n {
+            workers.push(LocalWorker::spawn(&exe, &["--threads", &threads], Duration::from_secs(60))?);
+        }
+        workers.iter().map(|w| w.endpoint.to_string()).collect()
+    } else {
+        opts.servers.clone()
+    };
+
+    let mut reports: Vec<ServerReport> = Vec::new();
+    for ep in &servers {
+        let r = probe(ep, ClientOptions::default())
+            .await
+            .map_err(|source| EngineError::Server {
+                endpoint: ep.clone(),
+                source,
+            })?;
+        reports.push(r);
+    }
+    let devices = devices_from_reports(&reports);
+    let popts = PlanOptions {
+        n_ctx: opts.n_ctx,
+        n_batch: opts.n_batch,
+        n_seq_max: 1,
+        strategy: opts.strategy.clone(),
+        local_layers: opts.local_layers,
+        ..PlanOptions::default()
+    };
+    let cost = ModelCost::from_gguf(&gguf, &popts)?;
+    let the_plan = plan(&cost, &devices, &popts)?;
+    tracing::info!("plan:\n{the_plan}");
+    let n_batch = cost.n_batch;
+
+    let mut seen = std::collections::HashSet::new();
+    for s in &the_plan.stages {
+        if let Target::Remote { endpoint, .. } = &s.target {
+            if !seen.insert(endpoint.clone()) {
+                return Err(EngineError::SharedServer(endpoint.clone()));
+            }
+        }
+    }
+
+    // Upload to every server at once.
+    let total: u64 = the_plan
+        .stages
+        .iter()
+        .filter(|s| !s.is_local())
+        .map(|s| s.weight_bytes + s.output_bytes)
+        .sum();
+    let bar = progress_bar(opts.progress, total);
+    let mut uploads = JoinSet::new();
+    let last = the_plan.stages.len() - 1;
+    for (i, s) in the_plan.stages.iter().enumerate() {
+        let Target::Remote { endpoint, device, .. } = &s.target else {
+            continue;
+        };
+        let (endpoint, device, layers) = (endpoint.clone(), *device, s.layers.clone());
+        let (g, cfg, bar) = (gguf.clone(), cfg.clone(), bar.clone());
+        let n_ctx = opts.n_ctx;
+        uploads.spawn(async move {
+            let client = RpcClient::connect(&endpoint, ClientOptions::default())
+                .await
+                .map_err(|source| EngineError::Server {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            let tick = move |n: u64| bar.inc(n);
+            let stage = RemoteStage::load(client, device, &g, &cfg, layers, i == last, n_ctx, n_batch, &tick).await?;
+            Ok::<_, EngineError>((i, stage))
+        });
+    }
+    let mut remote: Vec<Option<RemoteStage>> = (0..the_plan.stages.len()).map(|_| None).collect();
+    while let Some(r) = uploads.join_next().await {
+        let (i, stage) = r.map_err(|e| ExecError::Weight("upload task".into(), e.to_string()))??;
+        let st = stage.upload_stats();
+        tracing::info!(
+            endpoint = stage.endpoint(),
+            layers = ?stage.layers(),
+            sent_bytes = st.sent,
+            cached_bytes = st.cached,
+            "stage loaded"
+        );
+        remote[i] = Some(stage);
+    }
+    bar.finish_and_clear();
+
+    let mut stages = Vec::new();
+    for (i, s) in the_plan.stages.iter().enumerate() {
+        match &s.target {
+            Target::Local => stages.push(StageRunner::Local(LocalStage::new(
+                &gguf,
+                &cfg,
+                s.layers.clone(),
+                i == last,
+                opts.n_ctx,
+                opts.threads,
+            )?)),
+            Target::Remote { .. } => {
+                stages.push(StageRunner::Remote(remote[i].take().expect("every remote stage was loaded")))
+            }
+        }
+    }
+    let embedder = Embedder::new(&gguf, &cfg, opts.threads)?;
+    let pipeline = Pipeline::new(cfg, embedder, stages, opts.n_ctx);
+    Ok(Engine {
+        gguf,
+        tokenizer,
+        pipeline,
+        plan: the_plan,
+        n_batch,
+        load_time: started.elapsed(),
+        _workers: workers,
+    })
+}
+
+fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}

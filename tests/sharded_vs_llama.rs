@@ -1,0 +1,91 @@
+//! Greedy output of the sharded engine equals llama.cpp's, token for token,
+//! for several prompts (one through the chat template) and several layouts of
+//! the model over real workers.
+
+mod common;
+
+use common::llama_ref::LlamaRef;
+use common::{model_path, start_worker, Worker};
+use shardline::chat::{ChatMessage, ChatTemplate};
+use shardline::engine::{Engine, EngineOptions, GenerateParams};
+use shardline::plan::Strategy;
+use shardline::sample::SamplerConfig;
+
+const N_CTX: u32 = 256;
+const N_GEN: usize = 32;
+
+struct Case {
+    name: &'static str,
+    workers: usize,
+    strategy: Strategy,
+    local_layers: u32,
+}
+
+fn prompts() -> Vec<String> {
+    let g = shardline::gguf::Gguf::open(model_path()).unwrap();
+    let chat = ChatTemplate::from_gguf(&g)
+        .unwrap()
+        .render(&[ChatMessage::new("user", "Name three colors.")], true)
+        .unwrap();
+    vec![
+        "The capital of France is".to_string(),
+        "def fibonacci(n):\n    ".to_string(),
+        chat,
+    ]
+}
+
+async fn engine(workers: &[Worker], case: &Case) -> Engine {
+    Engine::load(EngineOptions {
+        model: model_path(),
+        servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
+        n_ctx: N_CTX,
+        n_batch: N_CTX,
+        strategy: case.strategy.clone(),
+        local_layers: case.local_layers,
+        threads: 1,
+        progress: false,
+        ..EngineOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{}: load failed: {e}", case.name))
+}
+
+#[tokio::test]
+async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
+    let cases = [
+        Case { name: "1 server", workers: 1, strategy: Strategy::Even, local_layers: 0 },
+        Case { name: "2 servers even", workers: 2, strategy: Strategy::Even, local_layers: 0 },
+        Case { name: "3 servers 5,20,5", workers: 3, strategy: Strategy::Split(vec![5, 20, 5]), local_layers: 0 },
+        Case { name: "local layers + 2 servers", workers: 2, strategy: Strategy::Even, local_layers: 6 },
+    ];
+    let mut reference = LlamaRef::load(&model_path(), &[], N_CTX);
+    let expected: Vec<(Vec<i32>, Vec<i32>)> = prompts()
+        .iter()
+        .map(|p| {
+            let toks = reference.tokenize(p, true);
+            let want = reference.greedy(&toks, N_GEN);
+            (toks, want)
+        })
+        .collect();
+    drop(reference);
+
+    let params = GenerateParams {
+        max_tokens: N_GEN,
+        sampler: SamplerConfig::greedy(),
+        stop_at_eog: false,
+    };
+    for case in &cases {
+        let workers: Vec<Worker> = (0..case.workers).map(|_| start_worker(&[])).collect();
+        let mut e = engine(&workers, case).await;
+        assert_eq!(e.plan().stages.len(), case.workers + usize::from(case.local_layers > 0), "{}", case.name);
+        for (prompt, (ref_toks, want)) in prompts().iter().zip(&expected) {
+            let toks = e.tokenizer().encode(prompt, true, true);
+            let ours: Vec<i32> = toks.iter().map(|&t| t as i32).collect();
+            assert_eq!(&ours, ref_toks, "{}: tokenization of {prompt:?}", case.name);
+            let (got, stats) = e.generate(&toks, &params, |_| true).await.unwrap();
+            let got: Vec<i32> = got.into_iter().map(|t| t as i32).collect();
+            assert_eq!(&got, want, "{}: prompt {prompt:?}", case.name);
+            assert_eq!(stats.gen_tokens, N_GEN);
+        }
+    }
+}
