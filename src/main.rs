@@ -143,12 +143,16 @@ enum Command {
         /// [default: every GPU, else the CPU].
         #[arg(long, value_delimiter = ',')]
         device: Vec<String>,
+        /// Stop when the process that started this worker exits (used for
+        /// the local workers shardline starts itself).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
     },
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDLINE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -158,7 +162,9 @@ fn init_tracing() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    // A worker is a service: say what it does. The other commands print
+    // their results; logs only for trouble unless SHARDLINE_LOG asks.
+    init_tracing(if matches!(cli.command, Command::Worker { .. }) { "info" } else { "warn" });
     match cli.command {
         Command::Run {
             cluster,
@@ -205,12 +211,14 @@ fn main() -> anyhow::Result<()> {
             threads,
             cache,
             device,
+            exit_with_parent,
         } => run_worker(shardline::worker::WorkerOptions {
             host,
             port,
             threads: threads.unwrap_or_else(default_threads),
             cache,
             devices: device,
+            exit_with_parent,
         }),
     }
 }

@@ -22,6 +22,8 @@ pub struct WorkerOptions {
     /// Names of the ggml devices to serve (e.g. `CPU`, `CUDA0`); empty serves
     /// every GPU or accelerator, or the CPU when there is none.
     pub devices: Vec<String>,
+    /// Exit when the parent process exits.
+    pub exit_with_parent: bool,
 }
 
 /// Errors that stop a worker from starting.
@@ -108,6 +110,19 @@ fn resolve_port(host: IpAddr, port: u16) -> Result<SocketAddr, WorkerError> {
     Ok(local)
 }
 
+/// Ends the process once its parent is gone (it is then re-parented, so its
+/// parent id changes), so local workers never outlive their coordinator.
+fn watch_parent() {
+    let parent = std::os::unix::process::parent_id();
+    let _ = std::thread::Builder::new().name("parent-watch".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if std::os::unix::process::parent_id() != parent {
+            tracing::info!("parent process exited: stopping");
+            std::process::exit(0);
+        }
+    });
+}
+
 /// Starts ggml's RPC server on a background thread and returns once it accepts
 /// connections. The returned receiver yields the server's error if it stops.
 pub fn start(opts: &WorkerOptions) -> Result<(Ready, mpsc::Receiver<WorkerError>), WorkerError> {
@@ -160,6 +175,9 @@ pub fn start(opts: &WorkerOptions) -> Result<(Ready, mpsc::Receiver<WorkerError>
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    if opts.exit_with_parent {
+        watch_parent();
+    }
     let ready = Ready {
         endpoint: addr,
         devices: devices.iter().map(Device::name).collect(),
@@ -188,8 +206,12 @@ impl LocalWorker {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
 
-        let mut child = Command::new(exe)
-            .args(["worker", "--host", "127.0.0.1", "--port", "0"])
+        let mut cmd = Command::new(exe);
+        if std::env::var_os("SHARDLINE_LOG").is_none() {
+            cmd.env("SHARDLINE_LOG", "warn");
+        }
+        let mut child = cmd
+            .args(["worker", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -195,7 +195,6 @@ pub(crate) fn for_name(name: Option<&str>) -> Result<(Vec<Step>, PreOptions), To
             vec![Step::Newlines, qwen2()]
         }
         "exaone-moe" => {
-            opts.clean_spaces = false;
             regexes(&["(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?(?:\\p{L}\\p{M}*(?: \\p{L}\\p{M}*)*)+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]?|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+"])?
         }
         "minicpm5" => {
