@@ -136,8 +136,15 @@ impl ChatTemplate {
 
     /// Renders a conversation; with `add_generation_prompt` the text ends
     /// where the assistant's reply begins.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(ChatError::Render)?;
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -152,7 +159,10 @@ impl ChatTemplate {
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{message}")))
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{RAISED}{message}"),
+    ))
 }
 
 /// The message of a `raise_exception` call somewhere in `e`'s chain.
@@ -184,7 +194,13 @@ fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value,
     Ok(Value::from(out))
 }
 
-fn write_json(v: &Value, indent: Option<usize>, sort_keys: bool, depth: usize, out: &mut String) -> Result<(), Error> {
+fn write_json(
+    v: &Value,
+    indent: Option<usize>,
+    sort_keys: bool,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), Error> {
     use minijinja::value::ValueKind;
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
@@ -237,7 +253,8 @@ fn write_json(v: &Value, indent: Option<usize>, sort_keys: bool, depth: usize, o
 }
 
 fn json_scalar(v: &Value) -> Result<String, Error> {
-    serde_json::to_string(v).map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))
+    serde_json::to_string(v)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))
 }
 
 /// `strftime_now(format)`: the current UTC time formatted with the common
@@ -390,7 +407,10 @@ mod tests {
     #[test]
     fn render_error_is_typed() {
         let t = ChatTemplate::new("{{ messages[0].content + 1 }}", "", "").unwrap();
-        assert!(matches!(t.render(&conv(), false), Err(ChatError::Render(_))));
+        assert!(matches!(
+            t.render(&conv(), false),
+            Err(ChatError::Render(_))
+        ));
     }
 
     #[test]
@@ -443,7 +463,10 @@ mod tests {
         let t = 1_709_211_909;
         assert_eq!(strftime("%Y-%m-%d %H:%M:%S", t), "2024-02-29 13:05:09");
         assert_eq!(strftime("%d %b %Y", t), "29 Feb 2024");
-        assert_eq!(strftime("%A %B %j %I%p %%", t), "Thursday February 060 01PM %");
+        assert_eq!(
+            strftime("%A %B %j %I%p %%", t),
+            "Thursday February 060 01PM %"
+        );
         assert_eq!(strftime("%F %T %q", 0), "1970-01-01 00:00:00 %q");
         let t = ChatTemplate::new("{{ strftime_now('%Y') }}", "", "").unwrap();
         let year: i64 = t.render(&[], false).unwrap().parse().unwrap();

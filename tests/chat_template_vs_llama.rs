@@ -24,10 +24,18 @@ fn conversations() -> Vec<Vec<(&'static str, &'static str)>> {
         ],
         vec![
             ("system", ""),
-            ("user", "multi\nline\n\ncontent with <b>tags</b> and {{ braces }} and {% percent %}"),
+            (
+                "user",
+                "multi\nline\n\ncontent with <b>tags</b> and {{ braces }} and {% percent %}",
+            ),
             ("assistant", "ünïcödé 你好 🙂"),
         ],
-        vec![("system", "s"), ("user", "  padded  "), ("assistant", ""), ("user", "\n")],
+        vec![
+            ("system", "s"),
+            ("user", "  padded  "),
+            ("assistant", ""),
+            ("user", "\n"),
+        ],
     ]
 }
 
@@ -48,8 +56,12 @@ fn smollm2_template_matches_llama_cpp() {
     for conv in conversations() {
         for add_gen in [false, true] {
             let rendered = ours.render(&to_messages(&conv), add_gen).unwrap();
-            let reference = chat_apply_template(&source, &conv, add_gen).expect("llama.cpp knows the template");
-            assert_eq!(rendered, reference, "{conv:?}, add_generation_prompt={add_gen}");
+            let reference =
+                chat_apply_template(&source, &conv, add_gen).expect("llama.cpp knows the template");
+            assert_eq!(
+                rendered, reference,
+                "{conv:?}, add_generation_prompt={add_gen}"
+            );
             compared += 1;
         }
     }
@@ -83,14 +95,22 @@ fn builtin_chatml_matches_llama_cpp() {
     for conv in convs {
         for add_gen in [false, true] {
             let reference = chat_apply_template("chatml", &conv, add_gen).unwrap();
-            assert_eq!(ours.render(&to_messages(&conv), add_gen).unwrap(), reference);
+            assert_eq!(
+                ours.render(&to_messages(&conv), add_gen).unwrap(),
+                reference
+            );
         }
     }
 }
 
 #[test]
 fn template_errors_are_typed() {
-    for bad in ["{% for m in messages %}", "{{ messages[0] ", "{% if %}x{% endif %}", "{% endfor %}"] {
+    for bad in [
+        "{% for m in messages %}",
+        "{{ messages[0] ",
+        "{% if %}x{% endif %}",
+        "{% endfor %}",
+    ] {
         match ChatTemplate::new(bad, "", "") {
             Err(ChatError::Syntax(_)) => {}
             other => panic!("{bad:?}: {other:?}"),
@@ -119,5 +139,8 @@ fn missing_template_is_an_error() {
         .unwrap();
     let gguf = Gguf::open(&path).unwrap();
     let _ = std::fs::remove_file(&path);
-    assert!(matches!(ChatTemplate::from_gguf(&gguf), Err(ChatError::NoTemplate)));
+    assert!(matches!(
+        ChatTemplate::from_gguf(&gguf),
+        Err(ChatError::NoTemplate)
+    ));
 }

@@ -50,7 +50,9 @@ fn texts() -> Vec<String> {
         "<|im_start|><|im_end|><|endoftext|>",
         "text<|im_start|>text<|im_end|>text",
         " <|im_start|> spaced <|im_end|> ",
-        "<|im_start|", "|im_end|>", "<|im_start|><",
+        "<|im_start|",
+        "|im_end|>",
+        "<|im_start|><",
         "<repo_name>x<reponame>y<file_sep>z<filename>",
         "\u{a0}non-breaking\u{2003}em-space\u{3000}ideographic",
         "zero\u{200b}width\u{200d}joiner\u{feff}bom",
@@ -72,13 +74,62 @@ fn texts() -> Vec<String> {
 /// Deterministic pseudo-random strings over a mixed alphabet.
 fn random_texts(n: usize, seed: u64) -> Vec<String> {
     let pool: Vec<&str> = vec![
-        "a", "b", "e", "t", "h", "the", "The", " ", " ", "  ", "\n", "\t", "\r", "'", "'s", "'T", "0", "7", "42",
-        ".", ",", "!", "?", "-", "_", "(", ")", "é", "ñ", "ß", "中", "文", "語", "😀", "‍", "🏽", "ا", "न",
-        "्", "\u{301}", "<|im_start|>", "<|im_end|>", "<|", "|>", "<", ">", "\u{a0}", "\u{3000}", "ｆ", "１",
+        "a",
+        "b",
+        "e",
+        "t",
+        "h",
+        "the",
+        "The",
+        " ",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "\r",
+        "'",
+        "'s",
+        "'T",
+        "0",
+        "7",
+        "42",
+        ".",
+        ",",
+        "!",
+        "?",
+        "-",
+        "_",
+        "(",
+        ")",
+        "é",
+        "ñ",
+        "ß",
+        "中",
+        "文",
+        "語",
+        "😀",
+        "‍",
+        "🏽",
+        "ا",
+        "न",
+        "्",
+        "\u{301}",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|",
+        "|>",
+        "<",
+        ">",
+        "\u{a0}",
+        "\u{3000}",
+        "ｆ",
+        "１",
     ];
     let mut state = seed;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as usize
     };
     (0..n)
@@ -136,15 +187,26 @@ fn smollm2_round_trips() {
     all.extend(random_texts(200, 11));
     for text in &all {
         let plain = s.ours.encode(text, false, false);
-        assert_eq!(&s.ours.decode(&plain, false), text, "decode(encode({text:?}))");
+        assert_eq!(
+            &s.ours.decode(&plain, false),
+            text,
+            "decode(encode({text:?}))"
+        );
         let parsed = s.ours.encode(text, false, true);
-        assert_eq!(&s.ours.decode(&parsed, true), text, "with special tokens: {text:?}");
+        assert_eq!(
+            &s.ours.decode(&parsed, true),
+            text,
+            "with special tokens: {text:?}"
+        );
         // Streaming gives the same text, whatever the token boundaries.
         let mut stream = StreamDecoder::new(true);
         let mut streamed = String::new();
         for &id in &parsed {
             let part = stream.push(&s.ours, id);
-            assert!(!part.contains('\u{fffd}') || text.contains('\u{fffd}'), "{text:?}");
+            assert!(
+                !part.contains('\u{fffd}') || text.contains('\u{fffd}'),
+                "{text:?}"
+            );
             streamed.push_str(&part);
         }
         streamed.push_str(&stream.finish());
@@ -165,7 +227,11 @@ fn smollm2_pieces_match_llama_cpp() {
                 "piece of {id} (special={special})"
             );
         }
-        assert_eq!(s.ours.is_eog(id as u32), s.theirs.is_eog(id), "is_eog({id})");
+        assert_eq!(
+            s.ours.is_eog(id as u32),
+            s.theirs.is_eog(id),
+            "is_eog({id})"
+        );
     }
     eprintln!("{} pieces × 2 and EOG flags equal to llama.cpp's", n);
     let (bos, eos, eot) = s.theirs.bos_eos_eot();
@@ -187,7 +253,8 @@ fn smollm2_detokenize_matches_llama_cpp() {
                 for unparse_special in [false, true] {
                     assert_eq!(
                         s.ours.detokenize(&toks, remove_special, unparse_special),
-                        s.theirs.detokenize(&ids(&toks), remove_special, unparse_special),
+                        s.theirs
+                            .detokenize(&ids(&toks), remove_special, unparse_special),
                         "detokenize({text:?}, {remove_special}, {unparse_special})"
                     );
                 }
@@ -263,26 +330,45 @@ fn pre_tokenizers_match_llama_cpp() {
             w.add_kv("tokenizer.ggml.pre", *p);
         }
         w.write_file(&path).unwrap();
-        let ours = Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let theirs = LlamaVocab::load(&path).unwrap_or_else(|| panic!("llama.cpp refuses pre {name}"));
+        let ours = Tokenizer::from_gguf(&Gguf::open(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let theirs =
+            LlamaVocab::load(&path).unwrap_or_else(|| panic!("llama.cpp refuses pre {name}"));
         let mut mismatches = Vec::new();
         for text in &all {
             for add_special in [false, true] {
                 let o = ids(&ours.encode(text, add_special, true));
                 let t = theirs.tokenize(text, add_special, true);
                 if o != t {
-                    mismatches.push(format!("{text:?} add_special={add_special}:\n  ours   {o:?}\n  theirs {t:?}"));
+                    mismatches.push(format!(
+                        "{text:?} add_special={add_special}:\n  ours   {o:?}\n  theirs {t:?}"
+                    ));
                 }
             }
             let toks = ours.encode(text, false, true);
-            let (o, t) = (ours.detokenize(&toks, true, false), theirs.detokenize(&ids(&toks), true, false));
+            let (o, t) = (
+                ours.detokenize(&toks, true, false),
+                theirs.detokenize(&ids(&toks), true, false),
+            );
             if o != t {
-                mismatches.push(format!("detokenize {text:?}: {:?} vs {:?}", String::from_utf8_lossy(&o), String::from_utf8_lossy(&t)));
+                mismatches.push(format!(
+                    "detokenize {text:?}: {:?} vs {:?}",
+                    String::from_utf8_lossy(&o),
+                    String::from_utf8_lossy(&t)
+                ));
             }
         }
         let _ = std::fs::remove_file(&path);
-        assert!(mismatches.is_empty(), "pre-tokenizer {name}: {} mismatches:\n{}", mismatches.len(), mismatches[..mismatches.len().min(5)].join("\n"));
-        eprintln!("pre-tokenizer {name}: {} texts equal to llama.cpp's", all.len());
+        assert!(
+            mismatches.is_empty(),
+            "pre-tokenizer {name}: {} mismatches:\n{}",
+            mismatches.len(),
+            mismatches[..mismatches.len().min(5)].join("\n")
+        );
+        eprintln!(
+            "pre-tokenizer {name}: {} texts equal to llama.cpp's",
+            all.len()
+        );
     }
 }
 
@@ -312,8 +398,35 @@ fn spm_vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
     tokens.push("<|user|>".into());
     types.push(USER_DEFINED);
     let words = [
-        "the", "then", "there", "hello", "world", "word", "low", "lower", "newest", "widest", "abc", "abcd", "ab",
-        "bc", "cd", "aaaa", "é", "café", "日本語", "本", "語", "12", "123", "'s", "don't", ".", ",", "!", "\n",
+        "the",
+        "then",
+        "there",
+        "hello",
+        "world",
+        "word",
+        "low",
+        "lower",
+        "newest",
+        "widest",
+        "abc",
+        "abcd",
+        "ab",
+        "bc",
+        "cd",
+        "aaaa",
+        "é",
+        "café",
+        "日本語",
+        "本",
+        "語",
+        "12",
+        "123",
+        "'s",
+        "don't",
+        ".",
+        ",",
+        "!",
+        "\n",
     ];
     let mut pieces: Vec<String> = Vec::new();
     for w in words {
@@ -337,7 +450,9 @@ fn spm_vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
     let mut scores = vec![0.0f32; tokens.len()];
     let mut state = 12345u64;
     for p in pieces {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         // Few distinct scores, so ties happen and the leftmost pair must win.
         let score = -(((state >> 33) % 40) as f32) / 4.0;
         tokens.push(p);
@@ -398,14 +513,21 @@ fn spm_texts() -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let pool = ["the", "hello", " ", "  ", "ab", "c", "d", "é", "日本", "語", "x", "'s", "1", "<s>", "<|user|>", "<|ctl|>", "\n", "🙂"];
+    let pool = [
+        "the", "hello", " ", "  ", "ab", "c", "d", "é", "日本", "語", "x", "'s", "1", "<s>",
+        "<|user|>", "<|ctl|>", "\n", "🙂",
+    ];
     let mut state = 99u64;
     for _ in 0..300 {
         let mut s = String::new();
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let len = (state >> 33) % 12;
         for _ in 0..len {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             s.push_str(pool[((state >> 33) as usize) % pool.len()]);
         }
         t.push(s);
@@ -445,11 +567,22 @@ fn check_spm(name: &str, extra: &[(&str, shardline::gguf::Value)]) {
     }
     for id in 0..theirs.n_tokens() {
         for special in [false, true] {
-            assert_eq!(ours.token_to_piece(id as u32, special), theirs.piece(id, 0, special), "{name}: piece {id}");
+            assert_eq!(
+                ours.token_to_piece(id as u32, special),
+                theirs.piece(id, 0, special),
+                "{name}: piece {id}"
+            );
         }
-        assert_eq!(ours.is_eog(id as u32), theirs.is_eog(id), "{name}: is_eog({id})");
+        assert_eq!(
+            ours.is_eog(id as u32),
+            theirs.is_eog(id),
+            "{name}: is_eog({id})"
+        );
     }
-    eprintln!("{name}: {compared} encodings and {} pieces equal to llama.cpp's", theirs.n_tokens());
+    eprintln!(
+        "{name}: {compared} encodings and {} pieces equal to llama.cpp's",
+        theirs.n_tokens()
+    );
     let _ = std::fs::remove_file(&path);
 }
 

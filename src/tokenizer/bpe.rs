@@ -71,8 +71,13 @@ pub(crate) fn tokenize_word(
     let mut symbols = char_symbols(word);
     let text = |s: &Symbol| &word[s.start..s.start + s.len];
     let mut queue = BinaryHeap::new();
-    let push = |queue: &mut BinaryHeap<Candidate>, symbols: &[Symbol], left: Option<usize>, right: Option<usize>| {
-        let (Some(left), Some(right)) = (left, right) else { return };
+    let push = |queue: &mut BinaryHeap<Candidate>,
+                symbols: &[Symbol],
+                left: Option<usize>,
+                right: Option<usize>| {
+        let (Some(left), Some(right)) = (left, right) else {
+            return;
+        };
         let (l, r) = (&symbols[left], &symbols[right]);
         if let Some(rank) = ranks.rank(text(l), text(r)) {
             queue.push(Candidate {
@@ -109,7 +114,10 @@ pub(crate) fn tokenize_word(
                 // single bytes where those exist (as llama.cpp does).
                 for b in piece.bytes() {
                     let one = [b];
-                    if let Some(id) = std::str::from_utf8(&one).ok().and_then(|s| tok.text_to_token(s)) {
+                    if let Some(id) = std::str::from_utf8(&one)
+                        .ok()
+                        .and_then(|s| tok.text_to_token(s))
+                    {
                         out.push(id);
                     }
                 }

@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use crate::gguf::{GgufError, Metadata, Value};
 
 use super::unicode::ByteMap;
-use super::{attr, pretokenize, MergeRanks, Model, SpecialTokens, TokenData, Tokenizer, TokenizerError};
+use super::{
+    attr, pretokenize, MergeRanks, Model, SpecialTokens, TokenData, Tokenizer, TokenizerError,
+};
 
 pub const KEY_MODEL: &str = "tokenizer.ggml.model";
 pub const KEY_PRE: &str = "tokenizer.ggml.pre";
@@ -74,7 +76,13 @@ const FIM_MID_TEXTS: &[&str] = &[
     "<|middle|>",
 ];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
+const FIM_REP_TEXTS: &[&str] = &[
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 
 /// Texts of tokens that end generation.
@@ -308,14 +316,18 @@ fn read_special_ids(md: &Metadata, s: &mut SpecialTokens, n: usize) -> Result<()
     for (key, slot_of) in keys {
         let slot = slot_of(s);
         if slot.is_some_and(|id| id as usize >= n) {
-            tracing::warn!("default special token '{key}' = {slot:?} is outside the vocabulary; disabling it");
+            tracing::warn!(
+                "default special token '{key}' = {slot:?} is outside the vocabulary; disabling it"
+            );
             *slot = None;
         }
         let Some(value) = md.get(key) else { continue };
         let id = read_id(key, value)?;
         match id {
             Some(id) if (id as usize) < n => *slot = Some(id),
-            _ => tracing::warn!("special token '{key}' = {value} is outside the vocabulary; using {slot:?}"),
+            _ => tracing::warn!(
+                "special token '{key}' = {value} is outside the vocabulary; using {slot:?}"
+            ),
         }
     }
     Ok(())
@@ -370,7 +382,10 @@ fn find_by_text(tokens: &mut [TokenData], s: &mut SpecialTokens) -> BTreeSet<u32
         }
     }
 
-    let mut eog: BTreeSet<u32> = [s.fim_pad, s.fim_rep, s.fim_sep].into_iter().flatten().collect();
+    let mut eog: BTreeSet<u32> = [s.fim_pad, s.fim_rep, s.fim_sep]
+        .into_iter()
+        .flatten()
+        .collect();
     for i in 0..tokens.len() {
         if EOG_TEXTS.contains(&tokens[i].text.as_str()) {
             eog.insert(i as u32);
@@ -385,11 +400,14 @@ fn find_by_text(tokens: &mut [TokenData], s: &mut SpecialTokens) -> BTreeSet<u32
     eog.extend([s.eos, s.eot, s.eom].into_iter().flatten());
 
     let with_text = |eog: &BTreeSet<u32>, tokens: &[TokenData], text: &str| {
-        eog.iter().copied().find(|&id| tokens[id as usize].text == text)
+        eog.iter()
+            .copied()
+            .find(|&id| tokens[id as usize].text == text)
     };
     // Harmony-style vocabularies end a message with <|end|> but a turn with
     // <|return|>/<|call|> (or <|calls|>/<|flush|>): there <|end|> is no EOG.
-    let has = |eog: &BTreeSet<u32>, tokens: &[TokenData], t: &str| with_text(eog, tokens, t).is_some();
+    let has =
+        |eog: &BTreeSet<u32>, tokens: &[TokenData], t: &str| with_text(eog, tokens, t).is_some();
     if let Some(end) = with_text(&eog, tokens, "<|end|>") {
         let call = has(&eog, tokens, "<|call|>") || has(&eog, tokens, "<|calls|>");
         if call && (has(&eog, tokens, "<|return|>") || has(&eog, tokens, "<|flush|>")) {
@@ -410,7 +428,9 @@ fn find_by_text(tokens: &mut [TokenData], s: &mut SpecialTokens) -> BTreeSet<u32
 /// Control, user-defined and unknown tokens, longest text first (ties by id).
 fn special_cache(tokens: &[TokenData]) -> Vec<u32> {
     let mut ids: Vec<u32> = (0..tokens.len() as u32)
-        .filter(|&id| tokens[id as usize].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+        .filter(|&id| {
+            tokens[id as usize].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+        })
         .collect();
     ids.sort_by_key(|&id| std::cmp::Reverse(tokens[id as usize].text.len()));
     ids
@@ -460,7 +480,11 @@ fn byte_decode(text: &str) -> Vec<u8> {
 /// they are not hex, as `strtol` gives).
 fn parse_byte_token(text: &str) -> u8 {
     let digits = text.get(3..).unwrap_or("");
-    let hex: String = digits.chars().take(2).take_while(char::is_ascii_hexdigit).collect();
+    let hex: String = digits
+        .chars()
+        .take(2)
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
     u8::from_str_radix(&hex, 16).unwrap_or(0)
 }
 
@@ -473,7 +497,11 @@ fn strip_attributes(md: &Metadata, pre: Option<&str>, tok: &mut Tokenizer) {
         .flatten()
         .unwrap_or("")
         .to_lowercase();
-    let arch = md.get_opt::<&str>("general.architecture").ok().flatten().unwrap_or("");
+    let arch = md
+        .get_opt::<&str>("general.architecture")
+        .ok()
+        .flatten()
+        .unwrap_or("");
     let pre = pre.unwrap_or("");
     let set = |tok: &mut Tokenizer, text: &str, flag: u16, on: bool| {
         if let Some(id) = tok.token_to_id.get(text).copied() {
@@ -481,8 +509,12 @@ fn strip_attributes(md: &Metadata, pre: Option<&str>, tok: &mut Tokenizer) {
             *a = if on { *a | flag } else { *a & !flag };
         }
     };
-    if ["jina-v2-de", "jina-v2-es", "jina-v2-code", "mmbert"].iter().any(|p| pre.contains(p))
-        || ["nomic-bert-moe", "jina-bert-v3"].iter().any(|a| arch.contains(a))
+    if ["jina-v2-de", "jina-v2-es", "jina-v2-code", "mmbert"]
+        .iter()
+        .any(|p| pre.contains(p))
+        || ["nomic-bert-moe", "jina-bert-v3"]
+            .iter()
+            .any(|a| arch.contains(a))
     {
         set(tok, "<mask>", attr::LSTRIP, true);
     } else if name.contains("phi-3") || name.contains("phi3") {

@@ -5,7 +5,7 @@
 //! Two vocabulary kinds are supported, picked by `tokenizer.ggml.model`:
 //!
 //! - `gpt2`: byte-level BPE. Text is split into words by the pre-tokenizer
-//!   that `tokenizer.ggml.pre` names ([`pretokenize`]), each word's UTF-8
+//!   that `tokenizer.ggml.pre` names, each word's UTF-8
 //!   bytes are mapped to GPT-2's printable stand-ins, and adjacent symbols are
 //!   merged lowest merge rank first (`tokenizer.ggml.merges`).
 //! - `llama`: SentencePiece. Spaces become `▁`, a space is put in front of
@@ -26,7 +26,7 @@
 
 mod bpe;
 mod load;
-pub mod pretokenize;
+mod pretokenize;
 mod special;
 mod spm;
 pub mod stream;
@@ -48,7 +48,9 @@ pub enum TokenizerError {
     Gguf(#[from] GgufError),
     #[error("unknown tokenizer model '{0}'")]
     UnknownModel(String),
-    #[error("tokenizer model '{0}' is not supported (only 'gpt2' BPE and 'llama' SentencePiece are)")]
+    #[error(
+        "tokenizer model '{0}' is not supported (only 'gpt2' BPE and 'llama' SentencePiece are)"
+    )]
     UnsupportedModel(String),
     #[error("unknown pre-tokenizer '{0}'")]
     UnknownPreTokenizer(String),
@@ -65,7 +67,11 @@ pub enum TokenizerError {
         found: usize,
     },
     #[error("token {second} has the same text as token {first}: {text:?}")]
-    DuplicateToken { text: String, first: u32, second: u32 },
+    DuplicateToken {
+        text: String,
+        first: u32,
+        second: u32,
+    },
     #[error("pre-tokenizer pattern {pattern:?}: {reason}")]
     BadPattern { pattern: String, reason: String },
 }
@@ -145,7 +151,6 @@ pub(crate) enum Model {
 }
 
 /// A vocabulary with its tokenizer.
-#[derive(Debug)]
 pub struct Tokenizer {
     model: Model,
     tokens: Vec<TokenData>,
@@ -160,6 +165,20 @@ pub struct Tokenizer {
     special_cache: Vec<u32>,
     /// Each token's piece with `special = true`.
     pieces: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind())
+            .field("n_vocab", &self.tokens.len())
+            .field("special", &self.special)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .field("add_space_prefix", &self.add_space_prefix)
+            .field("eog", &self.eog)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tokenizer {
@@ -368,7 +387,11 @@ impl Tokenizer {
     /// token, else UNK (where llama.cpp would throw).
     pub(crate) fn byte_to_token(&self, b: u8) -> Option<u32> {
         self.text_to_token(&format!("<0x{b:02X}>"))
-            .or_else(|| std::str::from_utf8(&[b]).ok().and_then(|s| self.text_to_token(s)))
+            .or_else(|| {
+                std::str::from_utf8(&[b])
+                    .ok()
+                    .and_then(|s| self.text_to_token(s))
+            })
             .or(self.special.unk)
     }
 

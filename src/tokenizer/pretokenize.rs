@@ -309,7 +309,10 @@ fn compile(pattern: &str) -> Result<CompiledPattern, TokenizerError> {
         if c == '\\' && i + 1 < chars.len() {
             let next = chars[i + 1];
             if next == 'p' && chars.get(i + 2) == Some(&'{') {
-                let close = chars[i + 3..].iter().position(|&c| c == '}').map(|p| p + i + 3);
+                let close = chars[i + 3..]
+                    .iter()
+                    .position(|&c| c == '}')
+                    .map(|p| p + i + 3);
                 if let Some(close) = close {
                     let name: String = chars[i + 3..close].iter().collect();
                     if let Some(body) = class_body(&name) {
@@ -483,15 +486,7 @@ fn contraction_len(c: char, c1: Option<char>, c2: Option<char>, any_case: bool) 
     if c != '\'' {
         return None;
     }
-    let fold = |c: Option<char>| {
-        c.map(|c| {
-            if any_case {
-                c.to_ascii_lowercase()
-            } else {
-                c
-            }
-        })
-    };
+    let fold = |c: Option<char>| c.map(|c| if any_case { c.to_ascii_lowercase() } else { c });
     let (c1, c2) = (fold(c1)?, fold(c2));
     if matches!(c1, 's' | 't' | 'm' | 'd') {
         return Some(2);
@@ -550,7 +545,8 @@ fn split_llama3(
         // An optional space, punctuation and symbols, then newlines.
         let lead = usize::from(c == ' ');
         let punct = |f: Flags| {
-            f.is_some() && !(f.is_whitespace() || f.is_letter() || f.is_number() || (marks && f.is_mark()))
+            f.is_some()
+                && !(f.is_whitespace() || f.is_letter() || f.is_number() || (marks && f.is_mark()))
         };
         if punct(fl(pos + lead)) || (lead == 1 && !fl(pos + 1).is_some()) {
             pos += lead;
@@ -624,7 +620,13 @@ fn collapse(cps: &[char], flags: &[Flags]) -> Vec<char> {
 fn plain_text(cps: &[char], flags: &[Flags]) -> Vec<char> {
     cps.iter()
         .zip(flags)
-        .map(|(&c, f)| if !c.is_ascii() && f.is_whitespace() { STAND_IN_SPACE } else { c })
+        .map(|(&c, f)| {
+            if !c.is_ascii() && f.is_whitespace() {
+                STAND_IN_SPACE
+            } else {
+                c
+            }
+        })
         .collect()
 }
 

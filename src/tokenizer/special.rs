@@ -34,7 +34,11 @@ pub(crate) fn partition(tok: &Tokenizer, text: &str, parse_special: bool) -> Vec
             continue;
         }
         let needle = data.text.as_str();
-        if needle.is_empty() || !fragments.iter().any(|f| matches!(f, Fragment::Text(r) if text[r.clone()].contains(needle))) {
+        if needle.is_empty()
+            || !fragments
+                .iter()
+                .any(|f| matches!(f, Fragment::Text(r) if text[r.clone()].contains(needle)))
+        {
             continue;
         }
         let mut next = Vec::with_capacity(fragments.len() + 2);

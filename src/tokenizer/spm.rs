@@ -56,11 +56,17 @@ impl<'a> Session<'a> {
     }
 
     fn try_add(&mut self, left: Option<usize>, right: Option<usize>) {
-        let (Some(left), Some(right)) = (left, right) else { return };
+        let (Some(left), Some(right)) = (left, right) else {
+            return;
+        };
         let (l, r) = (self.symbols[left], self.symbols[right]);
         let merged = &self.text[l.start..l.start + l.len + r.len];
-        let Some(id) = self.tok.text_to_token(merged) else { return };
-        let Some(data) = self.tok.token(id) else { return };
+        let Some(id) = self.tok.text_to_token(merged) else {
+            return;
+        };
+        let Some(data) = self.tok.token(id) else {
+            return;
+        };
         self.queue.push(Candidate {
             score: data.score,
             left,

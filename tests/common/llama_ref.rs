@@ -123,18 +123,29 @@ impl LlamaRef {
 
     /// Greedy generation of `n` tokens after `prompt` tokens; returns them.
     pub fn greedy(&mut self, prompt: &[i32], n: usize) -> Vec<i32> {
+        self.greedy_timed(prompt, n).0
+    }
+
+    /// Greedy generation, also timing the prompt and the decode steps
+    /// (seconds): what the benchmarks compare against.
+    pub fn greedy_timed(&mut self, prompt: &[i32], n: usize) -> (Vec<i32>, f64, f64) {
+        let mut prompt_s = 0.0;
+        let started = std::time::Instant::now();
         // SAFETY: valid context; the batch points into `tokens`, which lives
         // across each decode call; logits are read for the last position only.
-        unsafe {
+        let out = unsafe {
             let mem = sys::llama_get_memory(self.ctx);
             sys::llama_memory_clear(mem, true);
             let n_vocab = sys::llama_vocab_n_tokens(self.vocab) as usize;
             let mut tokens = prompt.to_vec();
             let mut out = Vec::new();
             let mut batch = sys::llama_batch_get_one(tokens.as_mut_ptr(), tokens.len() as i32);
-            for _ in 0..n {
+            for i in 0..n {
                 let rc = sys::llama_decode(self.ctx, batch);
                 assert_eq!(rc, 0, "llama_decode failed");
+                if i == 0 {
+                    prompt_s = started.elapsed().as_secs_f64();
+                }
                 let logits = std::slice::from_raw_parts(sys::llama_get_logits_ith(self.ctx, -1), n_vocab);
                 let mut best = 0usize;
                 for (i, &l) in logits.iter().enumerate() {
@@ -147,7 +158,10 @@ impl LlamaRef {
                 batch = sys::llama_batch_get_one(tokens.as_mut_ptr(), 1);
             }
             out
-        }
+        };
+        // The last sampled token is never decoded: n-1 decode steps.
+        let decode_s = started.elapsed().as_secs_f64() - prompt_s;
+        (out, prompt_s, decode_s)
     }
 }
 

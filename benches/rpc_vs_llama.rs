@@ -1,0 +1,138 @@
+//! shardline against llama.cpp's own RPC client, on the same two workers, in
+//! the same run: load time, prompt and decode speed with greedy sampling.
+//!
+//! `cargo bench --bench rpc_vs_llama` (env: SHARDLINE_BENCH_ROUNDS,
+//! SHARDLINE_BENCH_TOKENS, SHARDLINE_BENCH_THREADS, SHARDLINE_TEST_MODEL).
+//! Prints a Markdown table for docs/BENCHMARKS.md and checks that both
+//! produced the same tokens.
+
+#[path = "../tests/common/llama_ref.rs"]
+mod llama_ref;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shardline::engine::{Engine, EngineOptions, GenerateParams};
+use shardline::plan::Strategy;
+use shardline::sample::SamplerConfig;
+use shardline::worker::LocalWorker;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn model_path() -> PathBuf {
+    std::env::var_os("SHARDLINE_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/shardline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+}
+
+#[derive(Default, Clone, Copy)]
+struct Round {
+    load_s: f64,
+    prompt_tok_s: f64,
+    gen_tok_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn summarize(rounds: &[Round]) -> Round {
+    Round {
+        load_s: median(rounds.iter().map(|r| r.load_s).collect()),
+        prompt_tok_s: median(rounds.iter().map(|r| r.prompt_tok_s).collect()),
+        gen_tok_s: median(rounds.iter().map(|r| r.gen_tok_s).collect()),
+    }
+}
+
+const PROMPT: &str = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
+combined movable metal type, oil-based ink and a screw press adapted from wine making. Within fifty years \
+printing shops had spread to more than two hundred cities across Europe, and the cost of books fell sharply. \
+Historians still debate how quickly literacy followed, but the effect on science, religion and politics";
+
+fn main() {
+    let rounds: usize = env_or("SHARDLINE_BENCH_ROUNDS", 3);
+    let n_gen: usize = env_or("SHARDLINE_BENCH_TOKENS", 64);
+    let threads: usize = env_or("SHARDLINE_BENCH_THREADS", 1);
+    let n_ctx = 512u32;
+    let model = model_path();
+    let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
+    let t = threads.to_string();
+    let workers: Vec<LocalWorker> = (0..2)
+        .map(|_| LocalWorker::spawn(exe, &["--threads", &t], Duration::from_secs(60)).expect("start worker"))
+        .collect();
+    let servers: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // shardline first: llama.cpp's client keeps its connections for the whole
+    // process, and a server serves one client at a time.
+    let mut ours = Vec::new();
+    let mut our_tokens = Vec::new();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let mut e = rt
+            .block_on(Engine::load(EngineOptions {
+                model: model.clone(),
+                servers: servers.clone(),
+                n_ctx,
+                n_batch: n_ctx,
+                strategy: Strategy::Even,
+                threads,
+                progress: false,
+                ..EngineOptions::default()
+            }))
+            .expect("load");
+        let load_s = started.elapsed().as_secs_f64();
+        let prompt = e.tokenizer().encode(PROMPT, true, true);
+        let params = GenerateParams {
+            max_tokens: n_gen,
+            sampler: SamplerConfig::greedy(),
+            stop_at_eog: false,
+        };
+        let (toks, st) = rt.block_on(e.generate(&prompt, &params, |_| true)).expect("generate");
+        our_tokens = toks.into_iter().map(|t| t as i32).collect::<Vec<_>>();
+        ours.push(Round {
+            load_s,
+            prompt_tok_s: st.prompt_tokens as f64 / st.prompt_s,
+            gen_tok_s: st.gen_steps as f64 / st.gen_s,
+        });
+    }
+
+    let devices = llama_ref::rpc_devices(&workers.iter().map(|w| w.endpoint).collect::<Vec<_>>());
+    let mut theirs = Vec::new();
+    let mut their_tokens = Vec::new();
+    let mut n_prompt = 0;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let mut r = llama_ref::LlamaRef::load(&model, &devices, n_ctx);
+        let load_s = started.elapsed().as_secs_f64();
+        let prompt = r.tokenize(PROMPT, true);
+        n_prompt = prompt.len();
+        let (toks, prompt_s, decode_s) = r.greedy_timed(&prompt, n_gen);
+        their_tokens = toks;
+        theirs.push(Round {
+            load_s,
+            prompt_tok_s: prompt.len() as f64 / prompt_s,
+            gen_tok_s: (n_gen - 1) as f64 / decode_s,
+        });
+    }
+
+    let (a, b) = (summarize(&ours), summarize(&theirs));
+    println!("model: {}", model.display());
+    println!("2 workers on loopback, {threads} thread(s) each; prompt {n_prompt} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds");
+    println!();
+    println!("| | load (s) | prompt (tok/s) | decode (tok/s) |");
+    println!("|---|---:|---:|---:|");
+    println!("| shardline | {:.3} | {:.1} | {:.1} |", a.load_s, a.prompt_tok_s, a.gen_tok_s);
+    println!("| llama.cpp RPC client | {:.3} | {:.1} | {:.1} |", b.load_s, b.prompt_tok_s, b.gen_tok_s);
+    println!(
+        "| ratio (shardline / llama.cpp) | {:.2}x faster | {:.2}x | {:.2}x |",
+        b.load_s / a.load_s,
+        a.prompt_tok_s / b.prompt_tok_s,
+        a.gen_tok_s / b.gen_tok_s
+    );
+    println!();
+    println!("same greedy tokens: {}", our_tokens == their_tokens);
+}
