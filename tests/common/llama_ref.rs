@@ -143,6 +143,9 @@ impl LlamaRef {
             for i in 0..n {
                 let rc = sys::llama_decode(self.ctx, batch);
                 assert_eq!(rc, 0, "llama_decode failed");
+                // Decoding may run asynchronously on the servers: wait for it
+                // before reading the clock.
+                sys::llama_synchronize(self.ctx);
                 if i == 0 {
                     prompt_s = started.elapsed().as_secs_f64();
                 }
