@@ -12,7 +12,7 @@ mod llama_ref;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use shardline::engine::{Engine, EngineOptions, GenerateParams};
+use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
 use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
 use shardline::worker::LocalWorker;
@@ -72,7 +72,7 @@ fn main() {
     let mut our_tokens = Vec::new();
     for _ in 0..rounds {
         let started = Instant::now();
-        let mut e = rt
+        let e = rt
             .block_on(Engine::load(EngineOptions {
                 model: model.clone(),
                 servers: servers.clone(),
@@ -86,18 +86,32 @@ fn main() {
             .expect("load");
         let load_s = started.elapsed().as_secs_f64();
         let prompt = e.tokenizer().encode(PROMPT, true, true);
-        let params = GenerateParams {
+        let req = GenerateRequest {
+            prompt: Prompt::Tokens(prompt),
             max_tokens: n_gen,
             sampler: SamplerConfig::greedy(),
+            stop: Vec::new(),
             stop_at_eog: false,
         };
-        let (toks, st) = rt.block_on(e.generate(&prompt, &params, |_| true)).expect("generate");
+        let (toks, st) = rt.block_on(async {
+            let mut s = e.generate(req).expect("generate");
+            let mut usage = None;
+            while let Some(ev) = s.next().await {
+                match ev {
+                    Event::Done(u) => usage = Some(u),
+                    Event::Error(err) => panic!("{err}"),
+                    Event::Text(_) => {}
+                }
+            }
+            (s.token_ids(), usage.expect("done"))
+        });
         our_tokens = toks.into_iter().map(|t| t as i32).collect::<Vec<_>>();
         ours.push(Round {
             load_s,
             prompt_tok_s: st.prompt_tokens as f64 / st.prompt_s,
             gen_tok_s: st.gen_steps as f64 / st.gen_s,
         });
+        drop(e);
     }
 
     let devices = llama_ref::rpc_devices(&workers.iter().map(|w| w.endpoint).collect::<Vec<_>>());

@@ -85,6 +85,24 @@ impl KvCells {
         Ok(out)
     }
 
+    /// Puts `tokens[i]` in cell `idx[i]`. Nothing changes when a cell is
+    /// taken or out of range.
+    pub fn place(&mut self, idx: &[usize], tokens: &[Cell]) -> Result<(), CacheFull> {
+        let n = self.cells.len();
+        let bad = idx.len() != tokens.len() || idx.iter().any(|&i| i >= n || self.cells[i].is_some());
+        if bad {
+            return Err(CacheFull {
+                needed: tokens.len(),
+                free: n - self.used(),
+                size: n,
+            });
+        }
+        for (&i, &t) in idx.iter().zip(tokens) {
+            self.cells[i] = Some(t);
+        }
+        Ok(())
+    }
+
     /// Frees one cell.
     pub fn release(&mut self, i: usize) {
         if let Some(c) = self.cells.get_mut(i) {

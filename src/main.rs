@@ -266,40 +266,40 @@ fn run_generate(
     let opts = engine_options(&cluster)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let mut engine = shardline::engine::Engine::load(opts).await.context("loading the model")?;
+        let engine = shardline::engine::Engine::load(opts).await.context("loading the model")?;
         let text = if chat {
-            let tmpl = shardline::chat::ChatTemplate::from_gguf(engine.gguf()).context("chat template")?;
-            tmpl.render(&[shardline::chat::ChatMessage::new("user", prompt)], true)
+            engine
+                .render_chat(&[shardline::chat::ChatMessage::new("user", prompt)])
                 .context("rendering the chat template")?
         } else {
             prompt
         };
-        let tokens = engine.tokenizer().encode(&text, true, true);
-        let params = shardline::engine::GenerateParams {
+        let req = shardline::engine::GenerateRequest {
+            prompt: shardline::engine::Prompt::Text(text),
             max_tokens,
             sampler,
+            stop: Vec::new(),
             stop_at_eog: true,
         };
+        let mut stream = engine.generate(req).context("starting generation")?;
         let mut out = std::io::stdout();
-        let mut write_err = None;
-        let (_, st) = engine
-            .generate(&tokens, &params, |piece| {
-                let r = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
-                match r {
-                    Ok(()) => true,
-                    Err(e) => {
-                        write_err = Some(e);
-                        false
+        let mut usage = None;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                shardline::engine::Event::Text(piece) => {
+                    let r = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
+                    if let Err(e) = r {
+                        if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            return Ok(());
+                        }
+                        return Err(anyhow::Error::new(e).context("writing to stdout"));
                     }
                 }
-            })
-            .await
-            .context("generating")?;
-        if let Some(e) = write_err {
-            if e.kind() != std::io::ErrorKind::BrokenPipe {
-                return Err(anyhow::Error::new(e).context("writing to stdout"));
+                shardline::engine::Event::Done(u) => usage = Some(u),
+                shardline::engine::Event::Error(e) => anyhow::bail!("generation failed: {e}"),
             }
         }
+        let st = usage.context("the engine stopped before finishing")?;
         if out.is_terminal() {
             writeln!(out)?;
         }
@@ -309,7 +309,7 @@ fn run_generate(
                 "load_s": engine.load_time().as_secs_f64(),
                 "prompt_tokens": st.prompt_tokens,
                 "prompt_tok_s": rate(st.prompt_tokens, st.prompt_s),
-                "gen_tokens": st.gen_tokens,
+                "gen_tokens": st.completion_tokens,
                 "gen_tok_s": rate(st.gen_steps, st.gen_s),
             });
             eprintln!("{line}");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::llama_ref::LlamaRef;
 use common::{model_path, start_worker, Worker};
-use shardline::engine::{Engine, EngineOptions, GenerateParams};
+use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
 use shardline::sample::SamplerConfig;
 
 fn shardline(args: &[&str]) -> Output {
@@ -105,7 +105,7 @@ async fn server_dying_mid_generation_is_a_clear_error() {
     let w1 = start_worker(&[]);
     let mut w2 = start_worker(&[]);
     let victim = w2.endpoint.to_string();
-    let mut e = Engine::load(EngineOptions {
+    let e = Engine::load(EngineOptions {
         model: model_path(),
         servers: vec![w1.endpoint.to_string(), victim.clone()],
         n_ctx: 256,
@@ -116,27 +116,36 @@ async fn server_dying_mid_generation_is_a_clear_error() {
     })
     .await
     .unwrap();
-    let toks = e.tokenizer().encode("Once upon a time", true, true);
-    let params = GenerateParams {
+    let req = GenerateRequest {
+        prompt: Prompt::Text("Once upon a time".into()),
         max_tokens: 200,
         sampler: SamplerConfig::greedy(),
+        stop: Vec::new(),
         stop_at_eog: false,
     };
     let started = Instant::now();
+    let mut stream = e.generate(req).unwrap();
     let mut pieces = 0;
-    let r = e
-        .generate(&toks, &params, |_| {
-            pieces += 1;
-            if pieces == 3 {
-                w2.kill();
+    let mut error = None;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Event::Text(_) => {
+                pieces += 1;
+                if pieces == 3 {
+                    w2.kill();
+                }
             }
-            true
-        })
-        .await;
-    let err = r.expect_err("generation must fail once a server is gone");
+            Event::Done(u) => panic!("generation must fail once a server is gone, got {u:?}"),
+            Event::Error(err) => error = Some(err),
+        }
+    }
+    let msg = error.expect("an error event");
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
-    let msg = err.to_string();
     assert!(msg.contains(&victim), "error names the server: {msg}");
+    // The engine refuses new work, saying why, and reports the lost server.
+    let again = e.generate(GenerateRequest::new(Prompt::Text("hi".into()))).unwrap_err();
+    assert!(again.to_string().contains(&victim), "{again}");
+    assert!(!e.health().ok);
 }
 
 #[test]

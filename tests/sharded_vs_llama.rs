@@ -7,7 +7,7 @@ mod common;
 use common::llama_ref::LlamaRef;
 use common::{model_path, start_worker, Worker};
 use shardline::chat::{ChatMessage, ChatTemplate};
-use shardline::engine::{Engine, EngineOptions, GenerateParams};
+use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
 use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
 
@@ -69,23 +69,33 @@ async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
         .collect();
     drop(reference);
 
-    let params = GenerateParams {
-        max_tokens: N_GEN,
-        sampler: SamplerConfig::greedy(),
-        stop_at_eog: false,
-    };
     for case in &cases {
         let workers: Vec<Worker> = (0..case.workers).map(|_| start_worker(&[])).collect();
-        let mut e = engine(&workers, case).await;
+        let e = engine(&workers, case).await;
         assert_eq!(e.plan().stages.len(), case.workers + usize::from(case.local_layers > 0), "{}", case.name);
         for (prompt, (ref_toks, want)) in prompts().iter().zip(&expected) {
             let toks = e.tokenizer().encode(prompt, true, true);
             let ours: Vec<i32> = toks.iter().map(|&t| t as i32).collect();
             assert_eq!(&ours, ref_toks, "{}: tokenization of {prompt:?}", case.name);
-            let (got, stats) = e.generate(&toks, &params, |_| true).await.unwrap();
-            let got: Vec<i32> = got.into_iter().map(|t| t as i32).collect();
+            let req = GenerateRequest {
+                prompt: Prompt::Tokens(toks),
+                max_tokens: N_GEN,
+                sampler: SamplerConfig::greedy(),
+                stop: Vec::new(),
+                stop_at_eog: false,
+            };
+            let mut stream = e.generate(req).unwrap();
+            let mut usage = None;
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Event::Done(u) => usage = Some(u),
+                    Event::Error(err) => panic!("{}: {err}", case.name),
+                    Event::Text(_) => {}
+                }
+            }
+            let got: Vec<i32> = stream.token_ids().into_iter().map(|t| t as i32).collect();
             assert_eq!(&got, want, "{}: prompt {prompt:?}", case.name);
-            assert_eq!(stats.gen_tokens, N_GEN);
+            assert_eq!(usage.unwrap().completion_tokens, N_GEN);
         }
     }
 }

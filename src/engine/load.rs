@@ -4,7 +4,11 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use super::{Engine, EngineOptions};
+use std::sync::{Arc, Mutex};
+
+use super::scheduler::{slot_size, Scheduler};
+use super::{Engine, EngineOptions, LoadProgress, Metrics, Shared};
+use crate::chat::ChatTemplate;
 use crate::cluster::{probe, ServerReport};
 use crate::exec::local::LocalStage;
 use crate::exec::pipeline::{Pipeline, StageRunner};
@@ -128,6 +132,13 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         .map(|s| s.weight_bytes + s.output_bytes)
         .sum();
     let bar = progress_bar(opts.progress, total);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(cb) = &opts.on_progress {
+        cb(LoadProgress {
+            bytes_done: 0,
+            bytes_total: total,
+        });
+    }
     let mut uploads = JoinSet::new();
     let last = the_plan.stages.len() - 1;
     for (i, s) in the_plan.stages.iter().enumerate() {
@@ -136,6 +147,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         };
         let (endpoint, device, layers) = (endpoint.clone(), *device, s.layers.clone());
         let (g, cfg, bar) = (gguf.clone(), cfg.clone(), bar.clone());
+        let (done, cb) = (done.clone(), opts.on_progress.clone());
         let n_ctx = opts.n_ctx;
         uploads.spawn(async move {
             let client = RpcClient::connect(&endpoint, ClientOptions::default())
@@ -144,7 +156,16 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
                     endpoint: endpoint.clone(),
                     source,
                 })?;
-            let tick = move |n: u64| bar.inc(n);
+            let tick = move |n: u64| {
+                bar.inc(n);
+                let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+                if let Some(cb) = &cb {
+                    cb(LoadProgress {
+                        bytes_done: d,
+                        bytes_total: total,
+                    });
+                }
+            };
             let stage = RemoteStage::load(client, device, &g, &cfg, layers, i == last, n_ctx, n_batch, &tick).await?;
             Ok::<_, EngineError>((i, stage))
         });
@@ -182,14 +203,57 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     }
     let embedder = Embedder::new(&gguf, &cfg, opts.threads)?;
     let pipeline = Pipeline::new(cfg, embedder, stages, opts.n_ctx);
-    Ok(Engine {
-        gguf,
-        tokenizer,
+    let parallel = opts.parallel.max(1);
+    let ctx_per_seq = slot_size(opts.n_ctx, parallel) as usize;
+    let name = gguf
+        .get_opt::<&str>("general.name")
+        .ok()
+        .flatten()
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            opts.model
+                .file_stem()
+                .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
+        });
+    let chat = ChatTemplate::from_gguf(&gguf).ok();
+    let tokenizer = Arc::new(tokenizer);
+    let metrics = Arc::new(Metrics::default());
+    let failure = Arc::new(Mutex::new(None));
+    let (tx, rx) = tokio::sync::mpsc::channel(opts.queue.max(1));
+    let endpoints = the_plan
+        .stages
+        .iter()
+        .filter_map(|s| match &s.target {
+            Target::Remote { endpoint, .. } => Some(endpoint.clone()),
+            Target::Local => None,
+        })
+        .collect();
+    let scheduler = Scheduler {
         pipeline,
-        plan: the_plan,
-        n_batch,
-        load_time: started.elapsed(),
-        _workers: workers,
+        tokenizer: tokenizer.clone(),
+        jobs: rx,
+        metrics: metrics.clone(),
+        failure: failure.clone(),
+        parallel,
+        slot_size: ctx_per_seq as u32,
+        n_batch: n_batch as usize,
+    };
+    tokio::spawn(scheduler.run());
+    Ok(Engine {
+        shared: Arc::new(Shared {
+            gguf,
+            tokenizer,
+            chat,
+            plan: the_plan,
+            name,
+            load_time: started.elapsed(),
+            ctx_per_seq,
+            jobs: tx,
+            metrics,
+            failure,
+            endpoints,
+            _workers: workers,
+        }),
     })
 }
 

@@ -1,26 +1,64 @@
-//! The engine: loads a model onto a cluster once (plan, upload) and generates
-//! text from it.
+//! The engine: loads a model onto a cluster once (plan, upload), then serves
+//! generation requests from a background task that batches every active
+//! sequence into one step per stage (continuous batching).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
+//! let engine = Engine::load(EngineOptions {
+//!     model: "model.gguf".into(),
+//!     servers: vec!["10.0.0.2:50052".into(), "10.0.0.3:50052".into()],
+//!     ..EngineOptions::default()
+//! })
+//! .await?;
+//! let mut stream = engine.generate(GenerateRequest::new(Prompt::Text("Hello".into())))?;
+//! while let Some(ev) = stream.next().await {
+//!     match ev {
+//!         Event::Text(t) => print!("{t}"),
+//!         Event::Done(usage) => println!("\n{usage:?}"),
+//!         Event::Error(e) => eprintln!("{e}"),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
 mod load;
+pub mod metrics;
+mod scheduler;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 
-use crate::exec::pipeline::{DecodeError, Pipeline};
+use crate::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::gguf::Gguf;
-use crate::kv::{Cell, SeqId};
 use crate::plan::{Plan, Strategy};
-use crate::sample::{Sampler, SamplerConfig, SamplerError};
-use crate::tokenizer::stream::StreamDecoder;
+use crate::sample::{SamplerConfig, SamplerError};
 use crate::tokenizer::Tokenizer;
 use crate::worker::LocalWorker;
 
 pub use load::EngineError;
+pub use metrics::Metrics;
+
+/// Upload progress while loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct LoadProgress {
+    /// Weight bytes placed so far.
+    pub bytes_done: u64,
+    /// Weight bytes to place in all.
+    pub bytes_total: u64,
+}
+
+/// Called as weights are uploaded.
+pub type ProgressFn = Arc<dyn Fn(LoadProgress) + Send + Sync>;
 
 /// How to load a model.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineOptions {
     /// The GGUF file.
     pub model: PathBuf,
@@ -29,11 +67,14 @@ pub struct EngineOptions {
     pub servers: Vec<String>,
     /// Workers to start when no servers are given.
     pub local_workers: usize,
-    /// The `shardline` binary used to start local workers.
+    /// The `shardline` binary used to start local workers (default: the
+    /// running executable).
     pub worker_exe: Option<PathBuf>,
-    /// Context size: KV cache cells shared by all sequences.
+    /// Context size: KV cache cells, split evenly between the `parallel`
+    /// sequences.
     pub n_ctx: u32,
-    /// Largest batch of tokens per step.
+    /// Largest batch of tokens per step; prompts are processed in chunks of
+    /// this size.
     pub n_batch: u32,
     /// How layers are spread over the servers.
     pub strategy: Strategy,
@@ -43,6 +84,28 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Show a progress bar while uploading (when stderr is a terminal).
     pub progress: bool,
+    /// Sequences decoded together.
+    pub parallel: usize,
+    /// Requests that may wait for a free sequence before new ones are
+    /// refused ([`SubmitError::QueueFull`]).
+    pub queue: usize,
+    /// Called as weights are uploaded.
+    pub on_progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("model", &self.model)
+            .field("servers", &self.servers)
+            .field("n_ctx", &self.n_ctx)
+            .field("n_batch", &self.n_batch)
+            .field("strategy", &self.strategy)
+            .field("local_layers", &self.local_layers)
+            .field("parallel", &self.parallel)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for EngineOptions {
@@ -58,202 +121,357 @@ impl Default for EngineOptions {
             local_layers: 0,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             progress: true,
+            parallel: 1,
+            queue: 64,
+            on_progress: None,
         }
     }
 }
 
-/// A loaded model, ready to generate.
-#[derive(Debug)]
-pub struct Engine {
-    gguf: Gguf,
-    tokenizer: Tokenizer,
-    pipeline: Pipeline,
-    plan: Plan,
-    n_batch: u32,
-    load_time: Duration,
-    // Kept last: workers this engine started stop when it is dropped.
-    _workers: Vec<LocalWorker>,
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Text, tokenized with the model's special tokens parsed and its BOS
+    /// added when the model asks for one.
+    Text(String),
+    /// Tokens as they are.
+    Tokens(Vec<u32>),
 }
 
-/// What to generate.
+/// One generation request.
 #[derive(Debug, Clone)]
-pub struct GenerateParams {
+pub struct GenerateRequest {
+    /// The prompt.
+    pub prompt: Prompt,
     /// Most tokens to generate.
     pub max_tokens: usize,
     /// Sampling.
     pub sampler: SamplerConfig,
-    /// Stop at an end-of-generation token (not printed).
+    /// Texts that end the generation (not included in the output).
+    pub stop: Vec<String>,
+    /// End at an end-of-generation token (not included in the output).
     pub stop_at_eog: bool,
 }
 
-/// Counts and speeds of one generation.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
-pub struct GenerateStats {
-    /// Prompt tokens processed.
-    pub prompt_tokens: usize,
-    /// Seconds spent on the prompt.
-    pub prompt_s: f64,
-    /// Tokens generated.
-    pub gen_tokens: usize,
-    /// Seconds spent generating.
-    pub gen_s: f64,
-    /// Decode steps run while generating (the first token comes from the
-    /// prompt's logits, so one fewer than the tokens).
-    pub gen_steps: usize,
-    /// Why it stopped.
-    #[serde(skip)]
-    pub finish: Finish,
+impl GenerateRequest {
+    /// Greedy, 256 tokens, stopping at end-of-generation tokens.
+    pub fn new(prompt: Prompt) -> Self {
+        GenerateRequest {
+            prompt,
+            max_tokens: 256,
+            sampler: SamplerConfig::greedy(),
+            stop: Vec::new(),
+            stop_at_eog: true,
+        }
+    }
 }
 
 /// Why a generation ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Finish {
-    /// An end-of-generation token, or the callback asked to stop.
+    /// An end-of-generation token or a stop text.
     #[default]
     Stop,
     /// `max_tokens` reached.
     Length,
 }
 
-/// Errors while generating.
-#[derive(Debug, thiserror::Error)]
-pub enum GenerateError {
-    /// The sampler settings are invalid.
-    #[error(transparent)]
-    Sampler(#[from] SamplerError),
-    /// The prompt is empty.
+/// Counts and timings of a finished generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Tokens generated (stop texts and end tokens included).
+    pub completion_tokens: usize,
+    /// Why it ended.
+    pub finish: Finish,
+    /// Seconds from admission to the end of the prompt.
+    pub prompt_s: f64,
+    /// Seconds from the end of the prompt to the end.
+    pub gen_s: f64,
+    /// Decode steps while generating.
+    pub gen_steps: usize,
+}
+
+/// What a [`TokenStream`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The next piece of generated text (whole UTF-8 characters).
+    Text(String),
+    /// The generation ended normally.
+    Done(Usage),
+    /// The generation failed (e.g. a server was lost).
+    Error(String),
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    /// Too many requests are waiting.
+    #[error("too many requests waiting (queue full)")]
+    QueueFull,
+    /// The prompt has no tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
-    /// The prompt plus the tokens to generate exceed the context.
-    #[error("prompt of {prompt} tokens plus {max} to generate exceed the context of {ctx}")]
+    /// Prompt plus `max_tokens` exceed one sequence's context.
+    #[error("prompt of {prompt} tokens plus max_tokens {max} exceed the context of {ctx} tokens per sequence")]
     TooLong {
         /// Prompt tokens.
         prompt: usize,
         /// Tokens asked for.
         max: usize,
-        /// Context size.
+        /// Context per sequence.
         ctx: usize,
     },
-    /// A step failed.
+    /// A prompt token is outside the vocabulary.
+    #[error("token {0} is outside the vocabulary")]
+    BadToken(u32),
+    /// The engine stopped (a server was lost).
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// Invalid sampling settings.
     #[error(transparent)]
-    Decode(#[from] DecodeError),
+    Sampler(#[from] SamplerError),
+}
+
+/// Generated text as it comes. Dropping it cancels the request and frees its
+/// sequence.
+#[derive(Debug)]
+pub struct TokenStream {
+    rx: mpsc::UnboundedReceiver<Event>,
+    done: bool,
+    ids: Arc<Mutex<Vec<u32>>>,
+}
+
+impl TokenStream {
+    /// The ids of the tokens generated so far (end-of-generation tokens
+    /// excluded).
+    pub fn token_ids(&self) -> Vec<u32> {
+        self.ids.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The next event; `None` after `Done` or `Error`.
+    pub async fn next(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        let ev = self.rx.recv().await;
+        self.done = !matches!(ev, Some(Event::Text(_)));
+        ev
+    }
+
+    /// Collects the whole text and the usage.
+    pub async fn collect_text(mut self) -> Result<(String, Usage), String> {
+        let mut text = String::new();
+        while let Some(ev) = self.next().await {
+            match ev {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(u) => return Ok((text, u)),
+                Event::Error(e) => return Err(e),
+            }
+        }
+        Err("the engine stopped".into())
+    }
+}
+
+impl futures_core::Stream for TokenStream {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let p = self.rx.poll_recv(cx);
+        if let Poll::Ready(ev) = &p {
+            self.done = !matches!(ev, Some(Event::Text(_)));
+        }
+        p
+    }
+}
+
+/// One server's state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServerHealth {
+    /// `host:port`.
+    pub endpoint: String,
+    /// Whether it is serving.
+    pub ok: bool,
+    /// What went wrong, when not.
+    pub error: Option<String>,
+}
+
+/// The engine's state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Health {
+    /// Whether requests can be served.
+    pub ok: bool,
+    /// Each server.
+    pub servers: Vec<ServerHealth>,
+}
+
+/// A job for the scheduler.
+pub(crate) struct Job {
+    tokens: Vec<u32>,
+    req: GenerateRequest,
+    tx: mpsc::UnboundedSender<Event>,
+    ids: Arc<Mutex<Vec<u32>>>,
+}
+
+struct Shared {
+    gguf: Gguf,
+    tokenizer: Arc<Tokenizer>,
+    chat: Option<ChatTemplate>,
+    plan: Plan,
+    name: String,
+    load_time: Duration,
+    ctx_per_seq: usize,
+    jobs: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+    failure: Arc<Mutex<Option<String>>>,
+    endpoints: Vec<String>,
+    // Last: workers this engine started stop when the last handle goes.
+    _workers: Vec<LocalWorker>,
+}
+
+/// A loaded model: a cheap handle to the task that runs it.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("model", &self.shared.name).finish_non_exhaustive()
+    }
 }
 
 impl Engine {
-    /// Loads the model onto the cluster; see [`EngineOptions`].
+    /// Loads the model onto the cluster (see [`EngineOptions`]) and starts
+    /// the scheduler task. Must be called inside a tokio runtime.
     pub async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         load::load(opts).await
     }
 
+    /// The model's name: `general.name`, else the file name.
+    pub fn model_name(&self) -> &str {
+        &self.shared.name
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        &self.shared.tokenizer
     }
 
     /// The model file.
     pub fn gguf(&self) -> &Gguf {
-        &self.gguf
+        &self.shared.gguf
     }
 
     /// The plan the model was loaded with.
     pub fn plan(&self) -> &Plan {
-        &self.plan
+        &self.shared.plan
     }
 
     /// Time spent loading.
     pub fn load_time(&self) -> Duration {
-        self.load_time
+        self.shared.load_time
     }
 
-    /// Generates from `prompt` tokens in sequence 0. `on_text` gets each
-    /// piece of text as it is decoded (whole UTF-8 characters only) and may
-    /// return `false` to stop.
-    pub async fn generate(
-        &mut self,
-        prompt: &[u32],
-        params: &GenerateParams,
-        mut on_text: impl FnMut(&str) -> bool,
-    ) -> Result<(Vec<u32>, GenerateStats), GenerateError> {
-        const SEQ: SeqId = 0;
-        if prompt.is_empty() {
-            return Err(GenerateError::EmptyPrompt);
+    /// Context (tokens) each sequence has.
+    pub fn ctx_per_seq(&self) -> usize {
+        self.shared.ctx_per_seq
+    }
+
+    /// The conversation in the model's chat template, ending with the
+    /// assistant's turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ChatError> {
+        self.shared.chat.as_ref().ok_or(ChatError::NoTemplate)?.render(messages, true)
+    }
+
+    /// The engine's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The engine's counters in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// Whether the engine can serve, and each server's state.
+    pub fn health(&self) -> Health {
+        let failure = self.shared.failure.lock().map(|f| f.clone()).unwrap_or(None);
+        let servers = self
+            .shared
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let error = failure.as_ref().filter(|f| f.contains(ep.as_str())).cloned();
+                ServerHealth {
+                    endpoint: ep.clone(),
+                    ok: error.is_none() && failure.is_none(),
+                    error,
+                }
+            })
+            .collect();
+        Health {
+            ok: failure.is_none(),
+            servers,
         }
-        let ctx = self.pipeline.kv().size();
-        if prompt.len() + params.max_tokens > ctx {
-            return Err(GenerateError::TooLong {
-                prompt: prompt.len(),
-                max: params.max_tokens,
+    }
+
+    /// Queues a request; its text arrives on the returned stream.
+    pub fn generate(&self, req: GenerateRequest) -> Result<TokenStream, SubmitError> {
+        if let Some(f) = self.shared.failure.lock().ok().and_then(|f| f.clone()) {
+            return Err(SubmitError::Unavailable(f));
+        }
+        crate::sample::Sampler::new(req.sampler.clone())?;
+        let tokens = match &req.prompt {
+            Prompt::Text(t) => self.shared.tokenizer.encode(t, true, true),
+            Prompt::Tokens(t) => t.clone(),
+        };
+        if tokens.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        let ctx = self.shared.ctx_per_seq;
+        if tokens.len() + req.max_tokens > ctx {
+            return Err(SubmitError::TooLong {
+                prompt: tokens.len(),
+                max: req.max_tokens,
                 ctx,
             });
         }
-        let mut sampler = Sampler::new(params.sampler.clone())?;
-        let mut stats = GenerateStats {
-            prompt_tokens: prompt.len(),
-            finish: Finish::Length,
-            ..GenerateStats::default()
+        let n_vocab = self.shared.tokenizer.n_vocab();
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(SubmitError::BadToken(t));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let job = Job {
+            tokens,
+            req,
+            tx,
+            ids: ids.clone(),
         };
-        self.pipeline.remove_seq(SEQ);
-        let result = self.generate_inner(prompt, params, &mut sampler, &mut stats, &mut on_text).await;
-        self.pipeline.remove_seq(SEQ);
-        result.map(|out| (out, stats))
-    }
-
-    async fn generate_inner(
-        &mut self,
-        prompt: &[u32],
-        params: &GenerateParams,
-        sampler: &mut Sampler,
-        stats: &mut GenerateStats,
-        on_text: &mut impl FnMut(&str) -> bool,
-    ) -> Result<Vec<u32>, GenerateError> {
-        const SEQ: SeqId = 0;
-        let started = Instant::now();
-        let mut history: Vec<u32> = prompt.to_vec();
-        let mut logits = Vec::new();
-        let chunk = self.n_batch.max(1) as usize;
-        for (ci, part) in prompt.chunks(chunk).enumerate() {
-            let start = ci * chunk;
-            let cells: Vec<Cell> = (0..part.len())
-                .map(|i| Cell {
-                    seq: SEQ,
-                    pos: (start + i) as u32,
+        // Count it before the scheduler can take it off the queue.
+        self.shared.metrics.queued(1);
+        match self.shared.jobs.try_send(job) {
+            Ok(()) => Ok(TokenStream { rx, done: false, ids }),
+            Err(e) => {
+                self.shared.metrics.queued(-1);
+                self.shared.metrics.unqueued_request();
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => SubmitError::QueueFull,
+                    mpsc::error::TrySendError::Closed(_) => SubmitError::Unavailable(
+                self.shared
+                    .failure
+                    .lock()
+                    .ok()
+                    .and_then(|f| f.clone())
+                    .unwrap_or_else(|| "the engine stopped".into()),
+                    ),
                 })
-                .collect();
-            // Only the last prompt token's logits are needed; earlier chunks
-            // still compute one output row, which is dropped.
-            logits = self.pipeline.decode(part, &cells, &[part.len() - 1]).await?;
-        }
-        stats.prompt_s = started.elapsed().as_secs_f64();
-
-        let gen_started = Instant::now();
-        let mut out = Vec::new();
-        let mut text = StreamDecoder::new(false);
-        while out.len() < params.max_tokens {
-            if !out.is_empty() {
-                let pos = (history.len() - 1) as u32;
-                let last = *history.last().expect("history has the prompt");
-                logits = self.pipeline.decode(&[last], &[Cell { seq: SEQ, pos }], &[0]).await?;
-                stats.gen_steps += 1;
-            }
-            let tok = sampler.sample(&logits, &history);
-            if params.stop_at_eog && self.tokenizer.is_eog(tok) {
-                stats.finish = Finish::Stop;
-                break;
-            }
-            out.push(tok);
-            history.push(tok);
-            let piece = text.push(&self.tokenizer, tok);
-            if !piece.is_empty() && !on_text(&piece) {
-                stats.finish = Finish::Stop;
-                break;
             }
         }
-        let rest = text.finish();
-        if !rest.is_empty() {
-            on_text(&rest);
-        }
-        stats.gen_tokens = out.len();
-        stats.gen_s = gen_started.elapsed().as_secs_f64();
-        Ok(out)
     }
 }

@@ -97,6 +97,7 @@ pub struct LocalStage {
     head: bool,
     weights: Context,
     backend: CpuBackend,
+    stat: crate::engine::metrics::StageStat,
 }
 
 impl LocalStage {
@@ -140,11 +141,28 @@ impl LocalStage {
             head,
             weights: ctx,
             backend,
+            stat: crate::engine::metrics::StageStat {
+                server: "local".into(),
+                ..Default::default()
+            },
         })
+    }
+
+    /// Cumulative step numbers.
+    pub fn stat(&self) -> crate::engine::metrics::StageStat {
+        self.stat.clone()
     }
 
     /// Runs the stage on `hidden` (`[n_embd, n_tokens]`); returns its output.
     pub fn run(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
+        let started = std::time::Instant::now();
+        let out = self.run_inner(cfg, step, hidden);
+        self.stat.steps += 1;
+        self.stat.seconds += started.elapsed().as_secs_f64();
+        out
+    }
+
+    fn run_inner(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
         let by_name: HashMap<String, Tensor<'_>> =
             self.weights.tensors().into_iter().map(|t| (t.name(), t)).collect();
         let st = stage_tensors(cfg, &self.layers, self.head, &by_name)?;

@@ -74,6 +74,37 @@ impl Pipeline {
     /// logits of the tokens at indices `outputs` come back, `n_vocab` each,
     /// in that order.
     pub async fn decode(&mut self, tokens: &[u32], cells: &[Cell], outputs: &[usize]) -> Result<Vec<f32>, DecodeError> {
+        self.check_batch(tokens, cells, outputs)?;
+        let idx = self.kv.claim(cells)?;
+        self.decode_claimed(tokens, cells, idx, outputs).await
+    }
+
+    /// Like [`Pipeline::decode`], with the KV cell of each token chosen by the
+    /// caller (`idx`); the cells must be free.
+    pub async fn decode_at(
+        &mut self,
+        tokens: &[u32],
+        cells: &[Cell],
+        idx: &[usize],
+        outputs: &[usize],
+    ) -> Result<Vec<f32>, DecodeError> {
+        self.check_batch(tokens, cells, outputs)?;
+        self.kv.place(idx, cells)?;
+        self.decode_claimed(tokens, cells, idx.to_vec(), outputs).await
+    }
+
+    /// Cumulative step numbers of every stage.
+    pub fn stage_stats(&self) -> Vec<crate::engine::metrics::StageStat> {
+        self.stages
+            .iter()
+            .map(|s| match s {
+                StageRunner::Local(l) => l.stat(),
+                StageRunner::Remote(r) => r.stat(),
+            })
+            .collect()
+    }
+
+    fn check_batch(&self, tokens: &[u32], cells: &[Cell], outputs: &[usize]) -> Result<(), DecodeError> {
         let n = tokens.len();
         if n == 0 || cells.len() != n || outputs.is_empty() || outputs.iter().any(|&o| o >= n) {
             return Err(DecodeError::BadBatch(format!(
@@ -85,7 +116,17 @@ impl Pipeline {
         if let Some(&t) = tokens.iter().find(|&&t| t >= n_vocab) {
             return Err(DecodeError::BadBatch(format!("token {t} is outside the vocabulary of {n_vocab}")));
         }
-        let idx = self.kv.claim(cells)?;
+        Ok(())
+    }
+
+    async fn decode_claimed(
+        &mut self,
+        tokens: &[u32],
+        cells: &[Cell],
+        idx: Vec<usize>,
+        outputs: &[usize],
+    ) -> Result<Vec<f32>, DecodeError> {
+        let n = tokens.len();
         let step = Step {
             n_tokens: n,
             pos: cells.iter().map(|c| c.pos as i32).collect(),

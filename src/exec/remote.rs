@@ -101,6 +101,7 @@ pub struct RemoteStage {
     compute_buf: Option<RemoteBuffer>,
     stored: Option<StoredGraph>,
     upload: UploadStats,
+    stat: crate::engine::metrics::StageStat,
 }
 
 impl RemoteStage {
@@ -152,6 +153,10 @@ impl RemoteStage {
             compute_buf: None,
             stored: None,
             upload,
+            stat: crate::engine::metrics::StageStat {
+                server: endpoint.clone(),
+                ..Default::default()
+            },
         })
     }
 
@@ -163,6 +168,11 @@ impl RemoteStage {
     /// The layers it runs.
     pub fn layers(&self) -> Range<u32> {
         self.layers.clone()
+    }
+
+    /// Cumulative step numbers.
+    pub fn stat(&self) -> crate::engine::metrics::StageStat {
+        self.stat.clone()
     }
 
     /// What the weight upload sent and what the server's cache answered.
@@ -303,12 +313,21 @@ impl RemoteStage {
                 });
             }
             self.client.set_tensor(wire, *n, 0, &bytes).await.map_err(|e| self.err(e))?;
+            self.stat.bytes_sent += *n;
         }
         Ok(())
     }
 
     /// Runs the stage on `hidden` (`[n_embd, n_tokens]`); returns its output.
     pub async fn run(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
+        let started = std::time::Instant::now();
+        let out = self.run_inner(cfg, step, hidden).await;
+        self.stat.steps += 1;
+        self.stat.seconds += started.elapsed().as_secs_f64();
+        out
+    }
+
+    async fn run_inner(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
         if step.n_tokens > self.n_batch as usize {
             return Err(ExecError::Memory {
                 endpoint: self.endpoint().to_string(),
@@ -347,11 +366,13 @@ impl RemoteStage {
                     .graph_compute_sized(self.device, &msg.nodes, &msg.tensors, &nbytes)
                     .await
                     .map_err(|e| self.err(e))?;
+                self.stat.bytes_sent += (msg.tensors.len() * shardline_protocol::RPC_TENSOR_SIZE + msg.nodes.len() * 8) as u64;
                 stored
             }
         };
         let (out, n) = stored.output;
         let bytes = self.client.get_tensor(&out, n, 0, n).await.map_err(|e| self.err(e));
+        self.stat.bytes_received += n;
         self.stored = Some(stored);
         Ok(f32s(&bytes?))
     }

@@ -1,0 +1,363 @@
+//! The scheduler task: admits requests into sequence slots, processes their
+//! prompts in chunks, and decodes every generating sequence together, one
+//! token each per step (continuous batching).
+//!
+//! Two rules keep a sequence's output identical whether it runs alone or
+//! beside others: a prompt chunk is never batched with other sequences'
+//! tokens, and each sequence owns a fixed, 64-cell-aligned slot of the KV
+//! cache, so ggml's attention groups its cells the same way in both cases.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::metrics::Metrics;
+use super::{Event, Finish, Job, Usage};
+use crate::exec::pipeline::Pipeline;
+use crate::kv::{Cell, SeqId};
+use crate::sample::Sampler;
+use crate::tokenizer::stream::StreamDecoder;
+use crate::tokenizer::Tokenizer;
+
+/// Cells per sequence slot: an equal share of the cache, a multiple of 64
+/// when there is room for it.
+pub(crate) fn slot_size(n_ctx: u32, parallel: usize) -> u32 {
+    if parallel <= 1 {
+        return n_ctx;
+    }
+    let share = n_ctx / parallel as u32;
+    if share >= 64 {
+        share / 64 * 64
+    } else {
+        share
+    }
+}
+
+struct Seq {
+    job: Job,
+    sampler: Sampler,
+    prompt_done: usize,
+    history: Vec<u32>,
+    generated: usize,
+    decoder: StreamDecoder,
+    held: String,
+    next: Option<u32>,
+    admitted: Instant,
+    prompt_end: Option<Instant>,
+    gen_steps: usize,
+    order: u64,
+}
+
+impl Seq {
+    fn prompt_left(&self) -> bool {
+        self.prompt_done < self.job.tokens.len()
+    }
+
+    fn usage(&self, finish: Finish) -> Usage {
+        let now = Instant::now();
+        let prompt_end = self.prompt_end.unwrap_or(now);
+        Usage {
+            prompt_tokens: self.job.tokens.len(),
+            completion_tokens: self.generated,
+            finish,
+            prompt_s: (prompt_end - self.admitted).as_secs_f64(),
+            gen_s: (now - prompt_end).as_secs_f64(),
+            gen_steps: self.gen_steps,
+        }
+    }
+}
+
+pub(crate) struct Scheduler {
+    pub pipeline: Pipeline,
+    pub tokenizer: Arc<Tokenizer>,
+    pub jobs: mpsc::Receiver<Job>,
+    pub metrics: Arc<Metrics>,
+    pub failure: Arc<Mutex<Option<String>>>,
+    pub parallel: usize,
+    pub slot_size: u32,
+    pub n_batch: usize,
+}
+
+/// What happened to a sequence after a token.
+enum After {
+    Continue,
+    Finished,
+}
+
+impl Scheduler {
+    pub async fn run(mut self) {
+        let mut slots: Vec<Option<Seq>> = (0..self.parallel.max(1)).map(|_| None).collect();
+        let mut order = 0u64;
+        loop {
+            // Requests whose client went away free their slot at once.
+            for (i, s) in slots.iter_mut().enumerate() {
+                if s.as_ref().is_some_and(|s| s.job.tx.is_closed()) {
+                    *s = None;
+                    self.pipeline.remove_seq(i as SeqId);
+                }
+            }
+            // Admit waiting requests into free slots.
+            let mut closed = false;
+            while let Some(free) = slots.iter().position(Option::is_none) {
+                match self.jobs.try_recv() {
+                    Ok(job) => {
+                        order += 1;
+                        slots[free] = self.admit(job, order);
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let active = slots.iter().filter(|s| s.is_some()).count();
+            self.metrics.set_active(active);
+            if active == 0 {
+                if closed {
+                    return;
+                }
+                match self.jobs.recv().await {
+                    Some(job) => {
+                        order += 1;
+                        slots[0] = self.admit(job, order);
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+
+            // One prompt chunk of the oldest sequence still reading its prompt.
+            let reading = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().filter(|s| s.prompt_left()).map(|s| (s.order, i)))
+                .min();
+            if let Some((_, i)) = reading {
+                if let Err(e) = self.prompt_chunk(&mut slots, i).await {
+                    self.fail(&mut slots, e).await;
+                    return;
+                }
+            }
+
+            // One decode step for every sequence with a token to feed.
+            let ready: Vec<usize> = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.as_ref().is_some_and(|s| s.next.is_some()))
+                .map(|(i, _)| i)
+                .collect();
+            if !ready.is_empty() {
+                if let Err(e) = self.decode_step(&mut slots, &ready).await {
+                    self.fail(&mut slots, e).await;
+                    return;
+                }
+            }
+            self.metrics.set_stages(self.pipeline.stage_stats());
+        }
+    }
+
+    fn admit(&mut self, job: Job, order: u64) -> Option<Seq> {
+        self.metrics.queued(-1);
+        let sampler = match Sampler::new(job.req.sampler.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = job.tx.send(Event::Error(e.to_string()));
+                return None;
+            }
+        };
+        Some(Seq {
+            history: job.tokens.clone(),
+            job,
+            sampler,
+            prompt_done: 0,
+            generated: 0,
+            decoder: StreamDecoder::new(false),
+            held: String::new(),
+            next: None,
+            admitted: Instant::now(),
+            prompt_end: None,
+            gen_steps: 0,
+            order,
+        })
+    }
+
+    fn cell_index(&self, slot: usize, pos: usize) -> usize {
+        slot * self.slot_size as usize + pos
+    }
+
+    async fn prompt_chunk(&mut self, slots: &mut [Option<Seq>], i: usize) -> Result<(), String> {
+        let seq = slots[i].as_mut().expect("chosen slot is busy");
+        let start = seq.prompt_done;
+        let end = (start + self.n_batch.max(1)).min(seq.job.tokens.len());
+        let part = seq.job.tokens[start..end].to_vec();
+        let cells: Vec<Cell> = (start..end)
+            .map(|p| Cell {
+                seq: i as SeqId,
+                pos: p as u32,
+            })
+            .collect();
+        let idx: Vec<usize> = (start..end).map(|p| self.cell_index(i, p)).collect();
+        let logits = self
+            .pipeline
+            .decode_at(&part, &cells, &idx, &[part.len() - 1])
+            .await
+            .map_err(|e| e.to_string())?;
+        self.metrics.prompt(part.len());
+        let seq = slots[i].as_mut().expect("still busy");
+        seq.prompt_done = end;
+        if !seq.prompt_left() {
+            seq.prompt_end = Some(Instant::now());
+            let tok = seq.sampler.sample(&logits, &seq.history);
+            if let After::Finished = self.take_token(seq, tok) {
+                slots[i] = None;
+                self.pipeline.remove_seq(i as SeqId);
+            }
+        }
+        Ok(())
+    }
+
+    async fn decode_step(&mut self, slots: &mut [Option<Seq>], ready: &[usize]) -> Result<(), String> {
+        let mut tokens = Vec::with_capacity(ready.len());
+        let mut cells = Vec::with_capacity(ready.len());
+        let mut idx = Vec::with_capacity(ready.len());
+        for &i in ready {
+            let s = slots[i].as_ref().expect("ready slots are busy");
+            let pos = s.history.len() - 1;
+            tokens.push(s.next.expect("ready sequences have a token"));
+            cells.push(Cell {
+                seq: i as SeqId,
+                pos: pos as u32,
+            });
+            idx.push(self.cell_index(i, pos));
+        }
+        let outputs: Vec<usize> = (0..ready.len()).collect();
+        let started = Instant::now();
+        let logits = self
+            .pipeline
+            .decode_at(&tokens, &cells, &idx, &outputs)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.metrics.generated(ready.len(), started.elapsed().as_secs_f64());
+        let n_vocab = logits.len() / ready.len();
+        for (k, &i) in ready.iter().enumerate() {
+            let seq = slots[i].as_mut().expect("ready slots are busy");
+            seq.gen_steps += 1;
+            let row = &logits[k * n_vocab..(k + 1) * n_vocab];
+            let tok = seq.sampler.sample(row, &seq.history);
+            if let After::Finished = self.take_token(seq, tok) {
+                slots[i] = None;
+                self.pipeline.remove_seq(i as SeqId);
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a sampled token: stop conditions, text out, next input.
+    fn take_token(&self, seq: &mut Seq, tok: u32) -> After {
+        seq.next = None;
+        if seq.job.req.stop_at_eog && self.tokenizer.is_eog(tok) {
+            return self.finish(seq, Finish::Stop);
+        }
+        seq.generated += 1;
+        seq.history.push(tok);
+        if let Ok(mut ids) = seq.job.ids.lock() {
+            ids.push(tok);
+        }
+        let piece = seq.decoder.push(&self.tokenizer, tok);
+        seq.held.push_str(&piece);
+        let stops = &seq.job.req.stop;
+        if let Some(at) = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| seq.held.find(s.as_str())).min() {
+            let before = seq.held[..at].to_string();
+            seq.held.clear();
+            if !before.is_empty() && seq.job.tx.send(Event::Text(before)).is_err() {
+                return After::Finished;
+            }
+            return self.finish(seq, Finish::Stop);
+        }
+        // Hold back the end of the text while it could still become a stop text.
+        let keep = stops
+            .iter()
+            .map(|s| longest_prefix_suffix(&seq.held, s))
+            .max()
+            .unwrap_or(0);
+        let cut = seq.held.len() - keep;
+        if cut > 0 {
+            let out: String = seq.held.drain(..cut).collect();
+            if seq.job.tx.send(Event::Text(out)).is_err() {
+                return After::Finished;
+            }
+        }
+        if seq.generated >= seq.job.req.max_tokens {
+            return self.finish(seq, Finish::Length);
+        }
+        seq.next = Some(tok);
+        After::Continue
+    }
+
+    fn finish(&self, seq: &mut Seq, finish: Finish) -> After {
+        let mut rest = std::mem::take(&mut seq.held);
+        rest.push_str(&seq.decoder.finish());
+        if !rest.is_empty() {
+            let _ = seq.job.tx.send(Event::Text(rest));
+        }
+        let _ = seq.job.tx.send(Event::Done(seq.usage(finish)));
+        After::Finished
+    }
+
+    /// A step failed (a server is gone): every request ends with the error and
+    /// the engine stops taking requests.
+    async fn fail(&mut self, slots: &mut [Option<Seq>], error: String) {
+        tracing::error!(%error, "generation failed; the engine stops");
+        if let Ok(mut f) = self.failure.lock() {
+            *f = Some(error.clone());
+        }
+        for s in slots.iter_mut().filter_map(Option::take) {
+            let _ = s.job.tx.send(Event::Error(error.clone()));
+        }
+        self.jobs.close();
+        let mut waiting = VecDeque::new();
+        while let Ok(job) = self.jobs.try_recv() {
+            waiting.push_back(job);
+        }
+        for job in waiting {
+            self.metrics.queued(-1);
+            let _ = job.tx.send(Event::Error(error.clone()));
+        }
+        self.metrics.set_active(0);
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of `stop`,
+/// at a character boundary.
+fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
+    let max = stop.len().saturating_sub(1).min(text.len());
+    (1..=max)
+        .rev()
+        .find(|&n| text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..]))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_64_aligned_shares() {
+        assert_eq!(slot_size(4096, 1), 4096);
+        assert_eq!(slot_size(4096, 3), 1344);
+        assert_eq!(slot_size(100, 1), 100);
+        assert_eq!(slot_size(200, 2), 64);
+        assert_eq!(slot_size(80, 2), 40);
+    }
+
+    #[test]
+    fn holds_back_what_may_become_a_stop_text() {
+        assert_eq!(longest_prefix_suffix("hello wor", "world"), 3);
+        assert_eq!(longest_prefix_suffix("hello", "world"), 0);
+        assert_eq!(longest_prefix_suffix("ab", "b"), 0, "a whole match is not held, it is cut");
+        assert_eq!(longest_prefix_suffix("é", "éa"), 2);
+    }
+}
