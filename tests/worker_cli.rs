@@ -25,8 +25,16 @@ fn ready_line_names_endpoint_protocol_and_device() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // ggml's server prints its own banner on the same stdout; the ready line
+    // may come before or after it.
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    for _ in 0..50 {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 || line.starts_with("shardline worker ready") {
+            break;
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
     assert!(line.starts_with("shardline worker ready: endpoint=127.0.0.1:"), "{line}");
