@@ -1,0 +1,121 @@
+//! Continuous batching: sequences decoded together produce exactly what they
+//! produce alone (greedy), new requests join between steps, cancelled ones
+//! free their slot, and a full queue refuses new work.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{model_path, start_worker, Worker};
+use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt, SubmitError};
+use shardline::sample::SamplerConfig;
+
+const PROMPTS: [&str; 8] = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a land far away,",
+    "The three primary colors are",
+    "To make a cup of tea, first",
+    "The largest planet in the solar system is",
+    "In 1969, the first person to walk on the moon was",
+    "A haiku about autumn leaves:",
+];
+
+async fn load(workers: &[Worker], parallel: usize, queue: usize) -> Engine {
+    Engine::load(EngineOptions {
+        model: model_path(),
+        servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
+        n_ctx: 1024,
+        n_batch: 256,
+        threads: 1,
+        progress: false,
+        parallel,
+        queue,
+        ..EngineOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn greedy(prompt: &str, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt: Prompt::Text(prompt.to_string()),
+        max_tokens,
+        sampler: SamplerConfig::greedy(),
+        stop: Vec::new(),
+        stop_at_eog: false,
+    }
+}
+
+async fn run(engine: &Engine, prompt: &str, max_tokens: usize) -> (String, Vec<u32>) {
+    let mut s = engine.generate(greedy(prompt, max_tokens)).unwrap();
+    let mut text = String::new();
+    while let Some(ev) = s.next().await {
+        match ev {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(_) => {}
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    (text, s.token_ids())
+}
+
+#[tokio::test]
+async fn concurrent_sequences_match_their_solo_runs() {
+    let workers = [start_worker(&[]), start_worker(&[])];
+    let engine = load(&workers, 8, 16).await;
+    let mut alone = Vec::new();
+    for p in PROMPTS {
+        alone.push(run(&engine, p, 24).await);
+    }
+    // All at once, and staggered so some join while others decode.
+    let mut tasks = Vec::new();
+    for (i, p) in PROMPTS.iter().enumerate() {
+        let e = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(15 * i as u64)).await;
+            run(&e, p, 24).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let got = t.await.unwrap();
+        assert_eq!(got.1, alone[i].1, "prompt {:?}: tokens differ from its solo run", PROMPTS[i]);
+        assert_eq!(got.0, alone[i].0);
+    }
+    assert_eq!(engine.metrics().active_sequences(), 0);
+}
+
+#[tokio::test]
+async fn dropped_stream_frees_its_sequence_and_full_queue_refuses() {
+    let workers = [start_worker(&[])];
+    let engine = load(&workers, 1, 1).await;
+    let mut first = engine.generate(greedy("Tell me a long story about dragons.", 400)).unwrap();
+    // Wait until it is generating.
+    assert!(matches!(first.next().await, Some(Event::Text(_))));
+    let second = engine.generate(greedy("hello", 4)).unwrap();
+    // One running, one waiting: the queue (1) is full.
+    let third = engine.generate(greedy("again", 4));
+    assert!(matches!(third, Err(SubmitError::QueueFull)), "{third:?}");
+    drop(first);
+    // The waiting request gets the freed slot and finishes well before the
+    // 400 tokens of the dropped one could have.
+    let done = tokio::time::timeout(Duration::from_secs(20), second.collect_text()).await;
+    let (_, usage) = done.expect("the queued request ran after the cancel").unwrap();
+    assert_eq!(usage.completion_tokens, 4);
+    assert_eq!(engine.metrics().queue_depth(), 0);
+}
+
+#[tokio::test]
+async fn stop_texts_end_the_generation_and_are_not_returned() {
+    let workers = [start_worker(&[])];
+    let engine = load(&workers, 1, 4).await;
+    let (full, _) = run(&engine, "The capital of France is", 24).await;
+    // Stop at the second word of the greedy continuation.
+    let word = full.split_whitespace().nth(1).expect("a few words").to_string();
+    let mut req = greedy("The capital of France is", 24);
+    req.stop = vec![word.clone()];
+    let (text, usage) = engine.generate(req).unwrap().collect_text().await.unwrap();
+    assert!(!text.contains(&word), "{text:?} still contains the stop text {word:?}");
+    assert!(full.starts_with(&text), "{text:?} is not a prefix of {full:?}");
+    assert_eq!(usage.finish, shardline::engine::Finish::Stop);
+}
