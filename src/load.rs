@@ -43,10 +43,10 @@ pub fn weight_tensor(info: &TensorInfo, id: u64, buffer: u64, data: u64) -> Resu
         ..RpcTensor::default()
     };
     let nb = contiguous_strides(info);
-    for i in 0..4 {
+    for (i, &stride) in nb.iter().enumerate() {
         let ne = info.dims().get(i).copied().unwrap_or(1);
         t.ne[i] = u32::try_from(ne).map_err(|_| too_large())?;
-        t.nb[i] = u32::try_from(nb[i]).map_err(|_| too_large())?;
+        t.nb[i] = u32::try_from(stride).map_err(|_| too_large())?;
     }
     t.set_name(info.name()).map_err(|_| WeightError::Name(info.name().to_string()))?;
     Ok(t)

@@ -46,7 +46,7 @@ async fn split_on_workers_matches_llama_cpp() {
     for (w, (layers, head)) in workers.iter().zip([(4..20, false), (20..30, true)]) {
         let c = RpcClient::connect(&w.endpoint.to_string(), ClientOptions::default()).await.unwrap();
         let s = RemoteStage::load(c, 0, &g, &cfg, layers, head, 256, 256, &|_| {}).await.unwrap();
-        stages.push(StageRunner::Remote(s));
+        stages.push(StageRunner::Remote(Box::new(s)));
     }
     let embedder = Embedder::new(&g, &cfg, 1).unwrap();
     let mut p = Pipeline::new(cfg, embedder, stages, 256);

@@ -369,7 +369,7 @@ impl<'ctx> Tensor<'ctx> {
     /// A snapshot of every field the RPC wire format carries.
     pub fn info(&self) -> TensorInfo {
         let f = self.fields();
-        let id_of = |p: *mut sys::ggml_tensor| (!p.is_null()).then(|| TensorId(p as usize));
+        let id_of = |p: *mut sys::ggml_tensor| (!p.is_null()).then_some(TensorId(p as usize));
         let mut src = [None; 10];
         for (dst, &p) in src.iter_mut().zip(f.src.iter()) {
             *dst = id_of(p);

@@ -149,6 +149,7 @@ impl Context {
     /// Flash attention: `q` [d, n_q, n_head], `k` [d, n_kv, n_head_kv], `v`
     /// [d_v, n_kv, n_head_kv], `mask` F16 [n_kv, >= n_q]. The result is
     /// [d_v, n_head, n_q] (permuted). Accumulates in F32.
+    #[allow(clippy::too_many_arguments)] // ggml's own parameter list
     pub fn flash_attn_ext<'a>(
         &'a self,
         q: Tensor<'a>,

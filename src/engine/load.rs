@@ -197,7 +197,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
                 opts.threads,
             )?)),
             Target::Remote { .. } => {
-                stages.push(StageRunner::Remote(remote[i].take().expect("every remote stage was loaded")))
+                stages.push(StageRunner::Remote(Box::new(remote[i].take().expect("every remote stage was loaded"))))
             }
         }
     }

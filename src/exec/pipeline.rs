@@ -12,7 +12,7 @@ pub enum StageRunner {
     /// On the coordinator's CPU.
     Local(LocalStage),
     /// On a server.
-    Remote(RemoteStage),
+    Remote(Box<RemoteStage>),
 }
 
 /// Errors of a decode call.

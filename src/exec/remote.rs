@@ -294,7 +294,7 @@ impl RemoteStage {
             }).collect(),
             output: find(out),
         };
-        Ok(Built::Ready(stored, wire.msg, wire.nbytes))
+        Ok(Built::Ready(Box::new((stored, wire.msg, wire.nbytes))))
     }
 
     async fn upload_inputs(&mut self, stored: &StoredGraph, step: &Step, hidden: &[f32]) -> Result<(), ExecError> {
@@ -355,12 +355,13 @@ impl RemoteStage {
                     self.compute_buf = Some(buf);
                     built = self.build_wire(cfg, key, self.compute_buf)?;
                 }
-                let Built::Ready(stored, msg, nbytes) = built else {
+                let Built::Ready(ready) = built else {
                     return Err(ExecError::Memory {
                         endpoint: self.endpoint().to_string(),
                         detail: "compute buffer still too small after reallocation".into(),
                     });
                 };
+                let (stored, msg, nbytes) = *ready;
                 self.upload_inputs(&stored, step, hidden).await?;
                 self.client
                     .graph_compute_sized(self.device, &msg.nodes, &msg.tensors, &nbytes)
@@ -380,6 +381,6 @@ impl RemoteStage {
 
 /// Result of [`RemoteStage::build_wire`].
 enum Built {
-    Ready(StoredGraph, shardline_protocol::GraphCompute, Vec<u64>),
+    Ready(Box<(StoredGraph, shardline_protocol::GraphCompute, Vec<u64>)>),
     NeedCompute(u64),
 }

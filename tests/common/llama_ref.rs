@@ -1,6 +1,6 @@
 //! llama.cpp as the reference (tests only): its model API and its own RPC
 //! client, linked from the same `llama-cpp-sys-2` build as shardline's ggml.
-#![allow(unsafe_code)]
+#![allow(unsafe_code, dead_code)]
 
 use std::ffi::CString;
 use std::net::SocketAddr;
@@ -42,6 +42,7 @@ pub fn rpc_devices(endpoints: &[SocketAddr]) -> Vec<sys::ggml_backend_dev_t> {
         // SAFETY: valid registry handle and in-range indices.
         let n = unsafe { sys::ggml_backend_reg_dev_count(reg) };
         for i in 0..n {
+            // SAFETY: `i` is below the registry's device count.
             devs.push(unsafe { sys::ggml_backend_reg_dev_get(reg, i) });
         }
     }
@@ -350,5 +351,25 @@ pub fn chat_apply_template(template: &str, messages: &[(&str, &str)], add_assist
             return Some(String::from_utf8_lossy(&buf).into_owned());
         }
         buf.resize(n as usize, 0);
+    }
+}
+
+impl LlamaRef {
+    /// The logits (`n_vocab`) of the last token of `prompt`, decoded in one
+    /// batch into an empty context: what the first greedy step picks from.
+    pub fn prompt_logits(&mut self, prompt: &[i32]) -> Vec<f32> {
+        // SAFETY: valid context; the batch points into `tokens`, which lives
+        // across the decode call; the logits are copied out at once.
+        unsafe {
+            let mem = sys::llama_get_memory(self.ctx);
+            sys::llama_memory_clear(mem, true);
+            let n_vocab = sys::llama_vocab_n_tokens(self.vocab) as usize;
+            let mut tokens = prompt.to_vec();
+            let batch = sys::llama_batch_get_one(tokens.as_mut_ptr(), tokens.len() as i32);
+            let rc = sys::llama_decode(self.ctx, batch);
+            assert_eq!(rc, 0, "llama_decode failed");
+            sys::llama_synchronize(self.ctx);
+            std::slice::from_raw_parts(sys::llama_get_logits_ith(self.ctx, -1), n_vocab).to_vec()
+        }
     }
 }
