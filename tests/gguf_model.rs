@@ -4,7 +4,9 @@
 //! The model is at `$SHARDLINE_TEST_MODEL`, or by default in
 //! `~/.cache/shardline/models/`; `scripts/fetch-model.sh` puts it there.
 
-use std::path::PathBuf;
+mod common;
+
+use common::model_path;
 use std::sync::OnceLock;
 
 use shardline::gguf::llama::{keys, FileType, LlamaHparams};
@@ -12,25 +14,6 @@ use shardline::gguf::writer::{GgufWriter, Layout, KV_COUNT_AT, TENSOR_COUNT_AT};
 use shardline::gguf::{Gguf, GgufContent, GgufError};
 use shardline::inspect::summarize;
 
-const MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn model_path() -> PathBuf {
-    let path = match std::env::var_os("SHARDLINE_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            PathBuf::from(home)
-                .join(".cache/shardline/models")
-                .join(MODEL_NAME)
-        }
-    };
-    assert!(
-        path.is_file(),
-        "test model not found at {}: run scripts/fetch-model.sh (or set SHARDLINE_TEST_MODEL)",
-        path.display()
-    );
-    path
-}
 
 fn model() -> &'static Gguf {
     static MODEL: OnceLock<Gguf> = OnceLock::new();

@@ -5,34 +5,18 @@
 //! The model is at `$SHARDLINE_TEST_MODEL`, or by default in
 //! `~/.cache/shardline/models/`; `scripts/fetch-model.sh` puts it there.
 
-use std::path::PathBuf;
+mod common;
+
+use common::model_path;
 
 use shardline::gguf::Gguf;
 use shardline::plan::{plan, DeviceSpec, ModelCost, PlanOptions, Strategy, Target};
 
-const MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const LAYER_BYTES: u64 = 2_216_448;
 const TOKEN_EMBD_BYTES: u64 = 30_081_024;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-fn model_path() -> PathBuf {
-    let path = match std::env::var_os("SHARDLINE_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            PathBuf::from(home)
-                .join(".cache/shardline/models")
-                .join(MODEL_NAME)
-        }
-    };
-    assert!(
-        path.is_file(),
-        "test model not found at {}: run scripts/fetch-model.sh (or set SHARDLINE_TEST_MODEL)",
-        path.display()
-    );
-    path
-}
 
 fn device(port: u16, free: u64, alignment: u64) -> DeviceSpec {
     DeviceSpec {

@@ -3,38 +3,15 @@
 mod common;
 
 use common::llama_ref::LlamaRef;
+use common::pipeline::greedy;
 use common::{model_path, start_worker};
 use shardline::exec::local::LocalStage;
 use shardline::exec::pipeline::{Pipeline, StageRunner};
 use shardline::exec::remote::RemoteStage;
 use shardline::exec::Embedder;
 use shardline::gguf::Gguf;
-use shardline::kv::Cell;
 use shardline::model::LlamaConfig;
 use shardline::rpc::{ClientOptions, RpcClient};
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-async fn greedy(p: &mut Pipeline, prompt: &[u32], n: usize) -> Vec<u32> {
-    let cells: Vec<Cell> = (0..prompt.len()).map(|i| Cell { seq: 0, pos: i as u32 }).collect();
-    let logits = p.decode(prompt, &cells, &[prompt.len() - 1]).await.unwrap();
-    let mut out = vec![argmax(&logits)];
-    while out.len() < n {
-        let pos = (prompt.len() + out.len() - 1) as u32;
-        let logits = p.decode(&[*out.last().unwrap()], &[Cell { seq: 0, pos }], &[0]).await.unwrap();
-        out.push(argmax(&logits));
-    }
-    p.remove_seq(0);
-    out
-}
 
 #[tokio::test]
 async fn split_on_workers_matches_llama_cpp() {
