@@ -66,9 +66,16 @@ impl LlamaConfig {
             )));
         }
         let scaling = g.get_opt::<&str>(&key(keys::ROPE_SCALING_TYPE))?.unwrap_or("linear");
-        let factor = g.get_opt::<f32>(&key(keys::ROPE_SCALING_FACTOR))?.unwrap_or(0.0);
+        // The factor, or the older `rope.scale_linear` key when the factor is
+        // absent (a factor of 0 present means no scaling).
+        let factor = match g.get_opt::<f32>(&key(keys::ROPE_SCALING_FACTOR))? {
+            Some(f) => f,
+            None => g.get_opt::<f32>(&key("rope.scale_linear"))?.unwrap_or(0.0),
+        };
         let freq_scale = match scaling {
-            "none" | "linear" => {
+            // A type of "none" never scales, whatever the factor says.
+            "none" => 1.0,
+            "linear" => {
                 if factor > 0.0 {
                     1.0 / factor
                 } else {
@@ -79,6 +86,9 @@ impl LlamaConfig {
                 return Err(ModelError::Unsupported(format!("rope scaling type '{other}'")));
             }
         };
+        let attn_factor = g
+            .get_opt::<f32>(&key("rope.scaling.attn_factor"))?
+            .unwrap_or(1.0);
         let n_ctx_orig = g
             .get_opt::<u32>(&key("rope.scaling.original_context_length"))
             .ok()
@@ -97,7 +107,7 @@ impl LlamaConfig {
             freq_base: hp.rope_freq_base,
             freq_scale,
             ext_factor: 0.0,
-            attn_factor: 1.0,
+            attn_factor,
             beta_fast: 32.0,
             beta_slow: 1.0,
         };
