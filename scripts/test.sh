@@ -8,6 +8,23 @@ scripts/setup.sh
 # to build on 2 cores); override with CARGO_TARGET_DIR.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shardline/target}
 export SHARDLINE_TEST_MODEL=${SHARDLINE_TEST_MODEL:-$(scripts/fetch-model.sh)}
+# The official openai Python client, for tests/openai_client.rs: a venv outside
+# the checkout (override with SHARDLINE_VENV), refreshed only when it cannot
+# import what the test needs.
+venv=${SHARDLINE_VENV:-$HOME/.cache/shardline/venv}
+if ! "$venv/bin/python" -c 'import openai, prometheus_client' >/dev/null 2>&1; then
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "test: installing python3-venv" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >&2
+  fi
+  echo "test: setting up $venv (openai, prometheus-client)" >&2
+  python3 -m venv --clear "$venv" >&2
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check 'openai>=1' 'prometheus-client>=0.17' >&2
+fi
+export SHARDLINE_TEST_PYTHON="$venv/bin/python"
 cargo test --workspace --locked
 echo "fuzz targets:" >&2
 cargo check --manifest-path fuzz/Cargo.toml --bins

@@ -20,5 +20,6 @@ pub mod model;
 pub mod plan;
 pub mod rpc;
 pub mod sample;
+pub mod server;
 pub mod tokenizer;
 pub mod worker;

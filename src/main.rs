@@ -122,6 +122,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions,
+    /// /v1/completions, /v1/models, /health, /metrics). Prints one ready line,
+    /// `shardline serve ready: http://HOST:PORT model=NAME`, then the plan.
+    Serve {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// Port to listen on; 0 picks a free one (printed on the ready line).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Sequences generated together (the context is split between them).
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+        /// Requests that may wait for a sequence; more get 429.
+        #[arg(long, default_value_t = 64)]
+        queue: usize,
+        /// Require `Authorization: Bearer KEY` on /v1/*.
+        #[arg(long, env = "SHARDLINE_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
     /// Run ggml's RPC server on this machine (wire-compatible with llama.cpp's
     /// rpc-server), serving its CPU (or GPUs in a GPU build) to a coordinator.
     Worker {
@@ -205,6 +227,14 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Serve {
+            cluster,
+            host,
+            port,
+            parallel,
+            queue,
+            api_key,
+        } => run_serve(cluster, host, port, parallel, queue, api_key),
         Command::Worker {
             host,
             port,
@@ -318,6 +348,29 @@ fn run_generate(
     })
 }
 
+fn run_serve(
+    cluster: ClusterArgs,
+    host: IpAddr,
+    port: u16,
+    parallel: usize,
+    queue: usize,
+    api_key: Option<String>,
+) -> anyhow::Result<()> {
+    let mut engine = engine_options(&cluster)?;
+    engine.parallel = parallel.max(1);
+    engine.queue = queue;
+    let rt = tokio::runtime::Runtime::new()?;
+    let r = rt.block_on(shardline::server::serve(shardline::server::ServeOptions {
+        engine,
+        host,
+        port,
+        api_key,
+    }));
+    // Streams still open at shutdown are dropped, not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(r?)
+}
+
 fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     use shardline::plan::{devices_from_reports, plan, ModelCost, PlanOptions};
     let gguf = shardline::gguf::Gguf::open(&cluster.model)
@@ -356,7 +409,7 @@ fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&p)?);
     } else {
-        print!("{p}");
+        println!("{p}");
     }
     Ok(())
 }

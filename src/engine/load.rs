@@ -105,7 +105,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     let popts = PlanOptions {
         n_ctx: opts.n_ctx,
         n_batch: opts.n_batch,
-        n_seq_max: 1,
+        n_seq_max: opts.parallel.max(1) as u32,
         strategy: opts.strategy.clone(),
         local_layers: opts.local_layers,
         ..PlanOptions::default()

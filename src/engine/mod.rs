@@ -434,7 +434,7 @@ impl Engine {
             return Err(SubmitError::EmptyPrompt);
         }
         let ctx = self.shared.ctx_per_seq;
-        if tokens.len() + req.max_tokens > ctx {
+        if tokens.len().saturating_add(req.max_tokens) > ctx {
             return Err(SubmitError::TooLong {
                 prompt: tokens.len(),
                 max: req.max_tokens,

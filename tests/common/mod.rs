@@ -2,7 +2,9 @@
 //! `shardline worker` processes on loopback.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod llama_ref;
+pub mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,0 +1,296 @@
+//! The handlers and the middleware around them.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest as _, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::request::{parse_object, ChatRequest, Common, CompletionRequest};
+use super::respond::{self, Kind, Meta};
+use super::state::{AppState, Status};
+use super::BODY_LIMIT;
+use crate::engine::{Engine, GenerateRequest, Prompt, SubmitError};
+
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `max_tokens` of a text completion that gives none (OpenAI's default).
+const COMPLETION_DEFAULT_MAX_TOKENS: usize = 16;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads the body (size limit, time limit) as a JSON object.
+async fn read_json(req: Request) -> Result<Map<String, Value>, ApiError> {
+    // A declared length over the limit is refused before reading anything.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(ApiError::too_large(BODY_LIMIT));
+    }
+    let body = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, &()))
+        .await
+        .map_err(|_| ApiError::body_timeout())?
+        .map_err(body_error)?;
+    parse_object(&body)
+}
+
+fn body_error(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(BODY_LIMIT)
+    } else {
+        ApiError::malformed(format!("Could not read the request body: {}", e.body_text()))
+    }
+}
+
+fn check_model(engine: &Engine, asked: Option<&str>) -> Result<(), ApiError> {
+    match asked {
+        Some(m) if m != engine.model_name() => Err(ApiError::unknown_model(m, engine.model_name())),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `f` off the async threads (tokenizing a prompt as large as the body
+/// limit takes a while).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::unavailable(format!("internal error: {e}"))))
+}
+
+/// Submits the tokens and answers, whole or streamed. `room` is the
+/// `max_tokens` used when the request gives none.
+async fn submit(
+    state: &AppState,
+    engine: &Engine,
+    kind: Kind,
+    tokens: Vec<u32>,
+    common: Common,
+    room: usize,
+) -> Result<Response, ApiError> {
+    let max_tokens = common.max_tokens.unwrap_or(room.max(1));
+    let ctx = engine.ctx_per_seq();
+    if tokens.len().saturating_add(max_tokens) > ctx {
+        return Err(SubmitError::TooLong {
+            prompt: tokens.len(),
+            max: max_tokens,
+            ctx,
+        }
+        .into());
+    }
+    let req = GenerateRequest {
+        prompt: Prompt::Tokens(tokens),
+        max_tokens,
+        sampler: common.sampler,
+        stop: common.stop,
+        stop_at_eog: true,
+    };
+    let tokens = engine.generate(req)?;
+    let meta = Meta {
+        kind,
+        id: state.next_id(match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        }),
+        created: unix_now(),
+        model: engine.model_name().to_owned(),
+        include_usage: common.include_usage,
+    };
+    if common.stream {
+        Ok(respond::streamed(meta, tokens))
+    } else {
+        respond::whole(meta, tokens).await
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let body = read_json(req).await?;
+    let r = ChatRequest::parse(&body)?;
+    let engine = state.engine()?;
+    check_model(&engine, r.common.model.as_deref())?;
+    let e = engine.clone();
+    let messages = r.messages;
+    let tokens = blocking(move || {
+        let text = e.render_chat(&messages).map_err(|err| {
+            ApiError::bad_request(
+                Some("messages"),
+                Some("invalid_value"),
+                format!("The messages do not fit the model's chat template: {err}"),
+            )
+        })?;
+        Ok(e.tokenizer().encode(&text, true, true))
+    })
+    .await?;
+    // Without max_tokens, a chat answer may use the rest of the context.
+    let room = engine.ctx_per_seq().saturating_sub(tokens.len());
+    submit(&state, &engine, Kind::Chat, tokens, r.common, room).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let body = read_json(req).await?;
+    let r = CompletionRequest::parse(&body)?;
+    let engine = state.engine()?;
+    check_model(&engine, r.common.model.as_deref())?;
+    let tokens = match r.prompt {
+        Prompt::Tokens(t) => t,
+        Prompt::Text(text) => {
+            let e = engine.clone();
+            blocking(move || Ok(e.tokenizer().encode(&text, true, true))).await?
+        }
+    };
+    submit(
+        &state,
+        &engine,
+        Kind::Completion,
+        tokens,
+        r.common,
+        COMPLETION_DEFAULT_MAX_TOKENS,
+    )
+    .await
+}
+
+fn model_object(engine: &Engine) -> Value {
+    json!({
+        "id": engine.model_name(),
+        "object": "model",
+        "created": 0,
+        "owned_by": "shardline",
+    })
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let engine = state.engine()?;
+    Ok(Json(json!({"object": "list", "data": [model_object(&engine)]})))
+}
+
+/// `GET /v1/models/{model}`.
+pub async fn model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let engine = state.engine()?;
+    check_model(&engine, Some(&name))?;
+    Ok(Json(model_object(&engine)))
+}
+
+/// `GET /health`: 503 while loading (with progress) or when a server is
+/// lost, 200 when serving.
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.status() {
+        Status::Loading(p) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading", "bytes_done": p.bytes_done, "bytes_total": p.bytes_total})),
+        )
+            .into_response(),
+        Status::Failed(m) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "error": m})),
+        )
+            .into_response(),
+        Status::Ready(engine) => {
+            let h = engine.health();
+            let (code, status) = if h.ok {
+                (StatusCode::OK, "ok")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "error")
+            };
+            (
+                code,
+                Json(json!({"status": status, "model": engine.model_name(), "servers": h.servers})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics_text(),
+    )
+        .into_response()
+}
+
+/// Unknown path: 404 in the error shape.
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::no_route(method.as_str(), uri.path())
+}
+
+/// Known path, wrong method: 405 in the error shape.
+pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
+/// Checks `Authorization: Bearer <key>` when the server has a key.
+pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(key) = state.api_key() else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match given {
+        None => ApiError::unauthorized(
+            "You didn't provide an API key. Pass it in the Authorization header: 'Authorization: Bearer YOUR_KEY'.",
+        )
+        .into_response(),
+        Some(g) if !same(g.as_bytes(), key.as_bytes()) => {
+            ApiError::unauthorized("Incorrect API key provided.").into_response()
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+/// Comparison whose time does not depend on where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// Counts answers by route and status for `/metrics`.
+pub async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    state.count_request(&route, resp.status().as_u16());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn key_comparison() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret2"));
+        assert!(!same(b"", b"x"));
+        assert!(!same(b"x", b""));
+    }
+}
