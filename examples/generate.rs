@@ -11,7 +11,7 @@
 use std::io::Write;
 
 use shardline::chat::ChatMessage;
-use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
+use shardline::engine::{Engine, Event, GenerateRequest, Prompt};
 use shardline::sample::SamplerConfig;
 
 #[tokio::main]
@@ -29,25 +29,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parent()
         .and_then(|p| p.parent())
         .map(|dir| dir.join("shardline"));
-    let engine = Engine::load(EngineOptions {
-        model: model.into(),
-        servers,
-        worker_exe,
-        ..EngineOptions::default()
-    })
-    .await?;
+    let mut builder = Engine::builder(model).servers(servers).ctx(2048);
+    if let Some(exe) = worker_exe {
+        builder = builder.worker_exe(exe);
+    }
+    let engine = builder.build().await?;
     eprintln!("{}", engine.plan());
 
-    let prompt = engine.render_chat(&[ChatMessage::new("user", question)])?;
     let request = GenerateRequest {
-        prompt: Prompt::Text(prompt),
+        prompt: Prompt::Text(String::new()), // chat() fills it in
         max_tokens: 200,
         sampler: SamplerConfig::default(),
         stop: Vec::new(),
         stop_at_eog: true,
     };
     // Dropping the stream would cancel the request.
-    let mut stream = engine.generate(request)?;
+    let mut stream = engine.chat(&[ChatMessage::new("user", question)], request)?;
     while let Some(event) = stream.next().await {
         match event {
             Event::Text(piece) => {

@@ -119,3 +119,23 @@ async fn stop_texts_end_the_generation_and_are_not_returned() {
     assert!(full.starts_with(&text), "{text:?} is not a prefix of {full:?}");
     assert_eq!(usage.finish, shardline::engine::Finish::Stop);
 }
+
+#[tokio::test]
+async fn builder_and_chat_render_the_template() {
+    let workers = [start_worker(&[])];
+    let engine = Engine::builder(model_path())
+        .servers(workers.iter().map(|w| w.endpoint.to_string()))
+        .ctx(512)
+        .batch(128)
+        .threads(1)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(engine.ctx_per_seq(), 512);
+    let msgs = [shardline::chat::ChatMessage::new("user", "What is 2+2?")];
+    let via_chat = engine.chat(&msgs, greedy("", 12)).unwrap().collect_text().await.unwrap().0;
+    let rendered = engine.render_chat(&msgs).unwrap();
+    assert!(rendered.contains("What is 2+2?") && rendered.contains("<|im_start|>assistant"), "{rendered}");
+    let (direct, _) = run(&engine, &rendered, 12).await;
+    assert_eq!(via_chat, direct);
+}

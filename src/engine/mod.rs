@@ -128,6 +128,99 @@ impl Default for EngineOptions {
     }
 }
 
+/// Builds an [`Engine`]: model, servers, layout, context, concurrency.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), shardline::engine::EngineError> {
+/// let engine = shardline::engine::Engine::builder("model.gguf")
+///     .servers(["10.0.0.2:50052", "10.0.0.3:50052"])
+///     .ctx(8192)
+///     .parallel(4)
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct EngineBuilder {
+    opts: EngineOptions,
+}
+
+impl EngineBuilder {
+    /// Starts from the defaults of [`EngineOptions`] for `model`.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        EngineBuilder {
+            opts: EngineOptions {
+                model: model.into(),
+                ..EngineOptions::default()
+            },
+        }
+    }
+
+    /// rpc-servers (`host:port`); none: local workers are started.
+    pub fn servers<S: Into<String>>(mut self, servers: impl IntoIterator<Item = S>) -> Self {
+        self.opts.servers = servers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How layers are spread over the servers.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.opts.strategy = strategy;
+        self
+    }
+
+    /// Context size (KV cells, shared by the parallel sequences).
+    pub fn ctx(mut self, n_ctx: u32) -> Self {
+        self.opts.n_ctx = n_ctx;
+        self
+    }
+
+    /// Largest batch per step (prompt chunk size).
+    pub fn batch(mut self, n_batch: u32) -> Self {
+        self.opts.n_batch = n_batch;
+        self
+    }
+
+    /// Layers kept on the coordinator's CPU.
+    pub fn local_layers(mut self, n: u32) -> Self {
+        self.opts.local_layers = n;
+        self
+    }
+
+    /// Sequences decoded together.
+    pub fn parallel(mut self, n: usize) -> Self {
+        self.opts.parallel = n;
+        self
+    }
+
+    /// Requests that may wait before new ones are refused.
+    pub fn queue(mut self, n: usize) -> Self {
+        self.opts.queue = n;
+        self
+    }
+
+    /// CPU threads for the coordinator's own work.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.opts.threads = n;
+        self
+    }
+
+    /// The `shardline` binary to start local workers with.
+    pub fn worker_exe(mut self, exe: impl Into<PathBuf>) -> Self {
+        self.opts.worker_exe = Some(exe.into());
+        self
+    }
+
+    /// Every option at once.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Loads the model; see [`Engine::load`].
+    pub async fn build(self) -> Result<Engine, EngineError> {
+        Engine::load(self.opts).await
+    }
+}
+
 /// What to generate from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
@@ -233,6 +326,17 @@ pub enum SubmitError {
     /// Invalid sampling settings.
     #[error(transparent)]
     Sampler(#[from] SamplerError),
+}
+
+/// Why a chat was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatSubmitError {
+    /// The messages do not render.
+    #[error(transparent)]
+    Template(#[from] ChatError),
+    /// The request was refused.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
 }
 
 /// Generated text as it comes. Dropping it cancels the request and frees its
@@ -346,6 +450,11 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// A builder for `model`.
+    pub fn builder(model: impl Into<PathBuf>) -> EngineBuilder {
+        EngineBuilder::new(model)
+    }
+
     /// Loads the model onto the cluster (see [`EngineOptions`]) and starts
     /// the scheduler task. Must be called inside a tokio runtime.
     pub async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
@@ -418,6 +527,16 @@ impl Engine {
             ok: failure.is_none(),
             servers,
         }
+    }
+
+    /// Queues a chat: `messages` in the model's chat template, answered as
+    /// the assistant; `params.prompt` is ignored.
+    pub fn chat(&self, messages: &[ChatMessage], params: GenerateRequest) -> Result<TokenStream, ChatSubmitError> {
+        let text = self.render_chat(messages)?;
+        Ok(self.generate(GenerateRequest {
+            prompt: Prompt::Text(text),
+            ..params
+        })?)
     }
 
     /// Queues a request; its text arrives on the returned stream.
