@@ -36,11 +36,14 @@ const RAISED: &str = "raise_exception: ";
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
+    /// Who speaks, e.g. `system`, `user` or `assistant`.
     pub role: String,
+    /// The message text.
     pub content: String,
 }
 
 impl ChatMessage {
+    /// A message from `role` with text `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
         ChatMessage {
             role: role.into(),
@@ -52,12 +55,16 @@ impl ChatMessage {
 /// Why a template could not be loaded or rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
+    /// The model file has no `tokenizer.chat_template`.
     #[error("the model file has no chat template ('{TEMPLATE_KEY}')")]
     NoTemplate,
+    /// The template or token list in the metadata has the wrong type.
     #[error("chat template metadata: {0}")]
     Gguf(#[from] crate::gguf::GgufError),
+    /// The template is not valid Jinja.
     #[error("chat template does not parse: {0:#}")]
     Syntax(#[source] Error),
+    /// Rendering the template failed for a reason other than `raise_exception`.
     #[error("chat template failed: {0:#}")]
     Render(#[source] Error),
     /// The template called `raise_exception` (e.g. roles out of order).

@@ -14,10 +14,13 @@ use crate::gguf::{Gguf, GgufError, TensorInfo};
 /// token embedding (tied embeddings).
 const OUTPUT_TENSOR: &str = "output.weight";
 
+/// Why `shardline inspect` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
+    /// The file could not be opened or parsed, or is not a valid llama-family model.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// The summary could not be serialized.
     #[error("encoding the summary as JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -28,34 +31,52 @@ pub struct ModelSummary {
     /// The file, when the summary was made from a path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// GGUF version from the header.
     pub gguf_version: u32,
+    /// Size of the file in bytes.
     pub file_size: u64,
+    /// `general.architecture`, e.g. `llama`.
     pub architecture: String,
     /// `general.name`.
     pub name: Option<String>,
     /// `general.file_type`.
     pub file_type: Option<FileTypeSummary>,
+    /// Number of transformer layers.
     pub n_layer: u32,
+    /// Width of the hidden state.
     pub n_embd: u32,
+    /// Width of the feed-forward hidden layer.
     pub n_ff: u32,
+    /// Number of attention (query) heads.
     pub n_head: u32,
+    /// Number of key/value heads.
     pub n_head_kv: u32,
+    /// Size of one attention head.
     pub head_dim: u32,
+    /// Vocabulary size.
     pub n_vocab: u32,
+    /// Context length the model was trained with.
     pub n_ctx_train: u32,
+    /// Dimensions per head that RoPE rotates.
     pub n_rot: u32,
+    /// RoPE base frequency.
     pub rope_freq_base: f32,
+    /// Epsilon of the RMS norms.
     pub rms_eps: f32,
     /// `tokenizer.ggml.model`, e.g. `gpt2` or `llama`.
     pub tokenizer_model: Option<String>,
+    /// Number of metadata key-value pairs.
     pub kv_count: usize,
+    /// Number of tensors.
     pub tensor_count: usize,
     /// How many tensors have each ggml type.
     pub tensor_types: BTreeMap<String, usize>,
     /// True when there is no `output.weight`, so the output projection reuses
     /// `token_embd.weight`.
     pub output_tied: bool,
+    /// Alignment of tensor data in bytes.
     pub alignment: u32,
+    /// Byte offset of the data section in the file.
     pub data_offset: u64,
     /// Bytes of all tensor data.
     pub tensor_bytes: u64,
@@ -67,19 +88,26 @@ pub struct ModelSummary {
     pub non_layer_tensors: Vec<TensorSummary>,
 }
 
+/// `general.file_type`, as its id and name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileTypeSummary {
+    /// The `llama_ftype` id as stored.
     pub id: u32,
     /// The `llama_ftype` name without its prefix, e.g. `MOSTLY_Q4_1`.
     pub name: Option<String>,
 }
 
+/// One tensor, as `inspect` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TensorSummary {
+    /// The tensor's name.
     pub name: String,
+    /// ggml's name for its type, e.g. `q4_K`.
     #[serde(rename = "type")]
     pub ty: String,
+    /// Dims in ggml order (`dims[0]` is the row length).
     pub dims: Vec<u64>,
+    /// Size of its data in bytes.
     pub bytes: u64,
 }
 

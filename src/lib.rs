@@ -6,6 +6,7 @@
 //! depends only on `shardline-protocol`.
 // The one exception is the read-only mmap of a model file in `gguf::mmap`.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod chat;
 pub mod cluster;

@@ -38,6 +38,8 @@ pub struct SamplerConfig {
     pub repeat_penalty: f32,
     /// How many of the latest history tokens the penalty looks at; 0 = off.
     pub repeat_last_n: usize,
+    /// Seed of the random number generator that draws tokens; the same seed
+    /// and inputs give the same tokens.
     pub seed: u64,
 }
 
@@ -95,12 +97,16 @@ impl SamplerConfig {
 /// A sampler setting out of range.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum SamplerError {
+    /// The temperature is NaN or infinite; holds it.
     #[error("temperature must be a finite number (0 or less for greedy), got {0}")]
     Temperature(f32),
+    /// `top_p` is outside `[0, 1]` (or NaN); holds it.
     #[error("top-p must be between 0 and 1 (1 = off), got {0}")]
     TopP(f32),
+    /// `min_p` is outside `[0, 1]` (or NaN); holds it.
     #[error("min-p must be between 0 and 1 (0 = off), got {0}")]
     MinP(f32),
+    /// The repetition penalty is not a positive finite number; holds it.
     #[error("the repetition penalty must be a positive finite number (1 = off), got {0}")]
     RepeatPenalty(f32),
 }
@@ -127,6 +133,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler with these settings, its generator seeded from `config.seed`;
+    /// [`SamplerError`] if a setting is out of range.
     pub fn new(config: SamplerConfig) -> Result<Sampler, SamplerError> {
         config.validate()?;
         Ok(Sampler {
@@ -137,6 +145,7 @@ impl Sampler {
         })
     }
 
+    /// The settings it was made with.
     pub fn config(&self) -> &SamplerConfig {
         &self.config
     }

@@ -13,6 +13,7 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }
@@ -32,14 +33,17 @@ impl Metadata {
         }
     }
 
+    /// Number of key-value pairs.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether there are no pairs.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// Whether `key` is present.
     pub fn contains(&self, key: &str) -> bool {
         self.index.contains_key(key)
     }
@@ -49,6 +53,7 @@ impl Metadata {
         self.entries.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.index.get(key).map(|&i| &self.entries[i].1)
     }
@@ -77,54 +82,67 @@ impl Metadata {
         }
     }
 
+    /// The value of `key`, which must be a `u32` (see [`Metadata::get_as`]).
     pub fn get_u32(&self, key: &str) -> Result<u32, GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be an `i32` (see [`Metadata::get_as`]).
     pub fn get_i32(&self, key: &str) -> Result<i32, GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be a `u64` (see [`Metadata::get_as`]).
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be an `i64` (see [`Metadata::get_as`]).
     pub fn get_i64(&self, key: &str) -> Result<i64, GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be an `f32` (see [`Metadata::get_as`]).
     pub fn get_f32(&self, key: &str) -> Result<f32, GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be an `f64` (see [`Metadata::get_as`]).
     pub fn get_f64(&self, key: &str) -> Result<f64, GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be a bool (see [`Metadata::get_as`]).
     pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be a string (see [`Metadata::get_as`]).
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be an array of any element type (see [`Metadata::get_as`]).
     pub fn get_array(&self, key: &str) -> Result<&Array, GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be an array of strings (see [`Metadata::get_as`]).
     pub fn get_str_array(&self, key: &str) -> Result<&[String], GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be an array of `u32` (see [`Metadata::get_as`]).
     pub fn get_u32_array(&self, key: &str) -> Result<&[u32], GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be an array of `i32` (see [`Metadata::get_as`]).
     pub fn get_i32_array(&self, key: &str) -> Result<&[i32], GgufError> {
         self.get_as(key)
     }
 
+    /// The value of `key`, which must be an array of `f32` (see [`Metadata::get_as`]).
     pub fn get_f32_array(&self, key: &str) -> Result<&[f32], GgufError> {
         self.get_as(key)
     }

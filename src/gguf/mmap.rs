@@ -15,6 +15,7 @@ pub struct MappedFile {
 }
 
 impl MappedFile {
+    /// The path the file was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }

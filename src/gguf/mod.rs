@@ -124,14 +124,17 @@ impl Gguf {
         Arc::clone(&self.bytes)
     }
 
+    /// The parsed header, metadata and tensor infos.
     pub fn content(&self) -> &GgufContent {
         &self.content
     }
 
+    /// The GGUF version from the header (2 or 3).
     pub fn version(&self) -> u32 {
         self.content.version()
     }
 
+    /// Alignment of tensor data in bytes: `general.alignment`, or [`DEFAULT_ALIGNMENT`].
     pub fn alignment(&self) -> u32 {
         self.content.alignment()
     }
@@ -146,6 +149,7 @@ impl Gguf {
         self.content.metadata()
     }
 
+    /// The value of `key`, if present.
     pub fn metadata(&self, key: &str) -> Option<&Value> {
         self.metadata_map().get(key)
     }
@@ -160,46 +164,57 @@ impl Gguf {
         self.metadata_map().get_opt(key)
     }
 
+    /// The value of `key` as a `u32` (see [`Metadata::get_u32`]).
     pub fn get_u32(&self, key: &str) -> Result<u32, GgufError> {
         self.metadata_map().get_u32(key)
     }
 
+    /// The value of `key` as a `u64` (see [`Metadata::get_u64`]).
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
         self.metadata_map().get_u64(key)
     }
 
+    /// The value of `key` as an `i32` (see [`Metadata::get_i32`]).
     pub fn get_i32(&self, key: &str) -> Result<i32, GgufError> {
         self.metadata_map().get_i32(key)
     }
 
+    /// The value of `key` as an `f32` (see [`Metadata::get_f32`]).
     pub fn get_f32(&self, key: &str) -> Result<f32, GgufError> {
         self.metadata_map().get_f32(key)
     }
 
+    /// The value of `key` as a bool (see [`Metadata::get_bool`]).
     pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
         self.metadata_map().get_bool(key)
     }
 
+    /// The value of `key` as a string (see [`Metadata::get_str`]).
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
         self.metadata_map().get_str(key)
     }
 
+    /// The value of `key` as an array (see [`Metadata::get_array`]).
     pub fn get_array(&self, key: &str) -> Result<&Array, GgufError> {
         self.metadata_map().get_array(key)
     }
 
+    /// The value of `key` as an array of strings (see [`Metadata::get_str_array`]).
     pub fn get_str_array(&self, key: &str) -> Result<&[String], GgufError> {
         self.metadata_map().get_str_array(key)
     }
 
+    /// The value of `key` as an array of `u32` (see [`Metadata::get_u32_array`]).
     pub fn get_u32_array(&self, key: &str) -> Result<&[u32], GgufError> {
         self.metadata_map().get_u32_array(key)
     }
 
+    /// The value of `key` as an array of `i32` (see [`Metadata::get_i32_array`]).
     pub fn get_i32_array(&self, key: &str) -> Result<&[i32], GgufError> {
         self.metadata_map().get_i32_array(key)
     }
 
+    /// The value of `key` as an array of `f32` (see [`Metadata::get_f32_array`]).
     pub fn get_f32_array(&self, key: &str) -> Result<&[f32], GgufError> {
         self.metadata_map().get_f32_array(key)
     }
@@ -209,6 +224,7 @@ impl Gguf {
         self.content.tensors()
     }
 
+    /// The tensor info called `name`, if there is one.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.content.tensor(name)
     }

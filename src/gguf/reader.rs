@@ -37,10 +37,12 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The tensor's name, e.g. `blk.0.attn_q.weight`.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The tensor's element type.
     pub fn ty(&self) -> GgmlType {
         self.ty
     }
@@ -66,6 +68,7 @@ impl TensorInfo {
         self.n_bytes
     }
 
+    /// Number of elements: the product of the dims (1 for a scalar).
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
@@ -146,6 +149,7 @@ impl GgufContent {
         })
     }
 
+    /// The GGUF version from the header (2 or 3).
     pub fn version(&self) -> u32 {
         self.version
     }
@@ -165,6 +169,7 @@ impl GgufContent {
         self.file_len
     }
 
+    /// The key-value pairs, in file order.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
@@ -174,6 +179,7 @@ impl GgufContent {
         &self.tensors
     }
 
+    /// The tensor info called `name`, if there is one.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }

@@ -21,40 +21,75 @@ const QK_K: u32 = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u32)]
 pub enum GgmlType {
+    /// 32-bit IEEE float.
     F32 = 0,
+    /// 16-bit IEEE half float.
     F16 = 1,
+    /// 4-bit quantization, blocks of 32 with an f16 scale (18 bytes).
     Q4_0 = 2,
+    /// 4-bit quantization, blocks of 32 with an f16 scale and minimum (20 bytes).
     Q4_1 = 3,
+    /// 5-bit quantization, blocks of 32 with an f16 scale (22 bytes).
     Q5_0 = 6,
+    /// 5-bit quantization, blocks of 32 with an f16 scale and minimum (24 bytes).
     Q5_1 = 7,
+    /// 8-bit quantization, blocks of 32 with an f16 scale (34 bytes).
     Q8_0 = 8,
+    /// 8-bit quantization, blocks of 32 with an f16 scale and sum (36 bytes).
     Q8_1 = 9,
+    /// 2-bit k-quant, super-blocks of 256 (84 bytes).
     Q2_K = 10,
+    /// 3-bit k-quant, super-blocks of 256 (110 bytes).
     Q3_K = 11,
+    /// 4-bit k-quant, super-blocks of 256 (144 bytes).
     Q4_K = 12,
+    /// 5-bit k-quant, super-blocks of 256 (176 bytes).
     Q5_K = 13,
+    /// 6-bit k-quant, super-blocks of 256 (210 bytes).
     Q6_K = 14,
+    /// 8-bit k-quant with an f32 scale, super-blocks of 256 (292 bytes).
     Q8_K = 15,
+    /// i-quant, about 2.06 bits per weight: super-blocks of 256 in 66 bytes.
     IQ2_XXS = 16,
+    /// i-quant, about 2.31 bits per weight: super-blocks of 256 in 74 bytes.
     IQ2_XS = 17,
+    /// i-quant, about 3.06 bits per weight: super-blocks of 256 in 98 bytes.
     IQ3_XXS = 18,
+    /// i-quant, about 1.56 bits per weight: super-blocks of 256 in 50 bytes.
     IQ1_S = 19,
+    /// 4-bit non-linear i-quant, blocks of 32 in 18 bytes.
     IQ4_NL = 20,
+    /// i-quant, about 3.44 bits per weight: super-blocks of 256 in 110 bytes.
     IQ3_S = 21,
+    /// i-quant, about 2.56 bits per weight: super-blocks of 256 in 82 bytes.
     IQ2_S = 22,
+    /// i-quant, 4.25 bits per weight: super-blocks of 256 in 136 bytes.
     IQ4_XS = 23,
+    /// 8-bit signed integer.
     I8 = 24,
+    /// 16-bit signed integer.
     I16 = 25,
+    /// 32-bit signed integer.
     I32 = 26,
+    /// 64-bit signed integer.
     I64 = 27,
+    /// 64-bit IEEE float.
     F64 = 28,
+    /// i-quant, 1.75 bits per weight: super-blocks of 256 in 56 bytes.
     IQ1_M = 29,
+    /// bfloat16: the top 16 bits of an f32.
     BF16 = 30,
+    /// Ternary quantization, about 1.69 bits per weight: super-blocks of 256 in 54 bytes.
     TQ1_0 = 34,
+    /// Ternary quantization in 2-bit fields: super-blocks of 256 in 66 bytes.
     TQ2_0 = 35,
+    /// OCP microscaling 4-bit float: blocks of 32 with a shared 8-bit exponent (17 bytes).
     MXFP4 = 39,
+    /// NVIDIA's 4-bit float format: blocks of 64 in 36 bytes.
     NVFP4 = 40,
+    /// 1-bit quantization, blocks of 128 in 18 bytes.
     Q1_0 = 41,
+    /// 2-bit quantization, blocks of 64 in 18 bytes.
     Q2_0 = 42,
 }
 
@@ -262,6 +297,7 @@ impl fmt::Display for GgmlType {
 /// A type id that ggml once used and no longer accepts in GGUF files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemovedType {
+    /// The type id, still reserved in ggml's numbering.
     pub id: u32,
     /// ggml's former name for the type.
     pub name: &'static str,
@@ -306,16 +342,26 @@ pub const REMOVED_TYPES: [RemovedType; 8] = [
 /// What a type id read from a file refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TypeLookup {
+    /// A type this reader supports.
     Known(GgmlType),
+    /// A type ggml used to have and has removed.
     Removed(&'static RemovedType),
+    /// An id ggml has never assigned (in the pinned release); holds the id.
     Unknown(u32),
 }
 
 /// Why a tensor's byte size cannot be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {
+    /// The row length is not a whole number of blocks.
     #[error("row length {ne0} is not a multiple of the block size {block_size}")]
-    NotBlockMultiple { ne0: u64, block_size: u64 },
+    NotBlockMultiple {
+        /// Elements per row (`dims[0]`).
+        ne0: u64,
+        /// Elements per block of the type.
+        block_size: u64,
+    },
+    /// The element count exceeds [`MAX_ELEMENTS`] or the byte size overflows `u64`.
     #[error("element count or byte size overflows")]
     Overflow,
 }

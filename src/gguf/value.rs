@@ -7,18 +7,31 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum ValueType {
+    /// 8-bit unsigned integer (`u8`).
     U8 = 0,
+    /// 8-bit signed integer (`i8`).
     I8 = 1,
+    /// Little-endian 16-bit unsigned integer (`u16`).
     U16 = 2,
+    /// Little-endian 16-bit signed integer (`i16`).
     I16 = 3,
+    /// Little-endian 32-bit unsigned integer (`u32`).
     U32 = 4,
+    /// Little-endian 32-bit signed integer (`i32`).
     I32 = 5,
+    /// Little-endian 32-bit IEEE float (`f32`).
     F32 = 6,
+    /// One byte, 0 or 1.
     Bool = 7,
+    /// UTF-8 string: `u64` byte length, then the bytes.
     String = 8,
+    /// Array: `u32` element type, `u64` length, then the elements.
     Array = 9,
+    /// Little-endian 64-bit unsigned integer (`u64`).
     U64 = 10,
+    /// Little-endian 64-bit signed integer (`i64`).
     I64 = 11,
+    /// Little-endian 64-bit IEEE float (`f64`).
     F64 = 12,
 }
 
@@ -92,18 +105,31 @@ impl fmt::Display for ValueType {
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A `u8`.
     U8(u8),
+    /// A `i8`.
     I8(i8),
+    /// A `u16`.
     U16(u16),
+    /// A `i16`.
     I16(i16),
+    /// A `u32`.
     U32(u32),
+    /// A `i32`.
     I32(i32),
+    /// A `f32`.
     F32(f32),
+    /// A bool.
     Bool(bool),
+    /// A UTF-8 string.
     String(String),
+    /// An array of values of one type.
     Array(Array),
+    /// A `u64`.
     U64(u64),
+    /// A `i64`.
     I64(i64),
+    /// A `f64`.
     F64(f64),
 }
 
@@ -111,22 +137,36 @@ pub enum Value {
 /// hold inner arrays of different element types and lengths.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Array {
+    /// `u8` elements.
     U8(Vec<u8>),
+    /// `i8` elements.
     I8(Vec<i8>),
+    /// `u16` elements.
     U16(Vec<u16>),
+    /// `i16` elements.
     I16(Vec<i16>),
+    /// `u32` elements.
     U32(Vec<u32>),
+    /// `i32` elements.
     I32(Vec<i32>),
+    /// `f32` elements.
     F32(Vec<f32>),
+    /// Bool elements.
     Bool(Vec<bool>),
+    /// String elements.
     String(Vec<String>),
+    /// Nested arrays, each with its own element type and length.
     Array(Vec<Array>),
+    /// `u64` elements.
     U64(Vec<u64>),
+    /// `i64` elements.
     I64(Vec<i64>),
+    /// `f64` elements.
     F64(Vec<f64>),
 }
 
 impl Value {
+    /// The type tag this value is stored with.
     pub fn value_type(&self) -> ValueType {
         match self {
             Value::U8(_) => ValueType::U8,
@@ -186,6 +226,7 @@ impl Value {
 }
 
 impl Array {
+    /// The type of the elements.
     pub fn element_type(&self) -> ValueType {
         match self {
             Array::U8(_) => ValueType::U8,
@@ -204,6 +245,7 @@ impl Array {
         }
     }
 
+    /// Number of elements (for an array of arrays, the number of inner arrays).
     pub fn len(&self) -> usize {
         match self {
             Array::U8(v) => v.len(),
@@ -222,6 +264,7 @@ impl Array {
         }
     }
 
+    /// Whether the array has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -260,6 +303,7 @@ impl fmt::Display for Value {
 pub trait FromValue<'a>: Sized {
     /// What the getter expects, for the error message.
     const EXPECTED: &'static str;
+    /// The value as `Self`, or `None` if its GGUF type is not exactly the one required.
     fn from_value(value: &'a Value) -> Option<Self>;
 }
 

@@ -30,24 +30,37 @@ const GENERATE_CHUNK: usize = 1 << 20;
 /// Why a file could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// Creating or writing the output failed.
     #[error("writing GGUF: {0}")]
     Io(#[from] io::Error),
+    /// [`GgufWriter::set_alignment`] was given this, which is not a power of two.
     #[error("alignment {0} is not a power of two")]
     BadAlignment(u32),
+    /// A tensor's shape does not fit its type (row length not a multiple of
+    /// the block size, or the size overflows).
     #[error("tensor '{tensor}' of type {ty} with shape {dims:?}: {source}")]
     BadShape {
+        /// The tensor's name.
         tensor: String,
+        /// The tensor's type.
         ty: GgmlType,
+        /// The dims given, in ggml order.
         dims: Vec<u64>,
+        /// Why the size cannot be computed.
         #[source]
         source: SizeError,
     },
+    /// A tensor's data bytes are not exactly the size its type and shape need.
     #[error("tensor '{tensor}' needs {expected} bytes of data, got {got}")]
     DataSize {
+        /// The tensor's name.
         tensor: String,
+        /// Bytes its type and shape need.
         expected: u64,
+        /// Bytes given.
         got: u64,
     },
+    /// A tensor with this name was already added.
     #[error("tensor '{0}' was added twice")]
     DuplicateTensor(String),
 }
@@ -97,6 +110,7 @@ struct PendingTensor<'a> {
 /// Where one key-value pair landed in the written file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvLayout {
+    /// The key.
     pub key: String,
     /// The key's `u64` length prefix.
     pub key_at: usize,
@@ -109,34 +123,45 @@ pub struct KvLayout {
 /// Where one tensor info and its data landed in the written file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorLayout {
+    /// The tensor's name.
     pub name: String,
     /// The name's `u64` length prefix (the start of the tensor info).
     pub info_at: usize,
+    /// The `u32` dimension count.
     pub n_dims_at: usize,
     /// The first `u64` dim.
     pub dims_at: usize,
+    /// The `u32` ggml type id.
     pub type_at: usize,
     /// The `u64` offset into the data section.
     pub offset_at: usize,
     /// The data, from the start of the file.
     pub data_at: usize,
+    /// Bytes of tensor data, without padding.
     pub n_bytes: u64,
 }
 
 /// Where everything landed in a written file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
+    /// Each key-value pair, in file order.
     pub kvs: Vec<KvLayout>,
+    /// Each tensor, in file order.
     pub tensors: Vec<TensorLayout>,
+    /// Byte offset of the data section (the header's end, padded to the
+    /// alignment when there are tensors).
     pub data_offset: usize,
+    /// Length of the whole file in bytes, including the last tensor's padding.
     pub len: usize,
 }
 
 impl Layout {
+    /// The layout of the pair with this key, if it was written.
     pub fn kv(&self, key: &str) -> Option<&KvLayout> {
         self.kvs.iter().find(|k| k.key == key)
     }
 
+    /// The layout of the tensor with this name, if it was written.
     pub fn tensor(&self, name: &str) -> Option<&TensorLayout> {
         self.tensors.iter().find(|t| t.name == name)
     }
@@ -158,6 +183,7 @@ impl Default for GgufWriter<'_> {
 }
 
 impl<'a> GgufWriter<'a> {
+    /// A writer with no metadata or tensors, [`WRITE_VERSION`] and [`DEFAULT_ALIGNMENT`].
     pub fn new() -> Self {
         GgufWriter {
             version: WRITE_VERSION,

@@ -32,12 +32,19 @@ pub const COMPUTE_SLACK: u64 = 1 << 20;
 /// The dimensions the memory estimates depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ModelShape {
+    /// Number of transformer layers.
     pub n_layer: u32,
+    /// Width of the hidden state.
     pub n_embd: u32,
+    /// Width of the feed-forward hidden layer.
     pub n_ff: u32,
+    /// Number of attention (query) heads.
     pub n_head: u32,
+    /// Number of key/value heads.
     pub n_head_kv: u32,
+    /// Size of one attention head.
     pub head_dim: u32,
+    /// Vocabulary size (the width of the logits).
     pub n_vocab: u32,
 }
 
@@ -65,7 +72,9 @@ impl ModelShape {
 /// A named tensor and its size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TensorCost {
+    /// The tensor's name.
     pub name: String,
+    /// Its data size in bytes, before alignment.
     pub bytes: u64,
 }
 
@@ -146,13 +155,16 @@ impl ModelWeights {
 /// batch size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelCost {
+    /// The model's dimensions.
     pub shape: ModelShape,
+    /// The model's weights, sorted by where they go.
     pub weights: ModelWeights,
     /// KV cells: the context of all sequences together (llama.cpp's unified
     /// cache: `n_seq_max` sequences share `n_ctx` cells).
     pub n_ctx: u32,
     /// Tokens per forward pass: the requested batch, at most `n_ctx`.
     pub n_batch: u32,
+    /// Sequences that share the KV cache (does not change any size here).
     pub n_seq_max: u32,
     /// One of K or V of one layer: [`kv_tensor_bytes`].
     pub kv_tensor_bytes: u64,
@@ -210,6 +222,7 @@ impl ModelCost {
         })
     }
 
+    /// Number of layers of the model.
     pub fn n_layer(&self) -> u32 {
         self.shape.n_layer
     }

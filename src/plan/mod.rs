@@ -146,10 +146,17 @@ impl fmt::Display for Strategy {
 /// Why a strategy or split does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseStrategyError {
+    /// Neither `memory`, `even`, nor something starting with a digit; holds the input.
     #[error("unknown strategy '{0}': expected 'memory', 'even' or layer counts such as '10,20'")]
     Unknown(String),
     #[error("bad layer count '{item}' in split '{split}': expected comma-separated whole numbers such as '10,20'")]
-    BadCount { split: String, item: String },
+    /// One comma-separated item of a split is not a `u32`.
+    BadCount {
+        /// The whole split as given.
+        split: String,
+        /// The item that does not parse (trimmed).
+        item: String,
+    },
 }
 
 /// What to plan for.
@@ -161,6 +168,7 @@ pub struct PlanOptions {
     pub n_batch: u32,
     /// Sequences that share the KV cache (at least 1).
     pub n_seq_max: u32,
+    /// How the layers that are not local divide between the devices.
     pub strategy: Strategy,
     /// The first `local_layers` layers run on the coordinator's CPU.
     pub local_layers: u32,
@@ -195,7 +203,9 @@ pub enum Target {
     Remote {
         /// Index into the `devices` given to [`plan`].
         server: usize,
+        /// `host:port` of the server.
         endpoint: String,
+        /// Index of the device on its server.
         device: u32,
     },
 }
@@ -215,7 +225,9 @@ impl fmt::Display for Target {
 /// (every size rounded up to the device's alignment).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stage {
+    /// The device the stage runs on.
     pub target: Target,
+    /// The layers it runs, a non-empty contiguous range.
     pub layers: Range<u32>,
     /// The layers' weights, plus tensors every stage needs.
     pub weight_bytes: u64,
@@ -234,6 +246,7 @@ pub struct Stage {
 }
 
 impl Stage {
+    /// Number of layers in the stage.
     pub fn n_layers(&self) -> u32 {
         self.layers.end - self.layers.start
     }
@@ -246,6 +259,7 @@ impl Stage {
             .saturating_add(self.output_bytes)
     }
 
+    /// Whether the stage runs on the coordinator's CPU.
     pub fn is_local(&self) -> bool {
         self.target == Target::Local
     }
@@ -254,14 +268,21 @@ impl Stage {
 /// Where every layer runs: stages in layer order, covering `0..n_layer`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
+    /// The stages, in layer order; a local stage, if any, comes first.
     pub stages: Vec<Stage>,
+    /// Number of layers of the model.
     pub n_layer: u32,
+    /// KV cells planned for, shared by all sequences.
     pub n_ctx: u32,
+    /// Tokens per forward pass planned for (at most `n_ctx`).
     pub n_batch: u32,
+    /// Sequences that share the KV cache.
     pub n_seq_max: u32,
     /// The output matrix on the last stage is `token_embd.weight`.
     pub output_tied: bool,
+    /// The strategy that placed the layers.
     pub strategy: Strategy,
+    /// Bytes kept free on each device (and on the coordinator).
     pub reserve: u64,
 }
 
@@ -309,67 +330,123 @@ impl Plan {
 /// Why there is no plan.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// The model's hyperparameters or tensors could not be read.
     #[error("reading the model: {0}")]
     Gguf(#[from] GgufError),
+    /// The model has neither `output.weight` nor `token_embd.weight`.
     #[error("the model has neither output.weight nor token_embd.weight to compute logits with")]
     MissingOutput,
+    /// The model has zero layers.
     #[error("the model has no layers")]
     NoLayers,
+    /// The weights given to [`ModelCost::from_parts`] have a different
+    /// number of layers from the shape.
     #[error("the model declares {n_layer} layers but weights were given for {layers}")]
-    LayerCountMismatch { n_layer: u32, layers: usize },
+    LayerCountMismatch {
+        /// Layers in the [`ModelShape`].
+        n_layer: u32,
+        /// Layers in the [`ModelWeights`].
+        layers: usize,
+    },
+    /// [`PlanOptions::n_ctx`] is 0.
     #[error("the context size must be at least 1 token")]
     ZeroContext,
+    /// [`PlanOptions::n_batch`] is 0.
     #[error("the batch size must be at least 1 token")]
     ZeroBatch,
+    /// [`PlanOptions::n_seq_max`] is 0.
     #[error("the number of sequences must be at least 1")]
     ZeroSequences,
+    /// More local layers were asked for than the model has.
     #[error("{local_layers} local layers asked for, but the model has only {n_layer}")]
-    TooManyLocalLayers { local_layers: u32, n_layer: u32 },
+    TooManyLocalLayers {
+        /// [`PlanOptions::local_layers`].
+        local_layers: u32,
+        /// Layers in the model.
+        n_layer: u32,
+    },
+    /// Some layers are not local but no devices were given.
     #[error("no rpc-server devices to place {layers} layers on (give servers, or run every layer locally)")]
-    NoDevices { layers: u32 },
+    NoDevices {
+        /// Layers that need a device.
+        layers: u32,
+    },
+    /// A [`Strategy::Split`] has a different number of counts from the devices.
     #[error("the split gives {given} layer counts but there are {devices} devices: give one count per device, in order")]
-    SplitCount { given: usize, devices: usize },
+    SplitCount {
+        /// Counts in the split.
+        given: usize,
+        /// Devices given.
+        devices: usize,
+    },
+    /// A [`Strategy::Split`]'s counts do not add up to the layers that are not local.
     #[error("the split places {sum} layers but {expected} layers need a server ({n_layer} layers, {local_layers} local)")]
     SplitSum {
+        /// Sum of the split's counts.
         sum: u64,
+        /// Layers that need a device: `n_layer - local_layers`.
         expected: u32,
+        /// Layers in the model.
         n_layer: u32,
+        /// [`PlanOptions::local_layers`].
         local_layers: u32,
     },
+    /// A device's stage needs more memory than the device has free, less the reserve.
     #[error(
         "{endpoint} device {device} is short by {}: layers {} need {} there \
          but it has {} free after the {} reserve (use a smaller context, more or larger devices, or another split)",
         human_bytes(*short_by), layer_range(layers), human_bytes(*needed), human_bytes(*available), human_bytes(*reserve)
     )]
     DoesNotFit {
+        /// `host:port` of the device's server.
         endpoint: String,
+        /// Index of the device on its server.
         device: u32,
+        /// The layers of the stage.
         layers: Range<u32>,
+        /// Bytes the stage needs ([`Stage::needed_bytes`]).
         needed: u64,
+        /// Bytes free on the device less the reserve.
         available: u64,
+        /// `needed - available`.
         short_by: u64,
+        /// The reserve in bytes ([`PlanOptions::reserve`]).
         reserve: u64,
     },
+    /// The local stage needs more memory than [`PlanOptions::local_free`], less the reserve.
     #[error(
         "the coordinator's CPU is short by {}: local layers {} need {} but it has {} free after the {} reserve (use fewer local layers)",
         human_bytes(*short_by), layer_range(layers), human_bytes(*needed), human_bytes(*available), human_bytes(*reserve)
     )]
     LocalDoesNotFit {
+        /// The local layers.
         layers: Range<u32>,
+        /// Bytes the local stage needs ([`Stage::needed_bytes`]).
         needed: u64,
+        /// The coordinator's free memory less the reserve.
         available: u64,
+        /// `needed - available`.
         short_by: u64,
+        /// The reserve in bytes ([`PlanOptions::reserve`]).
         reserve: u64,
     },
+    /// One buffer a stage needs (a layer's weights, a layer's KV cache, the
+    /// compute buffer or the output tensors) is larger than the device's
+    /// largest buffer.
     #[error(
         "{endpoint} device {device} cannot hold {what}: it needs one buffer of {} but the device's largest buffer is {}",
         human_bytes(*bytes), human_bytes(*max_size)
     )]
     BufferTooLarge {
+        /// `host:port` of the device's server.
         endpoint: String,
+        /// Index of the device on its server.
         device: u32,
+        /// What the buffer holds, e.g. `the weights of layer 3`.
         what: String,
+        /// Size of the buffer in bytes.
         bytes: u64,
+        /// The device's largest buffer in bytes ([`DeviceSpec::max_size`]).
         max_size: u64,
     },
 }

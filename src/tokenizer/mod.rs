@@ -44,36 +44,59 @@ use crate::gguf::GgufError;
 /// Why a vocabulary could not be built from a GGUF file's metadata.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// A `tokenizer.ggml.*` key is missing or has the wrong type.
     #[error("tokenizer metadata: {0}")]
     Gguf(#[from] GgufError),
+    /// `tokenizer.ggml.model` names a model llama.cpp does not know; holds the name.
     #[error("unknown tokenizer model '{0}'")]
     UnknownModel(String),
+    /// `tokenizer.ggml.model` names a model llama.cpp knows but this crate
+    /// does not implement (only `gpt2` and `llama` are); holds the name.
     #[error(
         "tokenizer model '{0}' is not supported (only 'gpt2' BPE and 'llama' SentencePiece are)"
     )]
     UnsupportedModel(String),
+    /// `tokenizer.ggml.pre` names a pre-tokenizer llama.cpp does not know; holds the name.
     #[error("unknown pre-tokenizer '{0}'")]
     UnknownPreTokenizer(String),
+    /// `tokenizer.ggml.pre` names a pre-tokenizer that needs code of its own
+    /// beyond regex splitting, which this crate does not have; holds the name.
     #[error("pre-tokenizer '{0}' is not supported")]
     UnsupportedPreTokenizer(String),
+    /// `tokenizer.ggml.tokens` has no entries.
     #[error("the vocabulary is empty")]
     EmptyVocabulary,
+    /// The vocabulary has more tokens than fit in an `i32` id; holds the count.
     #[error("the vocabulary has {0} tokens, more than token ids can number")]
     TooManyTokens(usize),
+    /// A per-token array (types or scores) has fewer entries than there are tokens.
     #[error("'{key}' has {found} entries, fewer than the {expected} tokens")]
     ShortArray {
+        /// The metadata key of the array.
         key: &'static str,
+        /// Number of tokens in the vocabulary.
         expected: usize,
+        /// Number of entries in the array.
         found: usize,
     },
+    /// Two tokens have the same text.
     #[error("token {second} has the same text as token {first}: {text:?}")]
     DuplicateToken {
+        /// The shared text.
         text: String,
+        /// Id of the first token with it.
         first: u32,
+        /// Id of the second token with it.
         second: u32,
     },
+    /// A pre-tokenizer regex could not be translated or compiled.
     #[error("pre-tokenizer pattern {pattern:?}: {reason}")]
-    BadPattern { pattern: String, reason: String },
+    BadPattern {
+        /// The pattern as llama.cpp writes it.
+        pattern: String,
+        /// Why it was rejected.
+        reason: String,
+    },
 }
 
 /// The vocabulary kind (`tokenizer.ggml.model`).
@@ -108,19 +131,33 @@ pub(crate) struct TokenData {
 /// Ids of the tokens with a role. `None`: the vocabulary has none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpecialTokens {
+    /// Beginning of sequence.
     pub bos: Option<u32>,
+    /// End of sequence.
     pub eos: Option<u32>,
+    /// End of turn (e.g. `<|eot_id|>`, `<|im_end|>`).
     pub eot: Option<u32>,
+    /// End of message (`<|eom_id|>`).
     pub eom: Option<u32>,
+    /// Unknown token.
     pub unk: Option<u32>,
+    /// Separator.
     pub sep: Option<u32>,
+    /// Padding.
     pub pad: Option<u32>,
+    /// Mask.
     pub mask: Option<u32>,
+    /// Fill-in-the-middle: start of the prefix.
     pub fim_pre: Option<u32>,
+    /// Fill-in-the-middle: start of the suffix.
     pub fim_suf: Option<u32>,
+    /// Fill-in-the-middle: start of the middle, to be generated.
     pub fim_mid: Option<u32>,
+    /// Fill-in-the-middle: padding.
     pub fim_pad: Option<u32>,
+    /// Fill-in-the-middle: repository name marker.
     pub fim_rep: Option<u32>,
+    /// Fill-in-the-middle: file separator.
     pub fim_sep: Option<u32>,
 }
 
@@ -192,6 +229,7 @@ impl Tokenizer {
         load::from_metadata(metadata)
     }
 
+    /// Whether this is a SentencePiece or a byte-level BPE vocabulary.
     pub fn kind(&self) -> VocabKind {
         match self.model {
             Model::Spm => VocabKind::Spm,
@@ -204,14 +242,17 @@ impl Tokenizer {
         self.tokens.len()
     }
 
+    /// Id of the beginning-of-sequence token, if the vocabulary has one.
     pub fn bos(&self) -> Option<u32> {
         self.special.bos
     }
 
+    /// Id of the end-of-sequence token, if the vocabulary has one.
     pub fn eos(&self) -> Option<u32> {
         self.special.eos
     }
 
+    /// Ids of all tokens with a role.
     pub fn special_tokens(&self) -> &SpecialTokens {
         &self.special
     }
