@@ -24,13 +24,19 @@ const PROMPTS: [&str; 8] = [
 ];
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn model_path() -> PathBuf {
-    std::env::var_os("SHARDLINE_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/shardline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
+    std::env::var_os("SHARDLINE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/shardline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        })
 }
 
 fn request(p: &str, n: usize) -> GenerateRequest {
@@ -49,7 +55,10 @@ fn main() {
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
     let t = threads.to_string();
     let workers: Vec<LocalWorker> = (0..2)
-        .map(|_| LocalWorker::spawn(exe, &["--threads", &t], Duration::from_secs(60)).expect("start worker"))
+        .map(|_| {
+            LocalWorker::spawn(exe, &["--threads", &t], Duration::from_secs(60))
+                .expect("start worker")
+        })
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -70,12 +79,23 @@ fn main() {
         let started = Instant::now();
         let mut alone = Vec::new();
         for p in PROMPTS {
-            alone.push(engine.generate(request(p, n_gen)).unwrap().collect_text().await.unwrap().0);
+            alone.push(
+                engine
+                    .generate(request(p, n_gen))
+                    .unwrap()
+                    .collect_text()
+                    .await
+                    .unwrap()
+                    .0,
+            );
         }
         let sequential = started.elapsed().as_secs_f64();
 
         let started = Instant::now();
-        let streams: Vec<_> = PROMPTS.iter().map(|p| engine.generate(request(p, n_gen)).unwrap()).collect();
+        let streams: Vec<_> = PROMPTS
+            .iter()
+            .map(|p| engine.generate(request(p, n_gen)).unwrap())
+            .collect();
         let mut together = Vec::new();
         for s in streams {
             together.push(s.collect_text().await.unwrap().0);
@@ -83,12 +103,20 @@ fn main() {
         let concurrent = started.elapsed().as_secs_f64();
 
         let tokens = (PROMPTS.len() * n_gen) as f64;
-        println!("8 requests × {n_gen} tokens, greedy, 2 workers ({threads} thread each), --parallel 8");
+        println!(
+            "8 requests × {n_gen} tokens, greedy, 2 workers ({threads} thread each), --parallel 8"
+        );
         println!();
         println!("| | wall (s) | tokens/s |");
         println!("|---|---:|---:|");
-        println!("| one after another | {sequential:.2} | {:.1} |", tokens / sequential);
-        println!("| all at once | {concurrent:.2} | {:.1} |", tokens / concurrent);
+        println!(
+            "| one after another | {sequential:.2} | {:.1} |",
+            tokens / sequential
+        );
+        println!(
+            "| all at once | {concurrent:.2} | {:.1} |",
+            tokens / concurrent
+        );
         println!("| speed-up | {:.2}x | |", sequential / concurrent);
         println!();
         println!("same texts: {}", alone == together);

@@ -18,13 +18,19 @@ use shardline::sample::SamplerConfig;
 use shardline::worker::LocalWorker;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn model_path() -> PathBuf {
-    std::env::var_os("SHARDLINE_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/shardline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
+    std::env::var_os("SHARDLINE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/shardline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        })
 }
 
 #[derive(Default, Clone, Copy)]
@@ -61,7 +67,10 @@ fn main() {
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
     let t = threads.to_string();
     let workers: Vec<LocalWorker> = (0..2)
-        .map(|_| LocalWorker::spawn(exe, &["--threads", &t], Duration::from_secs(60)).expect("start worker"))
+        .map(|_| {
+            LocalWorker::spawn(exe, &["--threads", &t], Duration::from_secs(60))
+                .expect("start worker")
+        })
         .collect();
     let servers: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -139,8 +148,14 @@ fn main() {
     println!();
     println!("| | load (s) | prompt (tok/s) | decode (tok/s) |");
     println!("|---|---:|---:|---:|");
-    println!("| shardline | {:.3} | {:.1} | {:.1} |", a.load_s, a.prompt_tok_s, a.gen_tok_s);
-    println!("| llama.cpp RPC client | {:.3} | {:.1} | {:.1} |", b.load_s, b.prompt_tok_s, b.gen_tok_s);
+    println!(
+        "| shardline | {:.3} | {:.1} | {:.1} |",
+        a.load_s, a.prompt_tok_s, a.gen_tok_s
+    );
+    println!(
+        "| llama.cpp RPC client | {:.3} | {:.1} | {:.1} |",
+        b.load_s, b.prompt_tok_s, b.gen_tok_s
+    );
     println!(
         "| ratio (shardline / llama.cpp) | {:.2}x faster | {:.2}x | {:.2}x |",
         b.load_s / a.load_s,

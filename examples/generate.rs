@@ -17,13 +17,17 @@ use shardline::sample::SamplerConfig;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let model = args.next().ok_or("usage: generate MODEL.gguf [SERVERS] [QUESTION]")?;
+    let model = args
+        .next()
+        .ok_or("usage: generate MODEL.gguf [SERVERS] [QUESTION]")?;
     let servers: Vec<String> = args
         .next()
         .filter(|s| !s.is_empty())
         .map(|s| s.split(',').map(str::to_string).collect())
         .unwrap_or_default();
-    let question = args.next().unwrap_or_else(|| "Why is the sky blue?".to_string());
+    let question = args
+        .next()
+        .unwrap_or_else(|| "Why is the sky blue?".to_string());
 
     let worker_exe = std::env::current_exe()?
         .parent()

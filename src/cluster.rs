@@ -93,7 +93,11 @@ impl fmt::Display for ClusterTable<'_> {
                     human_bytes(d.free),
                     human_bytes(d.total),
                     d.alignment,
-                    if d.max_size == u64::MAX { "unlimited".to_string() } else { human_bytes(d.max_size) }
+                    if d.max_size == u64::MAX {
+                        "unlimited".to_string()
+                    } else {
+                        human_bytes(d.max_size)
+                    }
                 )?;
             }
         }
@@ -118,12 +122,27 @@ mod tests {
             endpoint: "127.0.0.1:1".into(),
             protocol: "7.0.0".into(),
             devices: vec![
-                DeviceReport { index: 0, free: 1 << 30, total: 2 << 30, alignment: 32, max_size: u64::MAX },
-                DeviceReport { index: 1, free: 0, total: 0, alignment: 64, max_size: 1 << 20 },
+                DeviceReport {
+                    index: 0,
+                    free: 1 << 30,
+                    total: 2 << 30,
+                    alignment: 32,
+                    max_size: u64::MAX,
+                },
+                DeviceReport {
+                    index: 1,
+                    free: 0,
+                    total: 0,
+                    alignment: 64,
+                    max_size: 1 << 20,
+                },
             ],
         };
         let text = ClusterTable(&[s]).to_string();
         assert_eq!(text.lines().count(), 3);
-        assert!(text.contains("1.0 GiB") && text.contains("2.0 GiB"), "{text}");
+        assert!(
+            text.contains("1.0 GiB") && text.contains("2.0 GiB"),
+            "{text}"
+        );
     }
 }

@@ -89,7 +89,8 @@ impl KvCells {
     /// taken or out of range.
     pub fn place(&mut self, idx: &[usize], tokens: &[Cell]) -> Result<(), CacheFull> {
         let n = self.cells.len();
-        let bad = idx.len() != tokens.len() || idx.iter().any(|&i| i >= n || self.cells[i].is_some());
+        let bad =
+            idx.len() != tokens.len() || idx.iter().any(|&i| i >= n || self.cells[i].is_some());
         if bad {
             return Err(CacheFull {
                 needed: tokens.len(),
@@ -158,14 +159,24 @@ mod tests {
     #[test]
     fn claims_in_order_and_frees_by_sequence() {
         let mut kv = KvCells::new(6);
-        assert_eq!(kv.claim(&[cell(0, 0), cell(0, 1), cell(0, 2)]).unwrap(), [0, 1, 2]);
+        assert_eq!(
+            kv.claim(&[cell(0, 0), cell(0, 1), cell(0, 2)]).unwrap(),
+            [0, 1, 2]
+        );
         assert_eq!(kv.claim(&[cell(1, 0), cell(1, 1)]).unwrap(), [3, 4]);
         kv.remove_seq(0);
         assert_eq!(kv.used(), 2);
         // Wraps around to the freed cells.
         assert_eq!(kv.claim(&[cell(2, 0), cell(2, 1)]).unwrap(), [5, 0]);
         let err = kv.claim(&[cell(3, 0); 3]).unwrap_err();
-        assert_eq!(err, CacheFull { needed: 3, free: 2, size: 6 });
+        assert_eq!(
+            err,
+            CacheFull {
+                needed: 3,
+                free: 2,
+                size: 6
+            }
+        );
         assert_eq!(kv.used(), 4, "a failed claim changes nothing");
     }
 
@@ -176,7 +187,11 @@ mod tests {
         let m = kv.mask_f16(&[cell(0, 1), cell(1, 0)], 3);
         let z = 0u16;
         let x = 0xfc00u16;
-        assert_eq!(&m[0..4], &[z, x, z, x], "seq 0 pos 1 sees its cells 0 and 2");
+        assert_eq!(
+            &m[0..4],
+            &[z, x, z, x],
+            "seq 0 pos 1 sees its cells 0 and 2"
+        );
         assert_eq!(&m[4..8], &[x, z, x, x], "seq 1 sees only its own cell");
         assert_eq!(&m[8..12], &[x, x, x, x], "padding row");
     }

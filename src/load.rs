@@ -33,7 +33,12 @@ pub enum WeightError {
 
 /// The wire description of weight `info` stored at absolute remote address
 /// `data` inside buffer `buffer`, with message-local id `id`.
-pub fn weight_tensor(info: &TensorInfo, id: u64, buffer: u64, data: u64) -> Result<RpcTensor, WeightError> {
+pub fn weight_tensor(
+    info: &TensorInfo,
+    id: u64,
+    buffer: u64,
+    data: u64,
+) -> Result<RpcTensor, WeightError> {
     let too_large = || WeightError::TooLarge(info.name().to_string());
     let mut t = RpcTensor {
         id,
@@ -48,7 +53,8 @@ pub fn weight_tensor(info: &TensorInfo, id: u64, buffer: u64, data: u64) -> Resu
         t.ne[i] = u32::try_from(ne).map_err(|_| too_large())?;
         t.nb[i] = u32::try_from(stride).map_err(|_| too_large())?;
     }
-    t.set_name(info.name()).map_err(|_| WeightError::Name(info.name().to_string()))?;
+    t.set_name(info.name())
+        .map_err(|_| WeightError::Name(info.name().to_string()))?;
     Ok(t)
 }
 
@@ -71,7 +77,9 @@ pub enum UploadError {
     #[error(transparent)]
     Weight(#[from] WeightError),
     /// One tensor is larger than the server's largest buffer.
-    #[error("weight '{name}' needs {size} bytes, more than the largest buffer ({max}) of {endpoint}")]
+    #[error(
+        "weight '{name}' needs {size} bytes, more than the largest buffer ({max}) of {endpoint}"
+    )]
     TooLarge {
         /// The server.
         endpoint: String,
@@ -135,9 +143,15 @@ pub async fn upload_weights(
     // Sizes the device needs (a GPU may pad quantized rows).
     let mut items = Vec::with_capacity(names.len());
     for name in names {
-        let info = g.tensor(name).ok_or_else(|| UploadError::Missing(name.clone()))?;
+        let info = g
+            .tensor(name)
+            .ok_or_else(|| UploadError::Missing(name.clone()))?;
         let probe = weight_tensor(info, 1, 0, 0)?;
-        let size = client.get_alloc_size(device, &probe, &[]).await.map_err(rpc)?.max(info.n_bytes());
+        let size = client
+            .get_alloc_size(device, &probe, &[])
+            .await
+            .map_err(rpc)?
+            .max(info.n_bytes());
         if size > max {
             return Err(UploadError::TooLarge {
                 endpoint: endpoint.clone(),
@@ -151,9 +165,11 @@ pub async fn upload_weights(
     // Pack into as few buffers as the size limit allows.
     let mut groups: Vec<(u64, Vec<(usize, u64)>)> = Vec::new();
     for (i, (_, size)) in items.iter().enumerate() {
-        let fits = groups
-            .last()
-            .is_some_and(|(used, _)| align_up(*used, align).checked_add(*size).is_some_and(|e| e <= max));
+        let fits = groups.last().is_some_and(|(used, _)| {
+            align_up(*used, align)
+                .checked_add(*size)
+                .is_some_and(|e| e <= max)
+        });
         if !fits {
             groups.push((0, Vec::new()));
         }
@@ -165,12 +181,19 @@ pub async fn upload_weights(
     let mut placed = std::collections::HashMap::new();
     let mut stats = UploadStats::default();
     for (used, members) in groups {
-        let buf = client.alloc_buffer(device, used.max(1)).await.map_err(rpc)?;
+        let buf = client
+            .alloc_buffer(device, used.max(1))
+            .await
+            .map_err(rpc)?;
         for (i, off) in members {
             let (info, _) = items[i];
             let wire = weight_tensor(info, 1, buf.remote_ptr, buf.base + off)?;
             let data = g.tensor_data(info);
-            match client.set_tensor_cached(&wire, info.n_bytes(), 0, data).await.map_err(rpc)? {
+            match client
+                .set_tensor_cached(&wire, info.n_bytes(), 0, data)
+                .await
+                .map_err(rpc)?
+            {
                 Upload::Sent => stats.sent += info.n_bytes(),
                 Upload::Cached => stats.cached += info.n_bytes(),
             }

@@ -186,7 +186,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // A worker is a service: say what it does. The other commands print
     // their results; logs only for trouble unless SHARDLINE_LOG asks.
-    init_tracing(if matches!(cli.command, Command::Worker { .. }) { "info" } else { "warn" });
+    init_tracing(if matches!(cli.command, Command::Worker { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     match cli.command {
         Command::Run {
             cluster,
@@ -289,14 +293,18 @@ fn run_generate(
                 anyhow::bail!("no prompt: pass --prompt TEXT or pipe it on stdin");
             }
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from stdin")?;
             s
         }
     };
     let opts = engine_options(&cluster)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let engine = shardline::engine::Engine::load(opts).await.context("loading the model")?;
+        let engine = shardline::engine::Engine::load(opts)
+            .await
+            .context("loading the model")?;
         let text = if chat {
             engine
                 .render_chat(&[shardline::chat::ChatMessage::new("user", prompt)])
@@ -473,7 +481,10 @@ fn run_worker(opts: shardline::worker::WorkerOptions) -> anyhow::Result<()> {
     // Handlers go in before the ready line, so a signal sent right after it
     // still means a clean stop.
     let (mut term, mut int) = rt.block_on(async {
-        Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
     })?;
     let (ready, failed) = shardline::worker::start(&opts).context("starting the worker")?;
     {

@@ -6,8 +6,6 @@ use ggml_sys::RopeParams;
 use crate::gguf::llama::{keys, LlamaHparams};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
 
-
-
 /// Why a model cannot be run.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -65,7 +63,9 @@ impl LlamaConfig {
                 hp.n_rot, hp.head_dim
             )));
         }
-        let scaling = g.get_opt::<&str>(&key(keys::ROPE_SCALING_TYPE))?.unwrap_or("linear");
+        let scaling = g
+            .get_opt::<&str>(&key(keys::ROPE_SCALING_TYPE))?
+            .unwrap_or("linear");
         // The factor, or the older `rope.scale_linear` key when the factor is
         // absent (a factor of 0 present means no scaling).
         let factor = match g.get_opt::<f32>(&key(keys::ROPE_SCALING_FACTOR))? {
@@ -83,7 +83,9 @@ impl LlamaConfig {
                 }
             }
             other => {
-                return Err(ModelError::Unsupported(format!("rope scaling type '{other}'")));
+                return Err(ModelError::Unsupported(format!(
+                    "rope scaling type '{other}'"
+                )));
             }
         };
         let attn_factor = g
@@ -94,7 +96,11 @@ impl LlamaConfig {
             .ok()
             .flatten()
             .unwrap_or(hp.n_ctx_train);
-        let attn_scale = g.get_opt::<f32>(&key("attention.scale")).ok().flatten().unwrap_or(0.0);
+        let attn_scale = g
+            .get_opt::<f32>(&key("attention.scale"))
+            .ok()
+            .flatten()
+            .unwrap_or(0.0);
         let kq_scale = if attn_scale == 0.0 {
             1.0 / (hp.head_dim as f32).sqrt()
         } else {
@@ -129,7 +135,10 @@ impl LlamaConfig {
 
     /// Name and expected dims of every weight a layer has.
     pub fn layer_weights(&self, il: u32) -> Vec<(String, Vec<u64>)> {
-        LayerRole::ALL.iter().map(|r| (r.name(il), r.dims(self))).collect()
+        LayerRole::ALL
+            .iter()
+            .map(|r| (r.name(il), r.dims(self)))
+            .collect()
     }
 
     fn check_weights(&self, g: &Gguf) -> Result<(), ModelError> {
@@ -148,7 +157,9 @@ impl LlamaConfig {
             expect.extend(self.layer_weights(il));
         }
         for (name, dims) in expect {
-            let t = g.tensor(&name).ok_or_else(|| ModelError::MissingWeight(name.clone()))?;
+            let t = g
+                .tensor(&name)
+                .ok_or_else(|| ModelError::MissingWeight(name.clone()))?;
             check_dims(t, &dims)?;
         }
         Ok(())

@@ -92,10 +92,13 @@ fn select_devices(names: &[String]) -> Result<Vec<Device>, WorkerError> {
     names
         .iter()
         .map(|n| {
-            all.iter().copied().find(|d| d.name().eq_ignore_ascii_case(n)).ok_or_else(|| {
-                let have: Vec<String> = all.iter().map(Device::name).collect();
-                WorkerError::UnknownDevice(n.clone(), have.join(", "))
-            })
+            all.iter()
+                .copied()
+                .find(|d| d.name().eq_ignore_ascii_case(n))
+                .ok_or_else(|| {
+                    let have: Vec<String> = all.iter().map(Device::name).collect();
+                    WorkerError::UnknownDevice(n.clone(), have.join(", "))
+                })
         })
         .collect()
 }
@@ -105,7 +108,9 @@ fn resolve_port(host: IpAddr, port: u16) -> Result<SocketAddr, WorkerError> {
     // Binding here both picks a free port (for port 0) and reports a taken port
     // with a clear error before ggml's server prints its own.
     let listener = TcpListener::bind(addr).map_err(|source| WorkerError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| WorkerError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| WorkerError::Bind { addr, source })?;
     drop(listener);
     Ok(local)
 }
@@ -114,13 +119,15 @@ fn resolve_port(host: IpAddr, port: u16) -> Result<SocketAddr, WorkerError> {
 /// parent id changes), so local workers never outlive their coordinator.
 fn watch_parent() {
     let parent = std::os::unix::process::parent_id();
-    let _ = std::thread::Builder::new().name("parent-watch".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(200));
-        if std::os::unix::process::parent_id() != parent {
-            tracing::info!("parent process exited: stopping");
-            std::process::exit(0);
-        }
-    });
+    let _ = std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if std::os::unix::process::parent_id() != parent {
+                tracing::info!("parent process exited: stopping");
+                std::process::exit(0);
+            }
+        });
 }
 
 /// Starts ggml's RPC server on a background thread and returns once it accepts
@@ -139,10 +146,11 @@ pub fn start(opts: &WorkerOptions) -> Result<(Ready, mpsc::Receiver<WorkerError>
     std::thread::Builder::new()
         .name("rpc-server".into())
         .spawn(move || {
-            let err = match ggml_sys::rpc_start_server(&endpoint, cache.as_deref(), threads, &served) {
-                Ok(()) => "stopped".to_string(),
-                Err(e) => e,
-            };
+            let err =
+                match ggml_sys::rpc_start_server(&endpoint, cache.as_deref(), threads, &served) {
+                    Ok(()) => "stopped".to_string(),
+                    Err(e) => e,
+                };
             let _ = tx.send(WorkerError::Server(err));
         })
         .map_err(|e| WorkerError::Server(format!("cannot spawn server thread: {e}")))?;
@@ -211,7 +219,14 @@ impl LocalWorker {
             cmd.env("SHARDLINE_LOG", "warn");
         }
         let mut child = cmd
-            .args(["worker", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"])
+            .args([
+                "worker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--exit-with-parent",
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -229,7 +244,11 @@ impl LocalWorker {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     if let Some(rest) = line.strip_prefix("shardline worker ready: endpoint=") {
                         if let Some(tx) = tx.take() {
-                            let ep = rest.split_whitespace().next().unwrap_or_default().to_string();
+                            let ep = rest
+                                .split_whitespace()
+                                .next()
+                                .unwrap_or_default()
+                                .to_string();
                             let _ = tx.send(ep);
                         }
                     }

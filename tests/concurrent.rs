@@ -79,7 +79,11 @@ async fn concurrent_sequences_match_their_solo_runs() {
     }
     for (i, t) in tasks.into_iter().enumerate() {
         let got = t.await.unwrap();
-        assert_eq!(got.1, alone[i].1, "prompt {:?}: tokens differ from its solo run", PROMPTS[i]);
+        assert_eq!(
+            got.1, alone[i].1,
+            "prompt {:?}: tokens differ from its solo run",
+            PROMPTS[i]
+        );
         assert_eq!(got.0, alone[i].0);
     }
     assert_eq!(engine.metrics().active_sequences(), 0);
@@ -89,7 +93,9 @@ async fn concurrent_sequences_match_their_solo_runs() {
 async fn dropped_stream_frees_its_sequence_and_full_queue_refuses() {
     let workers = [start_worker(&[])];
     let engine = load(&workers, 1, 1).await;
-    let mut first = engine.generate(greedy("Tell me a long story about dragons.", 400)).unwrap();
+    let mut first = engine
+        .generate(greedy("Tell me a long story about dragons.", 400))
+        .unwrap();
     // Wait until it is generating.
     assert!(matches!(first.next().await, Some(Event::Text(_))));
     let second = engine.generate(greedy("hello", 4)).unwrap();
@@ -100,7 +106,9 @@ async fn dropped_stream_frees_its_sequence_and_full_queue_refuses() {
     // The waiting request gets the freed slot and finishes well before the
     // 400 tokens of the dropped one could have.
     let done = tokio::time::timeout(Duration::from_secs(20), second.collect_text()).await;
-    let (_, usage) = done.expect("the queued request ran after the cancel").unwrap();
+    let (_, usage) = done
+        .expect("the queued request ran after the cancel")
+        .unwrap();
     assert_eq!(usage.completion_tokens, 4);
     assert_eq!(engine.metrics().queue_depth(), 0);
 }
@@ -111,12 +119,22 @@ async fn stop_texts_end_the_generation_and_are_not_returned() {
     let engine = load(&workers, 1, 4).await;
     let (full, _) = run(&engine, "The capital of France is", 24).await;
     // Stop at the second word of the greedy continuation.
-    let word = full.split_whitespace().nth(1).expect("a few words").to_string();
+    let word = full
+        .split_whitespace()
+        .nth(1)
+        .expect("a few words")
+        .to_string();
     let mut req = greedy("The capital of France is", 24);
     req.stop = vec![word.clone()];
     let (text, usage) = engine.generate(req).unwrap().collect_text().await.unwrap();
-    assert!(!text.contains(&word), "{text:?} still contains the stop text {word:?}");
-    assert!(full.starts_with(&text), "{text:?} is not a prefix of {full:?}");
+    assert!(
+        !text.contains(&word),
+        "{text:?} still contains the stop text {word:?}"
+    );
+    assert!(
+        full.starts_with(&text),
+        "{text:?} is not a prefix of {full:?}"
+    );
     assert_eq!(usage.finish, shardline::engine::Finish::Stop);
 }
 
@@ -133,9 +151,18 @@ async fn builder_and_chat_render_the_template() {
         .unwrap();
     assert_eq!(engine.ctx_per_seq(), 512);
     let msgs = [shardline::chat::ChatMessage::new("user", "What is 2+2?")];
-    let via_chat = engine.chat(&msgs, greedy("", 12)).unwrap().collect_text().await.unwrap().0;
+    let via_chat = engine
+        .chat(&msgs, greedy("", 12))
+        .unwrap()
+        .collect_text()
+        .await
+        .unwrap()
+        .0;
     let rendered = engine.render_chat(&msgs).unwrap();
-    assert!(rendered.contains("What is 2+2?") && rendered.contains("<|im_start|>assistant"), "{rendered}");
+    assert!(
+        rendered.contains("What is 2+2?") && rendered.contains("<|im_start|>assistant"),
+        "{rendered}"
+    );
     let (direct, _) = run(&engine, &rendered, 12).await;
     assert_eq!(via_chat, direct);
 }

@@ -14,7 +14,6 @@ use shardline::gguf::writer::{GgufWriter, Layout, KV_COUNT_AT, TENSOR_COUNT_AT};
 use shardline::gguf::{Gguf, GgufContent, GgufError};
 use shardline::inspect::summarize;
 
-
 fn model() -> &'static Gguf {
     static MODEL: OnceLock<Gguf> = OnceLock::new();
     MODEL.get_or_init(|| Gguf::open(model_path()).expect("the test model parses"))

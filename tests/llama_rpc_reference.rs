@@ -22,5 +22,9 @@ fn llama_cpp_rpc_client_runs_smollm2_on_two_workers() {
 
     // The same model computed by llama.cpp on the local CPU gives the same tokens.
     let mut local = LlamaRef::load(&model_path(), &[], 256);
-    assert_eq!(local.greedy(&prompt, 12), got, "remote and local greedy tokens differ");
+    assert_eq!(
+        local.greedy(&prompt, 12),
+        got,
+        "remote and local greedy tokens differ"
+    );
 }

@@ -4,8 +4,8 @@
 mod common;
 
 use common::llama_ref::LlamaRef;
-use common::pipeline::greedy;
 use common::model_path;
+use common::pipeline::greedy;
 use shardline::exec::local::LocalStage;
 use shardline::exec::pipeline::{Pipeline, StageRunner};
 use shardline::exec::Embedder;
@@ -22,11 +22,19 @@ async fn all_layers_on_the_coordinator_match_llama_cpp() {
     let mut p = Pipeline::new(cfg, embedder, vec![StageRunner::Local(stage)], 256);
 
     let mut reference = LlamaRef::load(&model_path(), &[], 256);
-    for prompt in ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far"] {
+    for prompt in [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time, in a land far",
+    ] {
         let toks = reference.tokenize(prompt, true);
         let want = reference.greedy(&toks, 32);
         let toks_u: Vec<u32> = toks.iter().map(|&t| t as u32).collect();
-        let got: Vec<i32> = greedy(&mut p, &toks_u, 32).await.into_iter().map(|t| t as i32).collect();
+        let got: Vec<i32> = greedy(&mut p, &toks_u, 32)
+            .await
+            .into_iter()
+            .map(|t| t as i32)
+            .collect();
         assert_eq!(got, want, "prompt {prompt:?}");
     }
 }

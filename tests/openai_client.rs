@@ -18,7 +18,10 @@ const MAX_TOKENS: usize = 24;
 const SEQ_CTX: u32 = 512;
 
 fn rpc(ws: &[&Worker]) -> String {
-    ws.iter().map(|w| w.endpoint.to_string()).collect::<Vec<_>>().join(",")
+    ws.iter()
+        .map(|w| w.endpoint.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Prompt tokens of `PROMPT` in the model's chat template, counted with the
@@ -56,7 +59,15 @@ fn official_openai_client() {
             "--prompt",
             PROMPT,
         ])
-        .args(["--temperature", "0", "--max-tokens", &max, "--ctx", &ctx, "--stats"])
+        .args([
+            "--temperature",
+            "0",
+            "--max-tokens",
+            &max,
+            "--ctx",
+            &ctx,
+            "--stats",
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("run shardline run");
@@ -91,7 +102,11 @@ fn official_openai_client() {
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
     let out = Command::new(&python)
-        .args([script, &format!("http://{}/v1", serve.addr), &expect.to_string()])
+        .args([
+            script,
+            &format!("http://{}/v1", serve.addr),
+            &expect.to_string(),
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running {python}: {e}"));

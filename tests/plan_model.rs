@@ -17,7 +17,6 @@ const TOKEN_EMBD_BYTES: u64 = 30_081_024;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-
 fn device(port: u16, free: u64, alignment: u64) -> DeviceSpec {
     DeviceSpec {
         endpoint: format!("127.0.0.1:{port}"),

@@ -19,10 +19,16 @@ async fn split_on_workers_matches_llama_cpp() {
     let cfg = LlamaConfig::from_gguf(&g).unwrap();
     let workers = [start_worker(&[]), start_worker(&[])];
     let mut stages = Vec::new();
-    stages.push(StageRunner::Local(LocalStage::new(&g, &cfg, 0..4, false, 256, 1).unwrap()));
+    stages.push(StageRunner::Local(
+        LocalStage::new(&g, &cfg, 0..4, false, 256, 1).unwrap(),
+    ));
     for (w, (layers, head)) in workers.iter().zip([(4..20, false), (20..30, true)]) {
-        let c = RpcClient::connect(&w.endpoint.to_string(), ClientOptions::default()).await.unwrap();
-        let s = RemoteStage::load(c, 0, &g, &cfg, layers, head, 256, 256, &|_| {}).await.unwrap();
+        let c = RpcClient::connect(&w.endpoint.to_string(), ClientOptions::default())
+            .await
+            .unwrap();
+        let s = RemoteStage::load(c, 0, &g, &cfg, layers, head, 256, 256, &|_| {})
+            .await
+            .unwrap();
         stages.push(StageRunner::Remote(Box::new(s)));
     }
     let embedder = Embedder::new(&g, &cfg, 1).unwrap();
@@ -32,7 +38,11 @@ async fn split_on_workers_matches_llama_cpp() {
         let toks = reference.tokenize(prompt, true);
         let want = reference.greedy(&toks, 32);
         let toks_u: Vec<u32> = toks.iter().map(|&t| t as u32).collect();
-        let got: Vec<i32> = greedy(&mut p, &toks_u, 32).await.into_iter().map(|t| t as i32).collect();
+        let got: Vec<i32> = greedy(&mut p, &toks_u, 32)
+            .await
+            .into_iter()
+            .map(|t| t as i32)
+            .collect();
         assert_eq!(got, want, "prompt {prompt:?}");
     }
 }

@@ -61,7 +61,10 @@ async fn handshake_devices_memory_alloc_free_on_two_workers() {
         c.buffer_clear(a.remote_ptr, 7).await.unwrap();
         c.free_buffer(b.remote_ptr).await.unwrap();
         c.sync().await.unwrap();
-        assert!(c.buffer(b.remote_ptr).is_none(), "freed buffer is forgotten");
+        assert!(
+            c.buffer(b.remote_ptr).is_none(),
+            "freed buffer is forgotten"
+        );
 
         // A device the server does not have is refused before sending.
         let err = c.device_memory(1).await.unwrap_err();
@@ -84,7 +87,11 @@ async fn every_weight_uploads_and_reads_back_bit_identical() {
     for (i, t) in gguf.tensors().iter().enumerate() {
         shards[i % 2].push(t);
     }
-    assert_eq!(shards[0].len() + shards[1].len(), 272, "SmolLM2 has 272 tensors");
+    assert_eq!(
+        shards[0].len() + shards[1].len(),
+        272,
+        "SmolLM2 has 272 tensors"
+    );
     for (c, shard) in clients.iter_mut().zip(&shards) {
         let align = c.alignment(0).await.unwrap();
         let (offs, size) = pack(shard, align);
@@ -92,12 +99,21 @@ async fn every_weight_uploads_and_reads_back_bit_identical() {
         let mut wires = Vec::new();
         for (k, (info, off)) in shard.iter().zip(&offs).enumerate() {
             let t = weight_tensor(info, k as u64 + 1, buf.remote_ptr, buf.base + off).unwrap();
-            c.set_tensor(&t, info.n_bytes(), 0, gguf.tensor_data(info)).await.unwrap();
+            c.set_tensor(&t, info.n_bytes(), 0, gguf.tensor_data(info))
+                .await
+                .unwrap();
             wires.push(t);
         }
         for (info, t) in shard.iter().zip(&wires) {
-            let back = c.get_tensor(t, info.n_bytes(), 0, info.n_bytes()).await.unwrap();
-            assert!(back == gguf.tensor_data(info), "{} differs after upload", info.name());
+            let back = c
+                .get_tensor(t, info.n_bytes(), 0, info.n_bytes())
+                .await
+                .unwrap();
+            assert!(
+                back == gguf.tensor_data(info),
+                "{} differs after upload",
+                info.name()
+            );
         }
         // A partial read at an offset too.
         let (info, t) = (shard[0], &wires[0]);
@@ -113,7 +129,10 @@ async fn cache_dir_answers_hash_path_on_second_connection() {
     let w = start_worker(&["--cache", dir.to_str().unwrap()]);
     let gguf = Gguf::open(model_path()).unwrap();
     let info = gguf.tensor("token_embd.weight").unwrap();
-    assert!(info.n_bytes() > 10 << 20, "needs a tensor over the 10 MiB hash threshold");
+    assert!(
+        info.n_bytes() > 10 << 20,
+        "needs a tensor over the 10 MiB hash threshold"
+    );
     let data = gguf.tensor_data(info);
 
     let mut results = Vec::new();
@@ -121,9 +140,20 @@ async fn cache_dir_answers_hash_path_on_second_connection() {
         let mut c = connect(w.endpoint).await;
         let buf = c.alloc_buffer(0, info.n_bytes()).await.unwrap();
         let t = weight_tensor(info, 1, buf.remote_ptr, buf.base).unwrap();
-        results.push(c.set_tensor_cached(&t, info.n_bytes(), 0, data).await.unwrap());
-        let back = c.get_tensor(&t, info.n_bytes(), 0, info.n_bytes()).await.unwrap();
-        assert!(back == data, "token_embd differs after {:?}", results.last());
+        results.push(
+            c.set_tensor_cached(&t, info.n_bytes(), 0, data)
+                .await
+                .unwrap(),
+        );
+        let back = c
+            .get_tensor(&t, info.n_bytes(), 0, info.n_bytes())
+            .await
+            .unwrap();
+        assert!(
+            back == data,
+            "token_embd differs after {:?}",
+            results.last()
+        );
         c.close().await.unwrap();
     }
     assert_eq!(results, [Upload::Sent, Upload::Cached]);
@@ -148,7 +178,9 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 #[tokio::test]
@@ -160,10 +192,24 @@ async fn remote_graph_matches_local_cpu_and_recompute_takes_new_inputs() {
     let n_tok = 4i64;
 
     // y = up·x + gate·x, on real Q4_1 weights.
-    let ctx = Context::new(Context::tensor_overhead() * 16 + Context::graph_overhead(64), true).unwrap();
-    let w_up = ctx.new_tensor(up.ty().id(), &[k, m]).unwrap().set_name(up.name());
-    let w_gate = ctx.new_tensor(gate.ty().id(), &[k, m]).unwrap().set_name(gate.name());
-    let x = ctx.new_tensor(GGML_TYPE_F32, &[k, n_tok]).unwrap().set_name("x").set_input();
+    let ctx = Context::new(
+        Context::tensor_overhead() * 16 + Context::graph_overhead(64),
+        true,
+    )
+    .unwrap();
+    let w_up = ctx
+        .new_tensor(up.ty().id(), &[k, m])
+        .unwrap()
+        .set_name(up.name());
+    let w_gate = ctx
+        .new_tensor(gate.ty().id(), &[k, m])
+        .unwrap()
+        .set_name(gate.name());
+    let x = ctx
+        .new_tensor(GGML_TYPE_F32, &[k, n_tok])
+        .unwrap()
+        .set_name("x")
+        .set_input();
     let a = ctx.mul_mat(w_up, x).unwrap().set_name("up");
     let b = ctx.mul_mat(w_gate, x).unwrap().set_name("gate");
     let y = ctx.add(a, b).unwrap().set_name("y").set_output();
@@ -196,29 +242,69 @@ async fn remote_graph_matches_local_cpu_and_recompute_takes_new_inputs() {
     let mut place: HashMap<_, RemoteLocation> = HashMap::new();
     for ((t, info), off) in [(w_up, up), (w_gate, gate)].into_iter().zip(offs) {
         let wire = weight_tensor(info, 1, wbuf.remote_ptr, wbuf.base + off).unwrap();
-        c.set_tensor(&wire, info.n_bytes(), 0, gguf.tensor_data(info)).await.unwrap();
-        place.insert(t.id(), RemoteLocation { buffer: wbuf.remote_ptr, data: wbuf.base + off });
+        c.set_tensor(&wire, info.n_bytes(), 0, gguf.tensor_data(info))
+            .await
+            .unwrap();
+        place.insert(
+            t.id(),
+            RemoteLocation {
+                buffer: wbuf.remote_ptr,
+                data: wbuf.base + off,
+            },
+        );
     }
-    place.insert(x.id(), RemoteLocation { buffer: xbuf.remote_ptr, data: xbuf.base });
-    let layout = layout_nodes(&graph, align, |t| place.contains_key(&t.id()), |t| t.nbytes() as u64).unwrap();
+    place.insert(
+        x.id(),
+        RemoteLocation {
+            buffer: xbuf.remote_ptr,
+            data: xbuf.base,
+        },
+    );
+    let layout = layout_nodes(
+        &graph,
+        align,
+        |t| place.contains_key(&t.id()),
+        |t| t.nbytes() as u64,
+    )
+    .unwrap();
     let cbuf = c.alloc_buffer(0, layout.size).await.unwrap();
     for (id, off) in &layout.offsets {
-        place.insert(*id, RemoteLocation { buffer: cbuf.remote_ptr, data: cbuf.base + off });
+        place.insert(
+            *id,
+            RemoteLocation {
+                buffer: cbuf.remote_ptr,
+                data: cbuf.base + off,
+            },
+        );
     }
     let wire = to_wire(&graph, 0, |t: &Tensor<'_>| place.get(&t.id()).copied()).unwrap();
     let wire_of = |t: Tensor<'_>| -> (RpcTensor, u64) {
-        let i = wire.msg.tensors.iter().position(|w| w.name() == Some(t.name().as_str())).unwrap();
+        let i = wire
+            .msg
+            .tensors
+            .iter()
+            .position(|w| w.name() == Some(t.name().as_str()))
+            .unwrap();
         (wire.msg.tensors[i], wire.nbytes[i])
     };
     let (x_wire, x_n) = wire_of(x);
     let (y_wire, y_n) = wire_of(y);
 
-    c.set_tensor(&x_wire, x_n, 0, &f32_bytes(&x1)).await.unwrap();
-    c.graph_compute_sized(0, &wire.msg.nodes, &wire.msg.tensors, &wire.nbytes).await.unwrap();
+    c.set_tensor(&x_wire, x_n, 0, &f32_bytes(&x1))
+        .await
+        .unwrap();
+    c.graph_compute_sized(0, &wire.msg.nodes, &wire.msg.tensors, &wire.nbytes)
+        .await
+        .unwrap();
     let remote1 = f32s(&c.get_tensor(&y_wire, y_n, 0, y_n).await.unwrap());
-    assert_eq!(remote1, local1, "remote graph differs from ggml's CPU backend");
+    assert_eq!(
+        remote1, local1,
+        "remote graph differs from ggml's CPU backend"
+    );
 
-    c.set_tensor(&x_wire, x_n, 0, &f32_bytes(&x2)).await.unwrap();
+    c.set_tensor(&x_wire, x_n, 0, &f32_bytes(&x2))
+        .await
+        .unwrap();
     c.graph_recompute(0).await.unwrap();
     let remote2 = f32s(&c.get_tensor(&y_wire, y_n, 0, y_n).await.unwrap());
     assert_eq!(remote2, local2, "GRAPH_RECOMPUTE did not use the new input");
@@ -255,7 +341,9 @@ async fn worker_killed_mid_upload_is_a_clear_error_within_the_timeout() {
         call_timeout: Duration::from_secs(5),
         ..ClientOptions::default()
     };
-    let mut c = RpcClient::connect(&w.endpoint.to_string(), opts).await.unwrap();
+    let mut c = RpcClient::connect(&w.endpoint.to_string(), opts)
+        .await
+        .unwrap();
     let chunk = 1u64 << 20;
     let buf = c.alloc_buffer(0, 256 * chunk).await.unwrap();
     let t = RpcTensor {
@@ -264,7 +352,12 @@ async fn worker_killed_mid_upload_is_a_clear_error_within_the_timeout() {
         buffer: buf.remote_ptr,
         data: buf.base,
         ne: [(256 * chunk / 4) as u32, 1, 1, 1],
-        nb: [4, 256 * chunk as u32, 256 * chunk as u32, 256 * chunk as u32],
+        nb: [
+            4,
+            256 * chunk as u32,
+            256 * chunk as u32,
+            256 * chunk as u32,
+        ],
         ..RpcTensor::default()
     };
     let data = vec![0x5au8; chunk as usize];
@@ -284,7 +377,11 @@ async fn worker_killed_mid_upload_is_a_clear_error_within_the_timeout() {
         }
     }
     let err = err.expect("uploading to a killed worker must fail");
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(
         matches!(err, RpcError::Closed { .. } | RpcError::Io { .. }),
         "unexpected error kind: {err}"

@@ -19,7 +19,10 @@ fn shardline(args: &[&str]) -> Output {
 }
 
 fn rpc(ws: &[&Worker]) -> String {
-    ws.iter().map(|w| w.endpoint.to_string()).collect::<Vec<_>>().join(",")
+    ws.iter()
+        .map(|w| w.endpoint.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[test]
@@ -29,20 +32,45 @@ fn run_prints_llama_cpp_greedy_text_and_stats() {
     let prompt = "The capital of France is";
     let mut reference = LlamaRef::load(&model, &[], 256);
     let toks = reference.tokenize(prompt, true);
-    let want: Vec<u8> = reference.greedy(&toks, 32).into_iter().flat_map(|t| reference.piece(t)).collect();
+    let want: Vec<u8> = reference
+        .greedy(&toks, 32)
+        .into_iter()
+        .flat_map(|t| reference.piece(t))
+        .collect();
     drop(reference);
 
     let out = shardline(&[
-        "run", "--model", model.to_str().unwrap(), "--rpc", &rpc(&[&w1, &w2]), "--prompt", prompt,
-        "--temperature", "0", "--max-tokens", "32", "--ctx", "256", "--stats",
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--rpc",
+        &rpc(&[&w1, &w2]),
+        "--prompt",
+        prompt,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "32",
+        "--ctx",
+        "256",
+        "--stats",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&want));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&want)
+    );
 
     let line = stderr.lines().last().expect("a stats line");
     let stats: serde_json::Value = serde_json::from_str(line).expect("stats are one JSON line");
-    for key in ["load_s", "prompt_tokens", "prompt_tok_s", "gen_tokens", "gen_tok_s"] {
+    for key in [
+        "load_s",
+        "prompt_tokens",
+        "prompt_tok_s",
+        "gen_tokens",
+        "gen_tok_s",
+    ] {
         assert!(stats[key].is_number(), "{key} missing in {line}");
     }
     assert_eq!(stats["gen_tokens"], 32);
@@ -53,13 +81,30 @@ fn run_prints_llama_cpp_greedy_text_and_stats() {
 fn run_chat_without_servers_starts_local_workers() {
     let model = model_path();
     let out = shardline(&[
-        "run", "--model", model.to_str().unwrap(), "--chat", "--prompt", "What is 2+2?",
-        "--temperature", "0", "--max-tokens", "24", "--ctx", "512",
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--chat",
+        "--prompt",
+        "What is 2+2?",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "24",
+        "--ctx",
+        "512",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains('4'), "{stdout:?}");
-    assert!(!stdout.contains("<|im_end|>"), "generation stops at the end-of-turn token: {stdout:?}");
+    assert!(
+        !stdout.contains("<|im_end|>"),
+        "generation stops at the end-of-turn token: {stdout:?}"
+    );
 }
 
 #[test]
@@ -68,13 +113,23 @@ fn plan_too_big_fails_before_upload_naming_the_short_device() {
     let model = model_path();
     let started = Instant::now();
     let out = shardline(&[
-        "run", "--model", model.to_str().unwrap(), "--rpc", &rpc(&[&w1, &w2]), "--prompt", "hi",
-        "--ctx", "4000000000",
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--rpc",
+        &rpc(&[&w1, &w2]),
+        "--prompt",
+        "hi",
+        "--ctx",
+        "4000000000",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("short by"), "{err}");
-    assert!(err.contains(&w1.endpoint.to_string()) || err.contains(&w2.endpoint.to_string()), "{err}");
+    assert!(
+        err.contains(&w1.endpoint.to_string()) || err.contains(&w2.endpoint.to_string()),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
@@ -83,11 +138,22 @@ fn plan_prints_the_split_it_was_given() {
     let ws = [start_worker(&[]), start_worker(&[]), start_worker(&[])];
     let model = model_path();
     let out = shardline(&[
-        "plan", "--model", model.to_str().unwrap(), "--rpc", &rpc(&[&ws[0], &ws[1], &ws[2]]),
-        "--split", "5,20,5", "--ctx", "1024",
+        "plan",
+        "--model",
+        model.to_str().unwrap(),
+        "--rpc",
+        &rpc(&[&ws[0], &ws[1], &ws[2]]),
+        "--split",
+        "5,20,5",
+        "--ctx",
+        "1024",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (w, layers) in ws.iter().zip(["0-4 (5)", "5-24 (20)", "25-29 (5)"]) {
         let row = text
             .lines()
@@ -95,9 +161,20 @@ fn plan_prints_the_split_it_was_given() {
             .unwrap_or_else(|| panic!("no row for {}: {text}", w.endpoint));
         assert!(row.contains(layers), "{row}");
     }
-    let bad = shardline(&["plan", "--model", model.to_str().unwrap(), "--rpc", &rpc(&[&ws[0], &ws[1]]), "--split", "5,20"]);
+    let bad = shardline(&[
+        "plan",
+        "--model",
+        model.to_str().unwrap(),
+        "--rpc",
+        &rpc(&[&ws[0], &ws[1]]),
+        "--split",
+        "5,20",
+    ]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("30"), "names the layer count");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("30"),
+        "names the layer count"
+    );
 }
 
 #[tokio::test]
@@ -140,10 +217,16 @@ async fn server_dying_mid_generation_is_a_clear_error() {
         }
     }
     let msg = error.expect("an error event");
-    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(msg.contains(&victim), "error names the server: {msg}");
     // The engine refuses new work, saying why, and reports the lost server.
-    let again = e.generate(GenerateRequest::new(Prompt::Text("hi".into()))).unwrap_err();
+    let again = e
+        .generate(GenerateRequest::new(Prompt::Text("hi".into())))
+        .unwrap_err();
     assert!(again.to_string().contains(&victim), "{again}");
     assert!(!e.health().ok);
 }
@@ -152,7 +235,10 @@ async fn server_dying_mid_generation_is_a_clear_error() {
 fn local_workers_exit_with_their_parent() {
     let exe = env!("CARGO_BIN_EXE_shardline");
     let out = Command::new("bash")
-        .args(["-c", &format!("{exe} worker --port 0 --exit-with-parent >/dev/null 2>&1 & echo $!; sleep 1")])
+        .args([
+            "-c",
+            &format!("{exe} worker --port 0 --exit-with-parent >/dev/null 2>&1 & echo $!; sleep 1"),
+        ])
         .output()
         .unwrap();
     let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
@@ -162,7 +248,10 @@ fn local_workers_exit_with_their_parent() {
     };
     let started = Instant::now();
     while !gone() {
-        assert!(started.elapsed() < Duration::from_secs(10), "worker {pid} outlived its parent");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "worker {pid} outlived its parent"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -14,7 +14,10 @@ use serde_json::{json, Value};
 const READY: Duration = Duration::from_secs(120);
 
 fn rpc(ws: &[&Worker]) -> String {
-    ws.iter().map(|w| w.endpoint.to_string()).collect::<Vec<_>>().join(",")
+    ws.iter()
+        .map(|w| w.endpoint.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn serve(ws: &[&Worker], extra: &[&str]) -> Serve {
@@ -46,8 +49,13 @@ fn wait_healthy(s: &Serve) -> bool {
         match r.status {
             200 => {
                 assert_eq!(v["status"], "ok", "{v}");
-                let servers = v["servers"].as_array().unwrap_or_else(|| panic!("servers: {v}"));
-                assert!(!servers.is_empty() && servers.iter().all(|s| s["ok"] == true), "{v}");
+                let servers = v["servers"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("servers: {v}"));
+                assert!(
+                    !servers.is_empty() && servers.iter().all(|s| s["ok"] == true),
+                    "{v}"
+                );
                 return saw_loading;
             }
             503 => {
@@ -59,7 +67,11 @@ fn wait_healthy(s: &Serve) -> bool {
             }
             other => panic!("/health answered {other}: {v}"),
         }
-        assert!(start.elapsed() < READY, "not healthy in time; stderr:\n{}", s.stderr());
+        assert!(
+            start.elapsed() < READY,
+            "not healthy in time; stderr:\n{}",
+            s.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -68,7 +80,8 @@ fn metrics(s: &Serve) -> Vec<(String, String, f64)> {
     let r = http::get(s.addr, "/metrics");
     assert_eq!(r.status, 200);
     assert!(
-        r.header("content-type").is_some_and(|c| c.starts_with("text/plain")),
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
         "{:?}",
         r.headers
     );
@@ -83,7 +96,8 @@ fn read_stream(sse: &mut Sse, chat: bool) -> (String, Option<String>, Option<Val
             assert!(sse.next_data().is_none(), "events after [DONE]");
             return (text, finish, usage, true);
         }
-        let v: Value = serde_json::from_str(&d).unwrap_or_else(|e| panic!("event is not JSON ({e}): {d}"));
+        let v: Value =
+            serde_json::from_str(&d).unwrap_or_else(|e| panic!("event is not JSON ({e}): {d}"));
         assert!(v.get("error").is_none(), "error event: {v}");
         assert_eq!(
             v["object"],
@@ -98,9 +112,14 @@ fn read_stream(sse: &mut Sse, chat: bool) -> (String, Option<String>, Option<Val
             v["id"].is_string() && v["created"].is_u64() && v["model"].is_string(),
             "{v}"
         );
-        let choices = v["choices"].as_array().unwrap_or_else(|| panic!("choices: {v}"));
+        let choices = v["choices"]
+            .as_array()
+            .unwrap_or_else(|| panic!("choices: {v}"));
         if choices.is_empty() {
-            assert!(v["usage"].is_object(), "a chunk without choices carries usage: {v}");
+            assert!(
+                v["usage"].is_object(),
+                "a chunk without choices carries usage: {v}"
+            );
             usage = Some(v["usage"].clone());
             continue;
         }
@@ -130,7 +149,10 @@ fn errors_have_openai_shape_and_status() {
 
     // 401: /v1 wants the key; /health and /metrics stay open.
     let body = chat_body("Hi", 4, false);
-    let e = assert_error(&http::post_json(s.addr, "/v1/chat/completions", &body, None), 401);
+    let e = assert_error(
+        &http::post_json(s.addr, "/v1/chat/completions", &body, None),
+        401,
+    );
     assert_eq!(e["code"], "invalid_api_key");
     let e = assert_error(
         &http::post_json(s.addr, "/v1/chat/completions", &body, Some("wrong")),
@@ -142,7 +164,10 @@ fn errors_have_openai_shape_and_status() {
     assert_eq!(http::get(s.addr, "/metrics").status, 200);
 
     // 400: malformed JSON, a body that is not an object, wrong field types.
-    let auth = [("Authorization", "Bearer sekret"), ("Content-Type", "application/json")];
+    let auth = [
+        ("Authorization", "Bearer sekret"),
+        ("Content-Type", "application/json"),
+    ];
     let r = http::request(
         s.addr,
         "POST",
@@ -157,7 +182,10 @@ fn errors_have_openai_shape_and_status() {
     assert_error(&r, 400);
     let mut bad = chat_body("Hi", 4, false);
     bad["max_tokens"] = json!("ten");
-    let e = assert_error(&http::post_json(s.addr, "/v1/chat/completions", &bad, key), 400);
+    let e = assert_error(
+        &http::post_json(s.addr, "/v1/chat/completions", &bad, key),
+        400,
+    );
     assert_eq!(e["param"], "max_tokens");
     assert_eq!(e["code"], "invalid_type");
     for (field, value) in [
@@ -169,11 +197,19 @@ fn errors_have_openai_shape_and_status() {
     ] {
         let mut bad = chat_body("Hi", 4, false);
         bad[field] = value;
-        let e = assert_error(&http::post_json(s.addr, "/v1/chat/completions", &bad, key), 400);
+        let e = assert_error(
+            &http::post_json(s.addr, "/v1/chat/completions", &bad, key),
+            400,
+        );
         assert_eq!(e["param"], field, "{e}");
     }
     let e = assert_error(
-        &http::post_json(s.addr, "/v1/completions", &json!({"prompt": {"text": "x"}}), key),
+        &http::post_json(
+            s.addr,
+            "/v1/completions",
+            &json!({"prompt": {"text": "x"}}),
+            key,
+        ),
         400,
     );
     assert_eq!(e["param"], "prompt");
@@ -192,7 +228,12 @@ fn errors_have_openai_shape_and_status() {
     let odd = json!({"messages": [{"role": "tool", "content": "x"}], "max_tokens": 2});
     let r = http::post_json(s.addr, "/v1/chat/completions", &odd, key);
     assert!(r.status == 200 || r.status == 400, "{}", r.text());
-    let r = http::post_json(s.addr, "/v1/completions", &json!({"prompt": "", "max_tokens": 2}), key);
+    let r = http::post_json(
+        s.addr,
+        "/v1/completions",
+        &json!({"prompt": "", "max_tokens": 2}),
+        key,
+    );
     assert!(r.status == 200 || r.status == 400, "{}", r.text());
     if r.status == 400 {
         assert_error(&r, 400);
@@ -201,7 +242,10 @@ fn errors_have_openai_shape_and_status() {
     // 404: an unknown model, an unknown path.
     let mut other = chat_body("Hi", 4, false);
     other["model"] = json!("gpt-4o");
-    let e = assert_error(&http::post_json(s.addr, "/v1/chat/completions", &other, key), 404);
+    let e = assert_error(
+        &http::post_json(s.addr, "/v1/chat/completions", &other, key),
+        404,
+    );
     assert_eq!(e["code"], "model_not_found");
     assert_eq!(e["param"], "model");
     assert_error(&http::get(s.addr, "/v1/nope"), 404);
@@ -229,14 +273,27 @@ fn errors_have_openai_shape_and_status() {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
-    assert!(v["id"].as_str().is_some_and(|id| id.starts_with("chatcmpl-")), "{v}");
+    assert!(
+        v["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("chatcmpl-")),
+        "{v}"
+    );
     assert!(v["created"].is_u64());
     assert_eq!(v["model"], good["model"]);
     let c = &v["choices"][0];
     assert_eq!(c["index"], 0);
     assert_eq!(c["message"]["role"], "assistant");
-    assert!(c["message"]["content"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
-    assert!(c["finish_reason"] == "stop" || c["finish_reason"] == "length", "{v}");
+    assert!(
+        c["message"]["content"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+    assert!(
+        c["finish_reason"] == "stop" || c["finish_reason"] == "length",
+        "{v}"
+    );
     let u = &v["usage"];
     assert_eq!(
         u["completion_tokens"].as_u64().unwrap() + u["prompt_tokens"].as_u64().unwrap(),
@@ -256,7 +313,9 @@ fn errors_have_openai_shape_and_status() {
     assert_eq!(v["object"], "text_completion");
     assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 5);
-    assert!(v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(v["choices"][0]["text"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
 
     // /metrics counts requests by route and status.
     let m = metrics(&s);
@@ -337,7 +396,11 @@ fn read_response(r: &mut std::io::BufReader<std::net::TcpStream>) -> http::Respo
     }
     let mut body = vec![0; len];
     r.read_exact(&mut body).unwrap();
-    http::Response { status, headers, body }
+    http::Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 #[test]
@@ -387,7 +450,10 @@ fn health_loading_then_ready_streams_and_metrics() {
         &chat_body("Name three colors.", 12, false),
         None,
     );
-    assert_eq!(whole.json()["choices"][0]["message"]["content"], text.as_str());
+    assert_eq!(
+        whole.json()["choices"][0]["message"]["content"],
+        text.as_str()
+    );
 
     // A streamed text completion without usage: no usage chunk.
     let mut sse = Sse::open(
@@ -408,7 +474,10 @@ fn health_loading_then_ready_streams_and_metrics() {
         "shardline_queue_depth",
         "shardline_model_loaded",
     ] {
-        assert!(m.iter().any(|(n, _, _)| n == name), "{name} missing from /metrics");
+        assert!(
+            m.iter().any(|(n, _, _)| n == name),
+            "{name} missing from /metrics"
+        );
     }
     assert_eq!(sample(&m, "shardline_model_loaded"), Some(1.0));
     assert!(sample(&m, "shardline_tokens_generated_total").unwrap() >= 18.0);
@@ -423,7 +492,10 @@ fn health_loading_then_ready_streams_and_metrics() {
     for _ in 0..3 {
         sse.next_data().expect("some text");
     }
-    assert_eq!(sample(&metrics(&s), "shardline_active_sequences"), Some(1.0));
+    assert_eq!(
+        sample(&metrics(&s), "shardline_active_sequences"),
+        Some(1.0)
+    );
     sse.disconnect();
     let start = Instant::now();
     loop {
@@ -454,7 +526,11 @@ fn full_queue_is_429() {
                     Sse::open(
                         addr,
                         "/v1/chat/completions",
-                        &chat_body(&format!("Write a long story about the number {i}."), 200, true),
+                        &chat_body(
+                            &format!("Write a long story about the number {i}."),
+                            200,
+                            true,
+                        ),
                     )
                 })
             })
@@ -463,9 +539,18 @@ fn full_queue_is_429() {
     });
     let statuses: Vec<u16> = opened.iter().map(|o| o.status).collect();
     eprintln!("statuses: {statuses:?}");
-    assert!(statuses.iter().all(|&c| c == 200 || c == 429), "{statuses:?}");
-    assert!(statuses.iter().filter(|&&c| c == 200).count() >= 1, "{statuses:?}");
-    assert!(statuses.iter().filter(|&&c| c == 429).count() >= 3, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&c| c == 200 || c == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|&&c| c == 200).count() >= 1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|&&c| c == 429).count() >= 3,
+        "{statuses:?}"
+    );
     for o in opened {
         if o.status == 429 {
             let headers = o.headers.clone();
@@ -483,7 +568,12 @@ fn full_queue_is_429() {
     // Once the streams are gone, requests are served again.
     let start = Instant::now();
     loop {
-        let r = http::post_json(addr, "/v1/chat/completions", &chat_body("Hi", 2, false), None);
+        let r = http::post_json(
+            addr,
+            "/v1/chat/completions",
+            &chat_body("Hi", 2, false),
+            None,
+        );
         if r.status == 200 {
             break;
         }
@@ -501,13 +591,22 @@ fn lost_worker_is_503() {
     let (w1, mut w2) = (start_worker(&[]), start_worker(&[]));
     let s = serve(&[&w1, &w2], &[]);
     s.wait_ready(READY);
-    let r = http::post_json(s.addr, "/v1/chat/completions", &chat_body("Hi", 2, false), None);
+    let r = http::post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &chat_body("Hi", 2, false),
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
 
     w2.kill();
     // The next request fails: 503 up front, or a stream that ends with an
     // error event. After that, 503 up front.
-    let mut sse = Sse::open(s.addr, "/v1/chat/completions", &chat_body("Hello there", 50, true));
+    let mut sse = Sse::open(
+        s.addr,
+        "/v1/chat/completions",
+        &chat_body("Hello there", 50, true),
+    );
     eprintln!("first request after the loss: {}", sse.status);
     if sse.status == 200 {
         let mut last = None;
@@ -515,8 +614,8 @@ fn lost_worker_is_503() {
             last = Some(d);
         }
         let last = last.expect("some event");
-        let v: Value =
-            serde_json::from_str(&last).unwrap_or_else(|_| panic!("the stream ends with an error, not {last}"));
+        let v: Value = serde_json::from_str(&last)
+            .unwrap_or_else(|_| panic!("the stream ends with an error, not {last}"));
         assert!(
             v["error"]["message"].is_string(),
             "the stream ends with an error event, not {v}"
@@ -531,7 +630,12 @@ fn lost_worker_is_503() {
     }
     let start = Instant::now();
     loop {
-        let r = http::post_json(s.addr, "/v1/chat/completions", &chat_body("Hi", 2, false), None);
+        let r = http::post_json(
+            s.addr,
+            "/v1/chat/completions",
+            &chat_body("Hi", 2, false),
+            None,
+        );
         if r.status == 503 {
             let e = assert_error(&r, 503);
             assert_eq!(e["type"], "server_error");
@@ -548,7 +652,14 @@ fn lost_worker_is_503() {
     assert_eq!(h.status, 503, "{}", h.text());
     let v = h.json();
     assert_eq!(v["status"], "error", "{v}");
-    assert!(v["servers"].as_array().unwrap().iter().any(|s| s["ok"] == false), "{v}");
+    assert!(
+        v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["ok"] == false),
+        "{v}"
+    );
     // /metrics still answers.
     metrics(&s);
 }
@@ -563,6 +674,8 @@ fn sigterm_stops_cleanly() {
         .status()
         .unwrap();
     assert!(st.success());
-    let exit = s.wait_exit(Duration::from_secs(10)).expect("serve exits after SIGTERM");
+    let exit = s
+        .wait_exit(Duration::from_secs(10))
+        .expect("serve exits after SIGTERM");
     assert!(exit.success(), "{exit:?}; stderr:\n{}", s.stderr());
 }

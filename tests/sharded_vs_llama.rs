@@ -53,10 +53,30 @@ async fn engine(workers: &[Worker], case: &Case) -> Engine {
 #[tokio::test]
 async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
     let cases = [
-        Case { name: "1 server", workers: 1, strategy: Strategy::Even, local_layers: 0 },
-        Case { name: "2 servers even", workers: 2, strategy: Strategy::Even, local_layers: 0 },
-        Case { name: "3 servers 5,20,5", workers: 3, strategy: Strategy::Split(vec![5, 20, 5]), local_layers: 0 },
-        Case { name: "local layers + 2 servers", workers: 2, strategy: Strategy::Even, local_layers: 6 },
+        Case {
+            name: "1 server",
+            workers: 1,
+            strategy: Strategy::Even,
+            local_layers: 0,
+        },
+        Case {
+            name: "2 servers even",
+            workers: 2,
+            strategy: Strategy::Even,
+            local_layers: 0,
+        },
+        Case {
+            name: "3 servers 5,20,5",
+            workers: 3,
+            strategy: Strategy::Split(vec![5, 20, 5]),
+            local_layers: 0,
+        },
+        Case {
+            name: "local layers + 2 servers",
+            workers: 2,
+            strategy: Strategy::Even,
+            local_layers: 6,
+        },
     ];
     let mut reference = LlamaRef::load(&model_path(), &[], N_CTX);
     let expected: Vec<(Vec<i32>, Vec<i32>)> = prompts()
@@ -72,7 +92,12 @@ async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
     for case in &cases {
         let workers: Vec<Worker> = (0..case.workers).map(|_| start_worker(&[])).collect();
         let e = engine(&workers, case).await;
-        assert_eq!(e.plan().stages.len(), case.workers + usize::from(case.local_layers > 0), "{}", case.name);
+        assert_eq!(
+            e.plan().stages.len(),
+            case.workers + usize::from(case.local_layers > 0),
+            "{}",
+            case.name
+        );
         for (prompt, (ref_toks, want)) in prompts().iter().zip(&expected) {
             let toks = e.tokenizer().encode(prompt, true, true);
             let ours: Vec<i32> = toks.iter().map(|&t| t as i32).collect();

@@ -13,7 +13,10 @@ fn shardline() -> Command {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill").args([sig, &pid.to_string()]).status().expect("run kill");
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
     assert!(st.success());
 }
 
@@ -37,7 +40,10 @@ fn ready_line_names_endpoint_protocol_and_device() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(line.starts_with("shardline worker ready: endpoint=127.0.0.1:"), "{line}");
+    assert!(
+        line.starts_with("shardline worker ready: endpoint=127.0.0.1:"),
+        "{line}"
+    );
     assert!(line.contains(" protocol=7.0.0 "), "{line}");
     assert!(line.trim_end().ends_with("devices=CPU"), "{line}");
 }
@@ -49,7 +55,9 @@ fn exits_cleanly_on_sigterm_and_sigint() {
         // A connected client must not keep it from stopping.
         let _conn = std::net::TcpStream::connect(w.endpoint).unwrap();
         signal(w.pid(), sig);
-        let st = w.wait_timeout(Duration::from_secs(10)).expect("worker exits after the signal");
+        let st = w
+            .wait_timeout(Duration::from_secs(10))
+            .expect("worker exits after the signal");
         assert!(st.success(), "{sig}: exit status {st:?}");
     }
 }
@@ -77,5 +85,8 @@ fn unknown_device_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown device 'NOPE9'") && err.contains("CPU"), "{err}");
+    assert!(
+        err.contains("unknown device 'NOPE9'") && err.contains("CPU"),
+        "{err}"
+    );
 }

@@ -110,7 +110,8 @@ impl CpuBackend {
     pub fn new(n_threads: usize) -> Result<Self, GgmlError> {
         // SAFETY: no arguments; null on failure is checked.
         let p = unsafe { sys::ggml_backend_cpu_init() };
-        let ptr = NonNull::new(p).ok_or_else(|| GgmlError::Backend("CPU backend init failed".into()))?;
+        let ptr =
+            NonNull::new(p).ok_or_else(|| GgmlError::Backend("CPU backend init failed".into()))?;
         let n = n_threads.clamp(1, i32::MAX as usize) as i32;
         // SAFETY: `ptr` is a CPU backend, as the function requires.
         unsafe { sys::ggml_backend_cpu_set_n_threads(ptr.as_ptr(), n) };
@@ -125,8 +126,9 @@ impl CpuBackend {
         }
         // SAFETY: live context and backend; ggml returns null on failure.
         let p = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), self.0.as_ptr()) };
-        let buf = NonNull::new(p)
-            .ok_or_else(|| GgmlError::Backend("could not allocate a CPU buffer for the context".into()))?;
+        let buf = NonNull::new(p).ok_or_else(|| {
+            GgmlError::Backend("could not allocate a CPU buffer for the context".into())
+        })?;
         ctx.buffers.borrow_mut().push(buf);
         Ok(())
     }

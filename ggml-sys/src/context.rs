@@ -123,7 +123,8 @@ impl Context {
         // SAFETY: live context with room checked above; `ne` points to n_dims
         // valid i64 values; the type id and shape were validated.
         let t = unsafe { sys::ggml_new_tensor(self.ptr.as_ptr(), ty, n_dims, ne.as_ptr()) };
-        Tensor::from_raw(t).ok_or_else(|| GgmlError::Backend("ggml_new_tensor returned null".into()))
+        Tensor::from_raw(t)
+            .ok_or_else(|| GgmlError::Backend("ggml_new_tensor returned null".into()))
     }
 
     /// Fills every backend buffer of this context with `value`.
@@ -151,7 +152,8 @@ impl Context {
     /// `[k, n, ...]`, the result is F32 `[m, n, ...]`.
     pub fn mul_mat<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
         let (an, bn) = (a.ne(), b.ne());
-        let ok = an[0] == bn[0] && an[2] > 0 && an[3] > 0 && bn[2] % an[2] == 0 && bn[3] % an[3] == 0;
+        let ok =
+            an[0] == bn[0] && an[2] > 0 && an[3] > 0 && bn[2] % an[2] == 0 && bn[3] % an[3] == 0;
         if !ok || a.is_transposed() {
             return Err(GgmlError::IncompatibleOperands {
                 op: "mul_mat",
@@ -313,7 +315,11 @@ impl<'ctx> Tensor<'ctx> {
     /// Its name.
     pub fn name(&self) -> String {
         let raw = &self.fields().name;
-        let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = raw
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
@@ -397,7 +403,11 @@ impl<'ctx> Tensor<'ctx> {
         }
         match offset.checked_add(len) {
             Some(end) if end <= nbytes => Ok(()),
-            _ => Err(GgmlError::OutOfBounds { offset, len, nbytes }),
+            _ => Err(GgmlError::OutOfBounds {
+                offset,
+                len,
+                nbytes,
+            }),
         }
     }
 
@@ -407,7 +417,12 @@ impl<'ctx> Tensor<'ctx> {
         // SAFETY: the tensor has a live buffer (owned by its context, which
         // outlives 'ctx) and offset..offset+len lies inside it, checked above.
         unsafe {
-            sys::ggml_backend_tensor_set(self.ptr.as_ptr(), data.as_ptr().cast(), offset, data.len())
+            sys::ggml_backend_tensor_set(
+                self.ptr.as_ptr(),
+                data.as_ptr().cast(),
+                offset,
+                data.len(),
+            )
         };
         Ok(())
     }
@@ -417,7 +432,12 @@ impl<'ctx> Tensor<'ctx> {
         self.check_range(offset, out.len())?;
         // SAFETY: as in `write_bytes`; `out` is a valid writable slice.
         unsafe {
-            sys::ggml_backend_tensor_get(self.ptr.as_ptr(), out.as_mut_ptr().cast(), offset, out.len())
+            sys::ggml_backend_tensor_get(
+                self.ptr.as_ptr(),
+                out.as_mut_ptr().cast(),
+                offset,
+                out.len(),
+            )
         };
         Ok(())
     }

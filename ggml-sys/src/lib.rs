@@ -43,7 +43,11 @@ pub enum GgmlError {
     /// A graph has no room for more nodes or leaves.
     GraphFull { size: usize },
     /// Bytes written to or read from a tensor do not fit inside it.
-    OutOfBounds { offset: usize, len: usize, nbytes: usize },
+    OutOfBounds {
+        offset: usize,
+        len: usize,
+        nbytes: usize,
+    },
     /// A tensor has no backend buffer (allocate the context first).
     NotAllocated(String),
     /// A backend could not be created or could not allocate a buffer.
@@ -68,7 +72,11 @@ impl std::fmt::Display for GgmlError {
                 write!(f, "incompatible operands for {op}: {detail}")
             }
             Self::GraphFull { size } => write!(f, "ggml graph is full ({size} entries)"),
-            Self::OutOfBounds { offset, len, nbytes } => write!(
+            Self::OutOfBounds {
+                offset,
+                len,
+                nbytes,
+            } => write!(
                 f,
                 "{len} bytes at offset {offset} do not fit in a tensor of {nbytes} bytes"
             ),

@@ -38,7 +38,11 @@ fn bad(op: &'static str, detail: String) -> GgmlError {
 }
 
 impl Context {
-    fn made<'a>(&'a self, p: *mut sys::ggml_tensor, op: &'static str) -> Result<Tensor<'a>, GgmlError> {
+    fn made<'a>(
+        &'a self,
+        p: *mut sys::ggml_tensor,
+        op: &'static str,
+    ) -> Result<Tensor<'a>, GgmlError> {
         Tensor::from_raw(p).ok_or_else(|| GgmlError::Backend(format!("ggml_{op} returned null")))
     }
 
@@ -46,11 +50,17 @@ impl Context {
     pub fn mul<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
         let (an, bn) = (a.ne(), b.ne());
         if !(0..4).all(|i| bn[i] > 0 && an[i] % bn[i] == 0) {
-            return Err(bad("mul", format!("a {an:?} is not a repetition of b {bn:?}")));
+            return Err(bad(
+                "mul",
+                format!("a {an:?} is not a repetition of b {bn:?}"),
+            ));
         }
         self.ensure_room(a.nbytes())?;
         // SAFETY: same context; `b` repeats into `a` as ggml_mul asserts.
-        self.made(unsafe { sys::ggml_mul(self.raw(), a.raw(), b.raw()) }, "mul")
+        self.made(
+            unsafe { sys::ggml_mul(self.raw(), a.raw(), b.raw()) },
+            "mul",
+        )
     }
 
     /// `a * s`.
@@ -67,24 +77,38 @@ impl Context {
         }
         self.ensure_room(a.nbytes())?;
         // SAFETY: live F32 tensor of this context.
-        self.made(unsafe { sys::ggml_rms_norm(self.raw(), a.raw(), eps) }, "rms_norm")
+        self.made(
+            unsafe { sys::ggml_rms_norm(self.raw(), a.raw(), eps) },
+            "rms_norm",
+        )
     }
 
     /// Rows `b` (I32 ids) of `a`, as F32.
     pub fn get_rows<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
         let (an, bn) = (a.ne(), b.ne());
         if b.ty() != I32 || an[2] != bn[1] || an[3] != bn[2] || bn[3] != 1 {
-            return Err(bad("get_rows", format!("a {an:?}, ids {bn:?} of type {}", b.ty())));
+            return Err(bad(
+                "get_rows",
+                format!("a {an:?}, ids {bn:?} of type {}", b.ty()),
+            ));
         }
         let out = [an[0], bn[0], bn[1], bn[2]];
         self.ensure_room(4 * out.iter().product::<i64>().max(0) as usize)?;
         // SAFETY: shapes and id type satisfy ggml_get_rows' asserts.
-        self.made(unsafe { sys::ggml_get_rows(self.raw(), a.raw(), b.raw()) }, "get_rows")
+        self.made(
+            unsafe { sys::ggml_get_rows(self.raw(), a.raw(), b.raw()) },
+            "get_rows",
+        )
     }
 
     /// Writes the rows of `b` into rows `c` (I64 ids) of `a`; returns a view of
     /// `a` to keep in the graph.
-    pub fn set_rows<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>, c: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+    pub fn set_rows<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        b: Tensor<'a>,
+        c: Tensor<'a>,
+    ) -> Result<Tensor<'a>, GgmlError> {
         let (an, bn, cn) = (a.ne(), b.ne(), c.ne());
         let ok = an[0] == bn[0]
             && an[2] == bn[2]
@@ -100,11 +124,17 @@ impl Context {
             && a.is_contiguous_rows()
             && b.is_contiguous_rows();
         if !ok {
-            return Err(bad("set_rows", format!("dst {an:?}, src {bn:?}, ids {cn:?}")));
+            return Err(bad(
+                "set_rows",
+                format!("dst {an:?}, src {bn:?}, ids {cn:?}"),
+            ));
         }
         self.ensure_room(0)?;
         // SAFETY: every ggml_set_rows precondition was checked above.
-        self.made(unsafe { sys::ggml_set_rows(self.raw(), a.raw(), b.raw(), c.raw()) }, "set_rows")
+        self.made(
+            unsafe { sys::ggml_set_rows(self.raw(), a.raw(), b.raw(), c.raw()) },
+            "set_rows",
+        )
     }
 
     /// RoPE of `a` ([head_dim, n_head, n_tokens]) at positions `pos` (I32
@@ -118,9 +148,15 @@ impl Context {
     ) -> Result<Tensor<'a>, GgmlError> {
         let (an, pn) = (a.ne(), pos.ne());
         let pos_ok = pos.ty() == I32 && pn[1] == 1 && pn[2] == 1 && pn[3] == 1 && an[2] == pn[0];
-        let ff_ok = freq_factors.is_none_or(|c| c.ty() == F32 && c.ne()[0] >= i64::from(p.n_dims / 2));
+        let ff_ok =
+            freq_factors.is_none_or(|c| c.ty() == F32 && c.ne()[0] >= i64::from(p.n_dims / 2));
         // Only the normal and NeoX modes: the multi-section ones take other positions.
-        if !pos_ok || !ff_ok || (p.mode != 0 && p.mode != 2) || p.n_dims <= 0 || i64::from(p.n_dims) > an[0] {
+        if !pos_ok
+            || !ff_ok
+            || (p.mode != 0 && p.mode != 2)
+            || p.n_dims <= 0
+            || i64::from(p.n_dims) > an[0]
+        {
             return Err(bad("rope_ext", format!("a {an:?}, pos {pn:?}, {p:?}")));
         }
         self.ensure_room(a.nbytes())?;
@@ -161,8 +197,10 @@ impl Context {
         softcap: f32,
     ) -> Result<Tensor<'a>, GgmlError> {
         let (qn, kn, vn) = (q.ne(), k.ne(), v.ne());
-        let can_mul = kn[0] == qn[0] && kn[2] > 0 && kn[3] > 0 && qn[2] % kn[2] == 0 && qn[3] % kn[3] == 0;
-        let mut ok = can_mul && qn[3] == kn[3] && qn[3] == vn[3] && vn[1] == kn[1] && vn[2] == kn[2];
+        let can_mul =
+            kn[0] == qn[0] && kn[2] > 0 && kn[3] > 0 && qn[2] % kn[2] == 0 && qn[3] % kn[3] == 0;
+        let mut ok =
+            can_mul && qn[3] == kn[3] && qn[3] == vn[3] && vn[1] == kn[1] && vn[2] == kn[2];
         if let Some(m) = mask {
             let mn = m.ne();
             ok &= m.ty() == F16
@@ -177,13 +215,25 @@ impl Context {
             ok &= max_bias == 0.0;
         }
         if !ok {
-            return Err(bad("flash_attn_ext", format!("q {qn:?}, k {kn:?}, v {vn:?}")));
+            return Err(bad(
+                "flash_attn_ext",
+                format!("q {qn:?}, k {kn:?}, v {vn:?}"),
+            ));
         }
         self.ensure_room(4 * (vn[0] * qn[2] * qn[1] * qn[3]).max(0) as usize)?;
         let m = mask.map_or(std::ptr::null_mut(), |t| t.raw());
         // SAFETY: shapes and mask checked as ggml_flash_attn_ext asserts.
         let t = unsafe {
-            sys::ggml_flash_attn_ext(self.raw(), q.raw(), k.raw(), v.raw(), m, scale, max_bias, softcap)
+            sys::ggml_flash_attn_ext(
+                self.raw(),
+                q.raw(),
+                k.raw(),
+                v.raw(),
+                m,
+                scale,
+                max_bias,
+                softcap,
+            )
         };
         let t = self.made(t, "flash_attn_ext")?;
         // SAFETY: `t` is a FLASH_ATTN_EXT node; this sets one of its op params.
@@ -192,13 +242,23 @@ impl Context {
     }
 
     /// SwiGLU of two same-shaped tensors: `silu(a) * b`.
-    pub fn swiglu_split<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+    pub fn swiglu_split<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        b: Tensor<'a>,
+    ) -> Result<Tensor<'a>, GgmlError> {
         if a.ne() != b.ne() || a.ty() != b.ty() || !a.is_contiguous_1() || !b.is_contiguous_1() {
-            return Err(bad("swiglu_split", format!("a {:?}, b {:?}", a.ne(), b.ne())));
+            return Err(bad(
+                "swiglu_split",
+                format!("a {:?}, b {:?}", a.ne(), b.ne()),
+            ));
         }
         self.ensure_room(a.nbytes())?;
         // SAFETY: same shape and type, row-contiguous, as ggml_glu_impl asserts.
-        self.made(unsafe { sys::ggml_swiglu_split(self.raw(), a.raw(), b.raw()) }, "swiglu_split")
+        self.made(
+            unsafe { sys::ggml_swiglu_split(self.raw(), a.raw(), b.raw()) },
+            "swiglu_split",
+        )
     }
 
     /// `a` converted to `ty`.
@@ -217,7 +277,10 @@ impl Context {
         }
         self.ensure_room(0)?;
         // SAFETY: element counts match, as ggml_cpy asserts.
-        self.made(unsafe { sys::ggml_cpy(self.raw(), a.raw(), b.raw()) }, "cpy")
+        self.made(
+            unsafe { sys::ggml_cpy(self.raw(), a.raw(), b.raw()) },
+            "cpy",
+        )
     }
 
     /// A contiguous copy of `a`.
@@ -228,21 +291,42 @@ impl Context {
     }
 
     /// `a` (contiguous) seen with a new 2-D shape.
-    pub fn reshape_2d<'a>(&'a self, a: Tensor<'a>, ne0: i64, ne1: i64) -> Result<Tensor<'a>, GgmlError> {
+    pub fn reshape_2d<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        ne0: i64,
+        ne1: i64,
+    ) -> Result<Tensor<'a>, GgmlError> {
         self.reshape_check(a, &[ne0, ne1])?;
         // SAFETY: contiguous and same element count, checked.
-        self.made(unsafe { sys::ggml_reshape_2d(self.raw(), a.raw(), ne0, ne1) }, "reshape_2d")
+        self.made(
+            unsafe { sys::ggml_reshape_2d(self.raw(), a.raw(), ne0, ne1) },
+            "reshape_2d",
+        )
     }
 
     /// `a` (contiguous) seen with a new 3-D shape.
-    pub fn reshape_3d<'a>(&'a self, a: Tensor<'a>, ne0: i64, ne1: i64, ne2: i64) -> Result<Tensor<'a>, GgmlError> {
+    pub fn reshape_3d<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        ne0: i64,
+        ne1: i64,
+        ne2: i64,
+    ) -> Result<Tensor<'a>, GgmlError> {
         self.reshape_check(a, &[ne0, ne1, ne2])?;
         // SAFETY: contiguous and same element count, checked.
-        self.made(unsafe { sys::ggml_reshape_3d(self.raw(), a.raw(), ne0, ne1, ne2) }, "reshape_3d")
+        self.made(
+            unsafe { sys::ggml_reshape_3d(self.raw(), a.raw(), ne0, ne1, ne2) },
+            "reshape_3d",
+        )
     }
 
     fn reshape_check(&self, a: Tensor<'_>, ne: &[i64]) -> Result<(), GgmlError> {
-        let n: Option<i64> = ne.iter().try_fold(1i64, |acc, &x| if x < 0 { None } else { acc.checked_mul(x) });
+        let n: Option<i64> =
+            ne.iter().try_fold(
+                1i64,
+                |acc, &x| if x < 0 { None } else { acc.checked_mul(x) },
+            );
         if !a.is_contiguous() || n != Some(a.nelements()) {
             return Err(bad("reshape", format!("{:?} to {ne:?}", a.ne())));
         }
@@ -260,18 +344,28 @@ impl Context {
         }
         self.ensure_room(0)?;
         // SAFETY: axes are a permutation of 0..4, as ggml_permute asserts.
-        self.made(unsafe { sys::ggml_permute(self.raw(), a.raw(), axes[0], axes[1], axes[2], axes[3]) }, "permute")
+        self.made(
+            unsafe { sys::ggml_permute(self.raw(), a.raw(), axes[0], axes[1], axes[2], axes[3]) },
+            "permute",
+        )
     }
 
     /// A view into `a`: extents `ne` (1 to 4), byte strides `nb` for
     /// dimensions 1.. (`nb.len() == ne.len() - 1`), at byte `offset`.
-    pub fn view<'a>(&'a self, a: Tensor<'a>, ne: &[i64], nb: &[usize], offset: usize) -> Result<Tensor<'a>, GgmlError> {
+    pub fn view<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        ne: &[i64],
+        nb: &[usize],
+        offset: usize,
+    ) -> Result<Tensor<'a>, GgmlError> {
         if ne.is_empty() || ne.len() > 4 || nb.len() + 1 != ne.len() || ne.iter().any(|&n| n <= 0) {
             return Err(bad("view", format!("ne {ne:?}, nb {nb:?}")));
         }
         // Bytes the view spans, as ggml sizes it.
         let ts = crate::types::type_size(a.ty()).ok_or(GgmlError::UnknownType(a.ty()))? as u128;
-        let bs = crate::types::type_blck_size(a.ty()).ok_or(GgmlError::UnknownType(a.ty()))? as u128;
+        let bs =
+            crate::types::type_blck_size(a.ty()).ok_or(GgmlError::UnknownType(a.ty()))? as u128;
         if ne[0] as u128 % bs != 0 {
             return Err(bad("view", format!("row of {} is not whole blocks", ne[0])));
         }
@@ -280,7 +374,14 @@ impl Context {
             span += (n as u128 - 1) * nb[i - 1] as u128;
         }
         if offset as u128 + span > a.nbytes() as u128 {
-            return Err(bad("view", format!("{span} bytes at {offset} exceed {} bytes of '{}'", a.nbytes(), a.name())));
+            return Err(bad(
+                "view",
+                format!(
+                    "{span} bytes at {offset} exceed {} bytes of '{}'",
+                    a.nbytes(),
+                    a.name()
+                ),
+            ));
         }
         self.ensure_room(0)?;
         // SAFETY: the view lies inside `a`'s data, checked above.
@@ -288,8 +389,28 @@ impl Context {
             match ne.len() {
                 1 => sys::ggml_view_1d(self.raw(), a.raw(), ne[0], offset),
                 2 => sys::ggml_view_2d(self.raw(), a.raw(), ne[0], ne[1], nb[0], offset),
-                3 => sys::ggml_view_3d(self.raw(), a.raw(), ne[0], ne[1], ne[2], nb[0], nb[1], offset),
-                _ => sys::ggml_view_4d(self.raw(), a.raw(), ne[0], ne[1], ne[2], ne[3], nb[0], nb[1], nb[2], offset),
+                3 => sys::ggml_view_3d(
+                    self.raw(),
+                    a.raw(),
+                    ne[0],
+                    ne[1],
+                    ne[2],
+                    nb[0],
+                    nb[1],
+                    offset,
+                ),
+                _ => sys::ggml_view_4d(
+                    self.raw(),
+                    a.raw(),
+                    ne[0],
+                    ne[1],
+                    ne[2],
+                    ne[3],
+                    nb[0],
+                    nb[1],
+                    nb[2],
+                    offset,
+                ),
             }
         };
         self.made(t, "view")

@@ -40,7 +40,8 @@ pub fn rpc_start_server(
     if devices.is_empty() {
         return Err("no devices to serve".into());
     }
-    let endpoint = CString::new(endpoint).map_err(|_| "endpoint contains a NUL byte".to_string())?;
+    let endpoint =
+        CString::new(endpoint).map_err(|_| "endpoint contains a NUL byte".to_string())?;
     let cache = cache_dir
         .map(|p| {
             CString::new(p.to_string_lossy().into_owned())

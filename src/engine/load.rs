@@ -84,7 +84,11 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         let threads = (opts.threads / n).max(1).to_string();
         tracing::info!(count = n, "no servers given: starting local workers");
         for _ in 0..n {
-            workers.push(LocalWorker::spawn(&exe, &["--threads", &threads], Duration::from_secs(60))?);
+            workers.push(LocalWorker::spawn(
+                &exe,
+                &["--threads", &threads],
+                Duration::from_secs(60),
+            )?);
         }
         workers.iter().map(|w| w.endpoint.to_string()).collect()
     } else {
@@ -142,7 +146,10 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     let mut uploads = JoinSet::new();
     let last = the_plan.stages.len() - 1;
     for (i, s) in the_plan.stages.iter().enumerate() {
-        let Target::Remote { endpoint, device, .. } = &s.target else {
+        let Target::Remote {
+            endpoint, device, ..
+        } = &s.target
+        else {
             continue;
         };
         let (endpoint, device, layers) = (endpoint.clone(), *device, s.layers.clone());
@@ -166,13 +173,25 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
                     });
                 }
             };
-            let stage = RemoteStage::load(client, device, &g, &cfg, layers, i == last, n_ctx, n_batch, &tick).await?;
+            let stage = RemoteStage::load(
+                client,
+                device,
+                &g,
+                &cfg,
+                layers,
+                i == last,
+                n_ctx,
+                n_batch,
+                &tick,
+            )
+            .await?;
             Ok::<_, EngineError>((i, stage))
         });
     }
     let mut remote: Vec<Option<RemoteStage>> = (0..the_plan.stages.len()).map(|_| None).collect();
     while let Some(r) = uploads.join_next().await {
-        let (i, stage) = r.map_err(|e| ExecError::Weight("upload task".into(), e.to_string()))??;
+        let (i, stage) =
+            r.map_err(|e| ExecError::Weight("upload task".into(), e.to_string()))??;
         let st = stage.upload_stats();
         tracing::info!(
             endpoint = stage.endpoint(),
@@ -196,9 +215,9 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
                 opts.n_ctx,
                 opts.threads,
             )?)),
-            Target::Remote { .. } => {
-                stages.push(StageRunner::Remote(Box::new(remote[i].take().expect("every remote stage was loaded"))))
-            }
+            Target::Remote { .. } => stages.push(StageRunner::Remote(Box::new(
+                remote[i].take().expect("every remote stage was loaded"),
+            ))),
         }
     }
     let embedder = Embedder::new(&gguf, &cfg, opts.threads)?;

@@ -56,7 +56,8 @@ impl Metrics {
     pub(crate) fn generated(&self, n: usize, seconds: f64) {
         self.generated.fetch_add(n as u64, Ordering::Relaxed);
         if seconds > 0.0 {
-            self.rate_bits.store((n as f64 / seconds).to_bits(), Ordering::Relaxed);
+            self.rate_bits
+                .store((n as f64 / seconds).to_bits(), Ordering::Relaxed);
         }
     }
 
@@ -90,9 +91,17 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
-        metric("shardline_requests_total", "counter", "Generation requests accepted.", self.requests().to_string());
+        metric(
+            "shardline_requests_total",
+            "counter",
+            "Generation requests accepted.",
+            self.requests().to_string(),
+        );
         metric(
             "shardline_prompt_tokens_total",
             "counter",
@@ -111,7 +120,12 @@ impl Metrics {
             "Tokens generated per second in the last decode step (all sequences).",
             f64::from_bits(self.rate_bits.load(Ordering::Relaxed)).to_string(),
         );
-        metric("shardline_queue_depth", "gauge", "Requests waiting for a sequence.", self.queue_depth().to_string());
+        metric(
+            "shardline_queue_depth",
+            "gauge",
+            "Requests waiting for a sequence.",
+            self.queue_depth().to_string(),
+        );
         metric(
             "shardline_active_sequences",
             "gauge",
@@ -126,22 +140,40 @@ impl Metrics {
         );
         for s in &stages {
             let l = label(&s.server);
-            let _ = writeln!(out, "shardline_stage_step_seconds_sum{{server=\"{l}\"}} {}", s.seconds);
-            let _ = writeln!(out, "shardline_stage_step_seconds_count{{server=\"{l}\"}} {}", s.steps);
+            let _ = writeln!(
+                out,
+                "shardline_stage_step_seconds_sum{{server=\"{l}\"}} {}",
+                s.seconds
+            );
+            let _ = writeln!(
+                out,
+                "shardline_stage_step_seconds_count{{server=\"{l}\"}} {}",
+                s.steps
+            );
         }
         let _ = writeln!(
             out,
             "# HELP shardline_bytes_sent_total Bytes sent to each server while generating.\n# TYPE shardline_bytes_sent_total counter"
         );
         for s in &stages {
-            let _ = writeln!(out, "shardline_bytes_sent_total{{server=\"{}\"}} {}", label(&s.server), s.bytes_sent);
+            let _ = writeln!(
+                out,
+                "shardline_bytes_sent_total{{server=\"{}\"}} {}",
+                label(&s.server),
+                s.bytes_sent
+            );
         }
         let _ = writeln!(
             out,
             "# HELP shardline_bytes_received_total Bytes received from each server while generating.\n# TYPE shardline_bytes_received_total counter"
         );
         for s in &stages {
-            let _ = writeln!(out, "shardline_bytes_received_total{{server=\"{}\"}} {}", label(&s.server), s.bytes_received);
+            let _ = writeln!(
+                out,
+                "shardline_bytes_received_total{{server=\"{}\"}} {}",
+                label(&s.server),
+                s.bytes_received
+            );
         }
         out
     }
@@ -181,7 +213,9 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(
-                families.iter().any(|f| name == *f || name.starts_with(&format!("{f}_"))),
+                families
+                    .iter()
+                    .any(|f| name == *f || name.starts_with(&format!("{f}_"))),
                 "{line}"
             );
             let value = line.rsplit(' ').next().unwrap();

@@ -445,7 +445,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("model", &self.shared.name).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("model", &self.shared.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -494,7 +496,11 @@ impl Engine {
     /// The conversation in the model's chat template, ending with the
     /// assistant's turn.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ChatError> {
-        self.shared.chat.as_ref().ok_or(ChatError::NoTemplate)?.render(messages, true)
+        self.shared
+            .chat
+            .as_ref()
+            .ok_or(ChatError::NoTemplate)?
+            .render(messages, true)
     }
 
     /// The engine's counters.
@@ -509,13 +515,21 @@ impl Engine {
 
     /// Whether the engine can serve, and each server's state.
     pub fn health(&self) -> Health {
-        let failure = self.shared.failure.lock().map(|f| f.clone()).unwrap_or(None);
+        let failure = self
+            .shared
+            .failure
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or(None);
         let servers = self
             .shared
             .endpoints
             .iter()
             .map(|ep| {
-                let error = failure.as_ref().filter(|f| f.contains(ep.as_str())).cloned();
+                let error = failure
+                    .as_ref()
+                    .filter(|f| f.contains(ep.as_str()))
+                    .cloned();
                 ServerHealth {
                     endpoint: ep.clone(),
                     ok: error.is_none() && failure.is_none(),
@@ -531,7 +545,11 @@ impl Engine {
 
     /// Queues a chat: `messages` in the model's chat template, answered as
     /// the assistant; `params.prompt` is ignored.
-    pub fn chat(&self, messages: &[ChatMessage], params: GenerateRequest) -> Result<TokenStream, ChatSubmitError> {
+    pub fn chat(
+        &self,
+        messages: &[ChatMessage],
+        params: GenerateRequest,
+    ) -> Result<TokenStream, ChatSubmitError> {
         let text = self.render_chat(messages)?;
         Ok(self.generate(GenerateRequest {
             prompt: Prompt::Text(text),
@@ -575,19 +593,23 @@ impl Engine {
         // Count it before the scheduler can take it off the queue.
         self.shared.metrics.queued(1);
         match self.shared.jobs.try_send(job) {
-            Ok(()) => Ok(TokenStream { rx, done: false, ids }),
+            Ok(()) => Ok(TokenStream {
+                rx,
+                done: false,
+                ids,
+            }),
             Err(e) => {
                 self.shared.metrics.queued(-1);
                 self.shared.metrics.unqueued_request();
                 Err(match e {
                     mpsc::error::TrySendError::Full(_) => SubmitError::QueueFull,
                     mpsc::error::TrySendError::Closed(_) => SubmitError::Unavailable(
-                self.shared
-                    .failure
-                    .lock()
-                    .ok()
-                    .and_then(|f| f.clone())
-                    .unwrap_or_else(|| "the engine stopped".into()),
+                        self.shared
+                            .failure
+                            .lock()
+                            .ok()
+                            .and_then(|f| f.clone())
+                            .unwrap_or_else(|| "the engine stopped".into()),
                     ),
                 })
             }

@@ -219,7 +219,11 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn decode_step(&mut self, slots: &mut [Option<Seq>], ready: &[usize]) -> Result<(), String> {
+    async fn decode_step(
+        &mut self,
+        slots: &mut [Option<Seq>],
+        ready: &[usize],
+    ) -> Result<(), String> {
         let mut tokens = Vec::with_capacity(ready.len());
         let mut cells = Vec::with_capacity(ready.len());
         let mut idx = Vec::with_capacity(ready.len());
@@ -240,7 +244,8 @@ impl Scheduler {
             .decode_at(&tokens, &cells, &idx, &outputs)
             .await
             .map_err(|e| e.to_string())?;
-        self.metrics.generated(ready.len(), started.elapsed().as_secs_f64());
+        self.metrics
+            .generated(ready.len(), started.elapsed().as_secs_f64());
         let n_vocab = logits.len() / ready.len();
         for (k, &i) in ready.iter().enumerate() {
             let seq = slots[i].as_mut().expect("ready slots are busy");
@@ -269,7 +274,12 @@ impl Scheduler {
         let piece = seq.decoder.push(&self.tokenizer, tok);
         seq.held.push_str(&piece);
         let stops = &seq.job.req.stop;
-        if let Some(at) = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| seq.held.find(s.as_str())).min() {
+        if let Some(at) = stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| seq.held.find(s.as_str()))
+            .min()
+        {
             let before = seq.held[..at].to_string();
             seq.held.clear();
             if !before.is_empty() && seq.job.tx.send(Event::Text(before)).is_err() {
@@ -336,7 +346,9 @@ fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
     let max = stop.len().saturating_sub(1).min(text.len());
     (1..=max)
         .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..]))
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..])
+        })
         .unwrap_or(0)
 }
 
@@ -357,7 +369,11 @@ mod tests {
     fn holds_back_what_may_become_a_stop_text() {
         assert_eq!(longest_prefix_suffix("hello wor", "world"), 3);
         assert_eq!(longest_prefix_suffix("hello", "world"), 0);
-        assert_eq!(longest_prefix_suffix("ab", "b"), 0, "a whole match is not held, it is cut");
+        assert_eq!(
+            longest_prefix_suffix("ab", "b"),
+            0,
+            "a whole match is not held, it is cut"
+        );
         assert_eq!(longest_prefix_suffix("é", "éa"), 2);
     }
 }

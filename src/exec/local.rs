@@ -19,7 +19,11 @@ pub(crate) fn graph_size(n_layers: usize) -> usize {
 
 /// Weight names a stage holds: its layers' weights, the RoPE factors, and the
 /// output weights when it makes the logits.
-pub(crate) fn stage_weight_names(cfg: &LlamaConfig, layers: &Range<u32>, head: bool) -> Vec<String> {
+pub(crate) fn stage_weight_names(
+    cfg: &LlamaConfig,
+    layers: &Range<u32>,
+    head: bool,
+) -> Vec<String> {
     let mut names: Vec<String> = layers
         .clone()
         .flat_map(|il| LayerRole::ALL.iter().map(move |r| r.name(il)))
@@ -82,7 +86,11 @@ pub(crate) fn stage_tensors<'c>(
     } else {
         None
     };
-    let rope_freqs = if cfg.rope_freqs { Some(get(ROPE_FREQS)?) } else { None };
+    let rope_freqs = if cfg.rope_freqs {
+        Some(get(ROPE_FREQS)?)
+    } else {
+        None
+    };
     Ok(StageTensors {
         layers: out,
         head,
@@ -125,8 +133,10 @@ impl LocalStage {
         }
         let n_embd_kv = cfg.n_embd_kv() as i64;
         for il in layers.clone() {
-            ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(kv_size), 1])?.set_name(&k_cache_name(il));
-            ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(kv_size), 1])?.set_name(&v_cache_name(il));
+            ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(kv_size), 1])?
+                .set_name(&k_cache_name(il));
+            ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(kv_size), 1])?
+                .set_name(&v_cache_name(il));
         }
         let backend = CpuBackend::new(threads)?;
         backend.alloc_context(&ctx)?;
@@ -154,7 +164,12 @@ impl LocalStage {
     }
 
     /// Runs the stage on `hidden` (`[n_embd, n_tokens]`); returns its output.
-    pub fn run(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
+    pub fn run(
+        &mut self,
+        cfg: &LlamaConfig,
+        step: &Step,
+        hidden: &[f32],
+    ) -> Result<Vec<f32>, ExecError> {
         let started = std::time::Instant::now();
         let out = self.run_inner(cfg, step, hidden);
         self.stat.steps += 1;
@@ -162,22 +177,50 @@ impl LocalStage {
         out
     }
 
-    fn run_inner(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
-        let by_name: HashMap<String, Tensor<'_>> =
-            self.weights.tensors().into_iter().map(|t| (t.name(), t)).collect();
+    fn run_inner(
+        &mut self,
+        cfg: &LlamaConfig,
+        step: &Step,
+        hidden: &[f32],
+    ) -> Result<Vec<f32>, ExecError> {
+        let by_name: HashMap<String, Tensor<'_>> = self
+            .weights
+            .tensors()
+            .into_iter()
+            .map(|t| (t.name(), t))
+            .collect();
         let st = stage_tensors(cfg, &self.layers, self.head, &by_name)?;
         let kv_size = st.layers.first().map_or(0, |l| l.k_cache.ne()[1]);
         let gsize = graph_size(self.layers.len());
-        let ctx = Context::new(Context::tensor_overhead() * gsize + Context::graph_overhead(gsize), true)?;
+        let ctx = Context::new(
+            Context::tensor_overhead() * gsize + Context::graph_overhead(gsize),
+            true,
+        )?;
         let n = step.n_tokens as i64;
         let n_embd = i64::from(cfg.hp.n_embd);
         let inp = StageInputs {
-            hidden: ctx.new_tensor(ty::F32, &[n_embd, n])?.set_name("inp_hidden").set_input(),
-            pos: ctx.new_tensor(ty::I32, &[n])?.set_name("inp_pos").set_input(),
-            kv_idx: ctx.new_tensor(ty::I64, &[n])?.set_name("inp_kv_idx").set_input(),
-            mask: ctx.new_tensor(ty::F16, &[kv_size.max(1), n])?.set_name("inp_mask").set_input(),
+            hidden: ctx
+                .new_tensor(ty::F32, &[n_embd, n])?
+                .set_name("inp_hidden")
+                .set_input(),
+            pos: ctx
+                .new_tensor(ty::I32, &[n])?
+                .set_name("inp_pos")
+                .set_input(),
+            kv_idx: ctx
+                .new_tensor(ty::I64, &[n])?
+                .set_name("inp_kv_idx")
+                .set_input(),
+            mask: ctx
+                .new_tensor(ty::F16, &[kv_size.max(1), n])?
+                .set_name("inp_mask")
+                .set_input(),
             out_ids: if self.layers.contains(&(cfg.hp.n_layer - 1)) {
-                Some(ctx.new_tensor(ty::I32, &[step.out_ids.len() as i64])?.set_name("inp_out_ids").set_input())
+                Some(
+                    ctx.new_tensor(ty::I32, &[step.out_ids.len() as i64])?
+                        .set_name("inp_out_ids")
+                        .set_input(),
+                )
             } else {
                 None
             },

@@ -120,7 +120,10 @@ impl Embedder {
     pub fn embed(&mut self, tokens: &[i32]) -> Result<Vec<f32>, ExecError> {
         let table = self.ctx.tensors()[0];
         let n = tokens.len() as i64;
-        let step = Context::new(Context::tensor_overhead() * 4 + Context::graph_overhead(8), true)?;
+        let step = Context::new(
+            Context::tensor_overhead() * 4 + Context::graph_overhead(8),
+            true,
+        )?;
         let ids = step.new_tensor(ty::I32, &[n])?.set_input();
         let rows = step.get_rows(table, ids)?.set_output();
         let mut graph = step.new_graph(8)?;

@@ -41,7 +41,12 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline over `stages` (in layer order, the last holding the head)
     /// with a KV cache of `kv_size` cells.
-    pub fn new(cfg: LlamaConfig, embedder: Embedder, stages: Vec<StageRunner>, kv_size: u32) -> Self {
+    pub fn new(
+        cfg: LlamaConfig,
+        embedder: Embedder,
+        stages: Vec<StageRunner>,
+        kv_size: u32,
+    ) -> Self {
         Pipeline {
             cfg,
             embedder,
@@ -73,7 +78,12 @@ impl Pipeline {
     /// Runs one batch: `tokens[i]` is at `cells[i]` (sequence, position); the
     /// logits of the tokens at indices `outputs` come back, `n_vocab` each,
     /// in that order.
-    pub async fn decode(&mut self, tokens: &[u32], cells: &[Cell], outputs: &[usize]) -> Result<Vec<f32>, DecodeError> {
+    pub async fn decode(
+        &mut self,
+        tokens: &[u32],
+        cells: &[Cell],
+        outputs: &[usize],
+    ) -> Result<Vec<f32>, DecodeError> {
         self.check_batch(tokens, cells, outputs)?;
         let idx = self.kv.claim(cells)?;
         self.decode_claimed(tokens, cells, idx, outputs).await
@@ -90,7 +100,8 @@ impl Pipeline {
     ) -> Result<Vec<f32>, DecodeError> {
         self.check_batch(tokens, cells, outputs)?;
         self.kv.place(idx, cells)?;
-        self.decode_claimed(tokens, cells, idx.to_vec(), outputs).await
+        self.decode_claimed(tokens, cells, idx.to_vec(), outputs)
+            .await
     }
 
     /// Cumulative step numbers of every stage.
@@ -104,7 +115,12 @@ impl Pipeline {
             .collect()
     }
 
-    fn check_batch(&self, tokens: &[u32], cells: &[Cell], outputs: &[usize]) -> Result<(), DecodeError> {
+    fn check_batch(
+        &self,
+        tokens: &[u32],
+        cells: &[Cell],
+        outputs: &[usize],
+    ) -> Result<(), DecodeError> {
         let n = tokens.len();
         if n == 0 || cells.len() != n || outputs.is_empty() || outputs.iter().any(|&o| o >= n) {
             return Err(DecodeError::BadBatch(format!(
@@ -114,7 +130,9 @@ impl Pipeline {
         }
         let n_vocab = self.cfg.hp.n_vocab;
         if let Some(&t) = tokens.iter().find(|&&t| t >= n_vocab) {
-            return Err(DecodeError::BadBatch(format!("token {t} is outside the vocabulary of {n_vocab}")));
+            return Err(DecodeError::BadBatch(format!(
+                "token {t} is outside the vocabulary of {n_vocab}"
+            )));
         }
         Ok(())
     }

@@ -134,9 +134,20 @@ impl RemoteStage {
             .await
             .map_err(rpc)?;
         // A zeroed cache: attention multiplies masked cells by 0.
-        client.buffer_clear(kv_buf.remote_ptr, 0).await.map_err(rpc)?;
-        let inputs = InputLayout::new(u64::from(cfg.hp.n_embd), u64::from(kv_size), u64::from(n_batch), alignment);
-        let input_buf = client.alloc_buffer(device, inputs.size).await.map_err(rpc)?;
+        client
+            .buffer_clear(kv_buf.remote_ptr, 0)
+            .await
+            .map_err(rpc)?;
+        let inputs = InputLayout::new(
+            u64::from(cfg.hp.n_embd),
+            u64::from(kv_size),
+            u64::from(n_batch),
+            alignment,
+        );
+        let input_buf = client
+            .alloc_buffer(device, inputs.size)
+            .await
+            .map_err(rpc)?;
         client.sync().await.map_err(rpc)?;
         Ok(RemoteStage {
             client,
@@ -199,21 +210,37 @@ impl RemoteStage {
 
     /// Builds the stage's graph for `key` and puts it on the wire, placed in
     /// `compute`; or says how large a compute buffer it needs.
-    fn build_wire(&self, cfg: &LlamaConfig, key: GraphKey, compute: Option<RemoteBuffer>) -> Result<Built, ExecError> {
+    fn build_wire(
+        &self,
+        cfg: &LlamaConfig,
+        key: GraphKey,
+        compute: Option<RemoteBuffer>,
+    ) -> Result<Built, ExecError> {
         let gsize = graph_size(self.layers.len());
-        let ctx = Context::new(Context::tensor_overhead() * gsize + Context::graph_overhead(gsize), true)?;
+        let ctx = Context::new(
+            Context::tensor_overhead() * gsize + Context::graph_overhead(gsize),
+            true,
+        )?;
         let mut place: HashMap<TensorId, RemoteLocation> = HashMap::new();
         let mut by_name: HashMap<String, Tensor<'_>> = HashMap::new();
         for (name, w) in &self.weights {
             let ne: Vec<i64> = w.wire.ne.iter().map(|&n| i64::from(n)).collect();
             let t = ctx.new_tensor(w.wire.ty, &ne)?.set_name(name);
-            place.insert(t.id(), RemoteLocation { buffer: w.wire.buffer, data: w.wire.data });
+            place.insert(
+                t.id(),
+                RemoteLocation {
+                    buffer: w.wire.buffer,
+                    data: w.wire.data,
+                },
+            );
             by_name.insert(name.clone(), t);
         }
         let n_embd_kv = cfg.n_embd_kv() as i64;
         for il in self.layers.clone() {
             for (v, name) in [(false, k_cache_name(il)), (true, v_cache_name(il))] {
-                let t = ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(self.kv_size), 1])?.set_name(&name);
+                let t = ctx
+                    .new_tensor(ty::F16, &[n_embd_kv, i64::from(self.kv_size), 1])?
+                    .set_name(&name);
                 place.insert(t.id(), self.kv_location(cfg, il, v));
                 by_name.insert(name, t);
             }
@@ -230,12 +257,28 @@ impl RemoteStage {
             );
         };
         let inp = StageInputs {
-            hidden: ctx.new_tensor(ty::F32, &[i64::from(cfg.hp.n_embd), n])?.set_name("inp_hidden").set_input(),
-            pos: ctx.new_tensor(ty::I32, &[n])?.set_name("inp_pos").set_input(),
-            kv_idx: ctx.new_tensor(ty::I64, &[n])?.set_name("inp_kv_idx").set_input(),
-            mask: ctx.new_tensor(ty::F16, &[i64::from(self.kv_size), n])?.set_name("inp_mask").set_input(),
+            hidden: ctx
+                .new_tensor(ty::F32, &[i64::from(cfg.hp.n_embd), n])?
+                .set_name("inp_hidden")
+                .set_input(),
+            pos: ctx
+                .new_tensor(ty::I32, &[n])?
+                .set_name("inp_pos")
+                .set_input(),
+            kv_idx: ctx
+                .new_tensor(ty::I64, &[n])?
+                .set_name("inp_kv_idx")
+                .set_input(),
+            mask: ctx
+                .new_tensor(ty::F16, &[i64::from(self.kv_size), n])?
+                .set_name("inp_mask")
+                .set_input(),
             out_ids: if key.n_outputs > 0 {
-                Some(ctx.new_tensor(ty::I32, &[key.n_outputs as i64])?.set_name("inp_out_ids").set_input())
+                Some(
+                    ctx.new_tensor(ty::I32, &[key.n_outputs as i64])?
+                        .set_name("inp_out_ids")
+                        .set_input(),
+                )
             } else {
                 None
             },
@@ -269,35 +312,56 @@ impl RemoteStage {
             }
         }
 
-        let layout = layout_nodes(&graph, self.alignment, |t| place.contains_key(&t.id()), |t| t.nbytes() as u64)
-            .ok_or_else(|| ExecError::Memory {
-                endpoint: self.endpoint().to_string(),
-                detail: "compute buffer size overflows".into(),
-            })?;
+        let layout = layout_nodes(
+            &graph,
+            self.alignment,
+            |t| place.contains_key(&t.id()),
+            |t| t.nbytes() as u64,
+        )
+        .ok_or_else(|| ExecError::Memory {
+            endpoint: self.endpoint().to_string(),
+            detail: "compute buffer size overflows".into(),
+        })?;
         let compute = match compute {
             Some(c) if c.size >= layout.size => c,
             _ => return Ok(Built::NeedCompute(layout.size)),
         };
         for (id, off) in &layout.offsets {
-            place.insert(*id, RemoteLocation { buffer: compute.remote_ptr, data: compute.base + off });
+            place.insert(
+                *id,
+                RemoteLocation {
+                    buffer: compute.remote_ptr,
+                    data: compute.base + off,
+                },
+            );
         }
-        let wire = to_wire(&graph, self.device, |t: &Tensor<'_>| place.get(&t.id()).copied())?;
+        let wire = to_wire(&graph, self.device, |t: &Tensor<'_>| {
+            place.get(&t.id()).copied()
+        })?;
         let find = |t: Tensor<'_>| -> (RpcTensor, u64) {
             let i = wire.index[&t.id()];
             (wire.msg.tensors[i], wire.nbytes[i])
         };
         let stored = StoredGraph {
             key,
-            inputs: inputs.iter().map(|&(what, t)| {
-                let (w, n) = find(t);
-                (what, w, n)
-            }).collect(),
+            inputs: inputs
+                .iter()
+                .map(|&(what, t)| {
+                    let (w, n) = find(t);
+                    (what, w, n)
+                })
+                .collect(),
             output: find(out),
         };
         Ok(Built::Ready(Box::new((stored, wire.msg, wire.nbytes))))
     }
 
-    async fn upload_inputs(&mut self, stored: &StoredGraph, step: &Step, hidden: &[f32]) -> Result<(), ExecError> {
+    async fn upload_inputs(
+        &mut self,
+        stored: &StoredGraph,
+        step: &Step,
+        hidden: &[f32],
+    ) -> Result<(), ExecError> {
         for (what, wire, n) in &stored.inputs {
             let bytes = match what {
                 Input::Hidden => le_bytes_f32(hidden),
@@ -309,17 +373,28 @@ impl RemoteStage {
             if bytes.len() as u64 != *n {
                 return Err(ExecError::Memory {
                     endpoint: self.endpoint().to_string(),
-                    detail: format!("input {what:?} has {} bytes, the graph expects {n}", bytes.len()),
+                    detail: format!(
+                        "input {what:?} has {} bytes, the graph expects {n}",
+                        bytes.len()
+                    ),
                 });
             }
-            self.client.set_tensor(wire, *n, 0, &bytes).await.map_err(|e| self.err(e))?;
+            self.client
+                .set_tensor(wire, *n, 0, &bytes)
+                .await
+                .map_err(|e| self.err(e))?;
             self.stat.bytes_sent += *n;
         }
         Ok(())
     }
 
     /// Runs the stage on `hidden` (`[n_embd, n_tokens]`); returns its output.
-    pub async fn run(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
+    pub async fn run(
+        &mut self,
+        cfg: &LlamaConfig,
+        step: &Step,
+        hidden: &[f32],
+    ) -> Result<Vec<f32>, ExecError> {
         let started = std::time::Instant::now();
         let out = self.run_inner(cfg, step, hidden).await;
         self.stat.steps += 1;
@@ -327,11 +402,19 @@ impl RemoteStage {
         out
     }
 
-    async fn run_inner(&mut self, cfg: &LlamaConfig, step: &Step, hidden: &[f32]) -> Result<Vec<f32>, ExecError> {
+    async fn run_inner(
+        &mut self,
+        cfg: &LlamaConfig,
+        step: &Step,
+        hidden: &[f32],
+    ) -> Result<Vec<f32>, ExecError> {
         if step.n_tokens > self.n_batch as usize {
             return Err(ExecError::Memory {
                 endpoint: self.endpoint().to_string(),
-                detail: format!("batch of {} tokens exceeds the stage's {}", step.n_tokens, self.n_batch),
+                detail: format!(
+                    "batch of {} tokens exceeds the stage's {}",
+                    step.n_tokens, self.n_batch
+                ),
             });
         }
         let has_last = self.layers.contains(&(cfg.hp.n_layer - 1));
@@ -342,16 +425,26 @@ impl RemoteStage {
         let stored = match self.stored.take() {
             Some(s) if s.key == key => {
                 self.upload_inputs(&s, step, hidden).await?;
-                self.client.graph_recompute(self.device).await.map_err(|e| self.err(e))?;
+                self.client
+                    .graph_recompute(self.device)
+                    .await
+                    .map_err(|e| self.err(e))?;
                 s
             }
             _ => {
                 let mut built = self.build_wire(cfg, key, self.compute_buf)?;
                 if let Built::NeedCompute(size) = built {
                     if let Some(old) = self.compute_buf.take() {
-                        self.client.free_buffer(old.remote_ptr).await.map_err(|e| self.err(e))?;
+                        self.client
+                            .free_buffer(old.remote_ptr)
+                            .await
+                            .map_err(|e| self.err(e))?;
                     }
-                    let buf = self.client.alloc_buffer(self.device, size).await.map_err(|e| self.err(e))?;
+                    let buf = self
+                        .client
+                        .alloc_buffer(self.device, size)
+                        .await
+                        .map_err(|e| self.err(e))?;
                     self.compute_buf = Some(buf);
                     built = self.build_wire(cfg, key, self.compute_buf)?;
                 }
@@ -367,12 +460,17 @@ impl RemoteStage {
                     .graph_compute_sized(self.device, &msg.nodes, &msg.tensors, &nbytes)
                     .await
                     .map_err(|e| self.err(e))?;
-                self.stat.bytes_sent += (msg.tensors.len() * shardline_protocol::RPC_TENSOR_SIZE + msg.nodes.len() * 8) as u64;
+                self.stat.bytes_sent += (msg.tensors.len() * shardline_protocol::RPC_TENSOR_SIZE
+                    + msg.nodes.len() * 8) as u64;
                 stored
             }
         };
         let (out, n) = stored.output;
-        let bytes = self.client.get_tensor(&out, n, 0, n).await.map_err(|e| self.err(e));
+        let bytes = self
+            .client
+            .get_tensor(&out, n, 0, n)
+            .await
+            .map_err(|e| self.err(e));
         self.stat.bytes_received += n;
         self.stored = Some(stored);
         Ok(f32s(&bytes?))

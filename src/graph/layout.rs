@@ -144,7 +144,11 @@ mod tests {
         assert_eq!(f.free.get(&0), Some(&150), "neighbours merge");
         assert_eq!(f.alloc(120).unwrap(), 0, "reused");
         f.release(c, 100);
-        assert_eq!(f.alloc(200).unwrap(), 120, "grows from a free block at the end");
+        assert_eq!(
+            f.alloc(200).unwrap(),
+            120,
+            "grows from a free block at the end"
+        );
         assert_eq!(f.end, 320);
     }
 
@@ -152,7 +156,11 @@ mod tests {
     /// no node's slot overlaps a slot still to be read.
     #[test]
     fn chain_reuses_memory_without_overlapping_live_tensors() {
-        let ctx = Context::new(Context::tensor_overhead() * 16 + Context::graph_overhead(32), true).unwrap();
+        let ctx = Context::new(
+            Context::tensor_overhead() * 16 + Context::graph_overhead(32),
+            true,
+        )
+        .unwrap();
         let x = ctx.new_tensor(0, &[256]).unwrap();
         let w = ctx.new_tensor(0, &[256]).unwrap();
         let a = ctx.mul(x, w).unwrap();

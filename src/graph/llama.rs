@@ -99,8 +99,12 @@ pub fn build_stage<'c>(
     for l in &st.layers {
         let il = l.il;
         let inp_sa = inp_l;
-        let cur = ctx.rms_norm(inp_l, hp.rms_eps)?.set_name(&format!("norm-{il}"));
-        let cur = ctx.mul(cur, l.attn_norm)?.set_name(&format!("attn_norm-{il}"));
+        let cur = ctx
+            .rms_norm(inp_l, hp.rms_eps)?
+            .set_name(&format!("norm-{il}"));
+        let cur = ctx
+            .mul(cur, l.attn_norm)?
+            .set_name(&format!("attn_norm-{il}"));
 
         let q = ctx.mul_mat(l.wq, cur)?;
         let q = ctx.reshape_3d(q, head_dim, n_head, n_tokens)?;
@@ -108,8 +112,12 @@ pub fn build_stage<'c>(
         let k = ctx.reshape_3d(k, head_dim, n_head_kv, n_tokens)?;
         let v = ctx.mul_mat(l.wv, cur)?;
         let v = ctx.reshape_3d(v, head_dim, n_head_kv, n_tokens)?;
-        let q = ctx.rope_ext(q, inp.pos, st.rope_freqs, cfg.rope)?.set_name(&format!("Qcur-{il}"));
-        let k = ctx.rope_ext(k, inp.pos, st.rope_freqs, cfg.rope)?.set_name(&format!("Kcur-{il}"));
+        let q = ctx
+            .rope_ext(q, inp.pos, st.rope_freqs, cfg.rope)?
+            .set_name(&format!("Qcur-{il}"));
+        let k = ctx
+            .rope_ext(k, inp.pos, st.rope_freqs, cfg.rope)?
+            .set_name(&format!("Kcur-{il}"));
         graph.build_forward(q)?;
         graph.build_forward(v)?;
         graph.build_forward(k)?;
@@ -118,10 +126,14 @@ pub fn build_stage<'c>(
         // attention reads the cache tensors, not these nodes, so the order of
         // expansion is what makes the writes come first.
         let k_rows = ctx.view(k, &[n_embd_kv, n_tokens], &[k.nb()[2]], 0)?;
-        let k_store = ctx.set_rows(l.k_cache, k_rows, inp.kv_idx)?.set_name(&format!("k_store-{il}"));
+        let k_store = ctx
+            .set_rows(l.k_cache, k_rows, inp.kv_idx)?
+            .set_name(&format!("k_store-{il}"));
         graph.build_forward(k_store)?;
         let v_rows = ctx.view(v, &[n_embd_kv, n_tokens], &[v.nb()[2]], 0)?;
-        let v_store = ctx.set_rows(l.v_cache, v_rows, inp.kv_idx)?.set_name(&format!("v_store-{il}"));
+        let v_store = ctx
+            .set_rows(l.v_cache, v_rows, inp.kv_idx)?
+            .set_name(&format!("v_store-{il}"));
         graph.build_forward(v_store)?;
 
         let cur = attention(ctx, cfg, q, l.k_cache, l.v_cache, inp.mask)?;
@@ -138,7 +150,9 @@ pub fn build_stage<'c>(
         }
         let ffn_inp = ctx.add(cur, inp_sa)?.set_name(&format!("ffn_inp-{il}"));
         let cur = ctx.rms_norm(ffn_inp, hp.rms_eps)?;
-        let cur = ctx.mul(cur, l.ffn_norm)?.set_name(&format!("ffn_norm-{il}"));
+        let cur = ctx
+            .mul(cur, l.ffn_norm)?
+            .set_name(&format!("ffn_norm-{il}"));
         let up = ctx.mul_mat(l.up, cur)?;
         let gate = ctx.mul_mat(l.gate, cur)?;
         let cur = ctx.swiglu_split(gate, up)?;
@@ -177,7 +191,12 @@ fn attention<'c>(
     let f16_row = |n: i64| 2 * n as usize;
 
     let qn = q.nb();
-    let q = ctx.view(q, &[head_dim, n_head, n_tokens, 1], &[qn[1], qn[2], qn[2] * n_tokens as usize], 0)?;
+    let q = ctx.view(
+        q,
+        &[head_dim, n_head, n_tokens, 1],
+        &[qn[1], qn[2], qn[2] * n_tokens as usize],
+        0,
+    )?;
     let q = ctx.permute(q, [0, 2, 1, 3])?;
     let kv_nb = [
         f16_row(head_dim),

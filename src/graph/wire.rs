@@ -112,7 +112,8 @@ pub fn to_wire<'c>(
             *dst = src.map_or(0, |s| ids[&s]);
         }
         w.view_src = info.view_src.map_or(0, |s| ids[&s]);
-        w.set_name(&info.name).map_err(|_| WireError::BadName(info.name.clone()))?;
+        w.set_name(&info.name)
+            .map_err(|_| WireError::BadName(info.name.clone()))?;
         tensors.push(w);
         nbytes.push(info.nbytes as u64);
     }

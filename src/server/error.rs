@@ -23,7 +23,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             kind,
@@ -85,8 +90,17 @@ impl ApiError {
     }
 
     /// 400: anything else wrong with the request.
-    pub fn bad_request(param: Option<&str>, code: Option<&'static str>, message: impl Into<String>) -> Self {
-        let e = Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message);
+    pub fn bad_request(
+        param: Option<&str>,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        let e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message,
+        );
         match param {
             Some(p) => e.with_param(p),
             None => e,
@@ -227,13 +241,23 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::QueueFull => ApiError::queue_full(),
-            SubmitError::EmptyPrompt => ApiError::bad_request(Some("prompt"), Some("empty_prompt"), e.to_string()),
-            SubmitError::TooLong { .. } => {
-                ApiError::bad_request(Some("max_tokens"), Some("context_length_exceeded"), e.to_string())
+            SubmitError::EmptyPrompt => {
+                ApiError::bad_request(Some("prompt"), Some("empty_prompt"), e.to_string())
             }
-            SubmitError::BadToken(_) => ApiError::bad_request(Some("prompt"), Some("invalid_value"), e.to_string()),
-            SubmitError::Unavailable(msg) => ApiError::unavailable(format!("The model is unavailable: {msg}")),
-            SubmitError::Sampler(s) => ApiError::bad_request(None, Some("invalid_value"), s.to_string()),
+            SubmitError::TooLong { .. } => ApiError::bad_request(
+                Some("max_tokens"),
+                Some("context_length_exceeded"),
+                e.to_string(),
+            ),
+            SubmitError::BadToken(_) => {
+                ApiError::bad_request(Some("prompt"), Some("invalid_value"), e.to_string())
+            }
+            SubmitError::Unavailable(msg) => {
+                ApiError::unavailable(format!("The model is unavailable: {msg}"))
+            }
+            SubmitError::Sampler(s) => {
+                ApiError::bad_request(None, Some("invalid_value"), s.to_string())
+            }
         }
     }
 }

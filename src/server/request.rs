@@ -123,7 +123,11 @@ impl<'a> Fields<'a> {
                 } else {
                     match n.as_f64() {
                         Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i128)),
-                        _ => Err(ApiError::invalid_type(k, "an integer", &Value::Number(n.clone()))),
+                        _ => Err(ApiError::invalid_type(
+                            k,
+                            "an integer",
+                            &Value::Number(n.clone()),
+                        )),
                     }
                 }
             }
@@ -152,10 +156,20 @@ impl<'a> Fields<'a> {
                 .iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s.clone()),
-                    v => Err(ApiError::invalid_type(k, "a string or an array of strings", v)),
+                    v => Err(ApiError::invalid_type(
+                        k,
+                        "a string or an array of strings",
+                        v,
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            Some(v) => return Err(ApiError::invalid_type(k, "a string or an array of strings", v)),
+            Some(v) => {
+                return Err(ApiError::invalid_type(
+                    k,
+                    "a string or an array of strings",
+                    v,
+                ))
+            }
         };
         if list.len() > MAX_STOP {
             return Err(ApiError::invalid_value(
@@ -261,7 +275,10 @@ impl ChatRequest {
             Some(v) => return Err(ApiError::invalid_type("messages", "an array", v)),
         };
         if list.is_empty() {
-            return Err(ApiError::invalid_value("messages", "'messages' must not be empty."));
+            return Err(ApiError::invalid_value(
+                "messages",
+                "'messages' must not be empty.",
+            ));
         }
         if list.len() > MAX_MESSAGES {
             return Err(ApiError::invalid_value(
@@ -282,7 +299,11 @@ impl ChatRequest {
 fn message(i: usize, v: &Value) -> Result<ChatMessage, ApiError> {
     let at = |field: &str| format!("messages[{i}].{field}");
     let Value::Object(m) = v else {
-        return Err(ApiError::invalid_type(&format!("messages[{i}]"), "an object", v));
+        return Err(ApiError::invalid_type(
+            &format!("messages[{i}]"),
+            "an object",
+            v,
+        ));
     };
     let f = Fields(m);
     let role = match f.get("role") {
@@ -308,17 +329,23 @@ fn message(i: usize, v: &Value) -> Result<ChatMessage, ApiError> {
                     e
                 })? {
                     Some("text") => {}
-                    Some(other) => {
-                        return Err(ApiError::invalid_value(
-                            &format!("{param}.type"),
-                            format!("Content parts of type '{other}' are not supported; only 'text' is."),
-                        ))
-                    }
+                    Some(other) => return Err(ApiError::invalid_value(
+                        &format!("{param}.type"),
+                        format!(
+                            "Content parts of type '{other}' are not supported; only 'text' is."
+                        ),
+                    )),
                     None => return Err(ApiError::missing(&format!("{param}.type"))),
                 }
                 match pf.get("text") {
                     Some(Value::String(s)) => text.push_str(s),
-                    Some(v) => return Err(ApiError::invalid_type(&format!("{param}.text"), "a string", v)),
+                    Some(v) => {
+                        return Err(ApiError::invalid_type(
+                            &format!("{param}.text"),
+                            "a string",
+                            v,
+                        ))
+                    }
                     None => return Err(ApiError::missing(&format!("{param}.text"))),
                 }
             }
@@ -347,7 +374,12 @@ impl CompletionRequest {
             Some(Value::Array(a)) => match a.as_slice() {
                 [Value::String(s)] => Prompt::Text(s.clone()),
                 [Value::Array(toks)] => Prompt::Tokens(token_ids(toks)?),
-                [] => return Err(ApiError::invalid_value("prompt", "'prompt' must not be empty.")),
+                [] => {
+                    return Err(ApiError::invalid_value(
+                        "prompt",
+                        "'prompt' must not be empty.",
+                    ))
+                }
                 toks if toks.iter().all(Value::is_number) => Prompt::Tokens(token_ids(toks)?),
                 [_, _, ..] if a.iter().all(|v| v.is_string() || v.is_array()) => {
                     return Err(ApiError::invalid_value(
@@ -377,7 +409,13 @@ fn token_ids(list: &[Value]) -> Result<Vec<u32>, ApiError> {
         .map(|v| {
             v.as_u64()
                 .and_then(|t| u32::try_from(t).ok())
-                .ok_or_else(|| ApiError::invalid_type("prompt", "an array of token ids (non-negative integers)", v))
+                .ok_or_else(|| {
+                    ApiError::invalid_type(
+                        "prompt",
+                        "an array of token ids (non-negative integers)",
+                        v,
+                    )
+                })
         })
         .collect()
 }
@@ -419,12 +457,15 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
         assert_eq!(e.code, Some("invalid_type"));
 
-        let e = ChatRequest::parse(&obj(json!({"messages": [{"role": 1, "content": "hi"}]}))).unwrap_err();
+        let e = ChatRequest::parse(&obj(json!({"messages": [{"role": 1, "content": "hi"}]})))
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
         let e = ChatRequest::parse(&obj(json!({"messages": "hi"}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
-        let e =
-            ChatRequest::parse(&obj(json!({"messages": [{"role": "user", "content": "x"}], "stop": 3}))).unwrap_err();
+        let e = ChatRequest::parse(&obj(
+            json!({"messages": [{"role": "user", "content": "x"}], "stop": 3}),
+        ))
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stop"));
         let e = ChatRequest::parse(&obj(
             json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
@@ -467,7 +508,10 @@ mod tests {
         assert_eq!(p(json!(["hi"])).unwrap(), Prompt::Text("hi".into()));
         assert_eq!(p(json!([1, 2, 3])).unwrap(), Prompt::Tokens(vec![1, 2, 3]));
         assert_eq!(p(json!([[4, 5]])).unwrap(), Prompt::Tokens(vec![4, 5]));
-        assert_eq!(p(json!(["a", "b"])).unwrap_err().code, Some("invalid_value"));
+        assert_eq!(
+            p(json!(["a", "b"])).unwrap_err().code,
+            Some("invalid_value")
+        );
         assert_eq!(p(json!([1, -2])).unwrap_err().code, Some("invalid_type"));
         assert_eq!(p(json!(7)).unwrap_err().code, Some("invalid_type"));
         assert_eq!(

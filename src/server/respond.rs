@@ -145,10 +145,14 @@ pub async fn whole(meta: Meta, mut tokens: TokenStream) -> Result<Response, ApiE
         match ev {
             Event::Text(t) => text.push_str(&t),
             Event::Done(usage) => return Ok(Json(meta.whole(text, &usage)).into_response()),
-            Event::Error(e) => return Err(ApiError::unavailable(format!("Generation failed: {e}"))),
+            Event::Error(e) => {
+                return Err(ApiError::unavailable(format!("Generation failed: {e}")))
+            }
         }
     }
-    Err(ApiError::unavailable("Generation failed: the engine stopped."))
+    Err(ApiError::unavailable(
+        "Generation failed: the engine stopped.",
+    ))
 }
 
 struct StreamState {
@@ -172,7 +176,9 @@ pub fn streamed(meta: Meta, tokens: TokenStream) -> Response {
         if !st.started {
             st.started = true;
             if st.meta.kind == Kind::Chat {
-                let first = st.meta.chunk(json!({"role": "assistant", "content": ""}), "", None);
+                let first = st
+                    .meta
+                    .chunk(json!({"role": "assistant", "content": ""}), "", None);
                 return Some((vec![first], st));
             }
         }
@@ -189,7 +195,9 @@ pub fn streamed(meta: Meta, tokens: TokenStream) -> Response {
             }
             Some(Event::Error(e)) => {
                 st.tokens = None;
-                vec![data(&ApiError::unavailable(format!("Generation failed: {e}")).body())]
+                vec![data(
+                    &ApiError::unavailable(format!("Generation failed: {e}")).body(),
+                )]
             }
             None => {
                 st.tokens = None;

@@ -51,7 +51,10 @@ fn body_error(e: BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::too_large(BODY_LIMIT)
     } else {
-        ApiError::malformed(format!("Could not read the request body: {}", e.body_text()))
+        ApiError::malformed(format!(
+            "Could not read the request body: {}",
+            e.body_text()
+        ))
     }
 }
 
@@ -64,7 +67,9 @@ fn check_model(engine: &Engine, asked: Option<&str>) -> Result<(), ApiError> {
 
 /// Runs `f` off the async threads (tokenizing a prompt as large as the body
 /// limit takes a while).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(ApiError::unavailable(format!("internal error: {e}"))))
@@ -140,7 +145,10 @@ pub async fn chat(State(state): State<AppState>, req: Request) -> Result<Respons
 }
 
 /// `POST /v1/completions`.
-pub async fn completions(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let body = read_json(req).await?;
     let r = CompletionRequest::parse(&body)?;
     let engine = state.engine()?;
@@ -175,11 +183,16 @@ fn model_object(engine: &Engine) -> Value {
 /// `GET /v1/models`.
 pub async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let engine = state.engine()?;
-    Ok(Json(json!({"object": "list", "data": [model_object(&engine)]})))
+    Ok(Json(
+        json!({"object": "list", "data": [model_object(&engine)]}),
+    ))
 }
 
 /// `GET /v1/models/{model}`.
-pub async fn model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let engine = state.engine()?;
     check_model(&engine, Some(&name))?;
     Ok(Json(model_object(&engine)))
@@ -247,7 +260,10 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match given {
         None => ApiError::unauthorized(

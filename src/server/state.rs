@@ -79,8 +79,12 @@ impl AppState {
 
     /// Records upload progress (for `/health` while loading).
     pub fn set_progress(&self, p: LoadProgress) {
-        self.shared.bytes_total.store(p.bytes_total, Ordering::Relaxed);
-        self.shared.bytes_done.store(p.bytes_done, Ordering::Relaxed);
+        self.shared
+            .bytes_total
+            .store(p.bytes_total, Ordering::Relaxed);
+        self.shared
+            .bytes_done
+            .store(p.bytes_done, Ordering::Relaxed);
     }
 
     /// The model is loaded: serve it.
@@ -124,7 +128,9 @@ impl AppState {
         match self.status() {
             Status::Ready(e) => Ok(e),
             Status::Loading(p) => Err(ApiError::loading(p.bytes_done, p.bytes_total)),
-            Status::Failed(m) => Err(ApiError::unavailable(format!("The model failed to load: {m}"))),
+            Status::Failed(m) => Err(ApiError::unavailable(format!(
+                "The model failed to load: {m}"
+            ))),
         }
     }
 
@@ -150,7 +156,12 @@ impl AppState {
     /// Prometheus text: the server's own counters, then the engine's.
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
-        let requests = self.shared.requests.lock().map(|m| m.clone()).unwrap_or_default();
+        let requests = self
+            .shared
+            .requests
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "# HELP shardline_http_requests_total HTTP requests answered, by route and status.\n# TYPE shardline_http_requests_total counter"

@@ -24,7 +24,10 @@ pub struct Response {
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -32,20 +35,31 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("status {}: body is not JSON ({e}): {}", self.status, self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
     }
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect to the server");
+    let s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect to the server");
     s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     s.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
     s.set_nodelay(true).unwrap();
     s
 }
 
-fn request_head(method: &str, path: &str, headers: &[(&str, &str)], body_len: Option<usize>) -> String {
+fn request_head(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body_len: Option<usize>,
+) -> String {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -74,7 +88,9 @@ fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
         if l.is_empty() {
             break;
         }
-        let (k, v) = l.split_once(':').unwrap_or_else(|| panic!("bad header {l:?}"));
+        let (k, v) = l
+            .split_once(':')
+            .unwrap_or_else(|| panic!("bad header {l:?}"));
         headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
     }
     (status, headers)
@@ -96,7 +112,12 @@ pub enum Body {
 
 impl Body {
     fn new(r: BufReader<TcpStream>, headers: &[(String, String)]) -> Body {
-        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
         if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
             Body::Chunked {
                 r,
@@ -132,7 +153,10 @@ impl Read for Body {
                 let n = buf.len().min(*left);
                 let got = r.read(&mut buf[..n])?;
                 if got == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body cut short"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "body cut short",
+                    ));
                 }
                 *left -= got;
                 Ok(got)
@@ -151,7 +175,10 @@ impl Read for Body {
                     }
                     let size = line.trim().split(';').next().unwrap_or("");
                     let size = usize::from_str_radix(size, 16).map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("chunk size {line:?}"))
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("chunk size {line:?}"),
+                        )
                     })?;
                     if size == 0 {
                         // Trailers, then the blank line.
@@ -192,12 +219,24 @@ pub fn raw(addr: SocketAddr, raw: &[u8]) -> Response {
     let mut r = BufReader::new(s);
     let (status, headers) = read_head(&mut r);
     let mut body = Vec::new();
-    Body::new(r, &headers).read_to_end(&mut body).expect("read the body");
-    Response { status, headers, body }
+    Body::new(r, &headers)
+        .read_to_end(&mut body)
+        .expect("read the body");
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// One request; the whole response.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let len = (method != "GET" || !body.is_empty()).then_some(body.len());
     let mut bytes = request_head(method, path, headers, len).into_bytes();
     bytes.extend_from_slice(body);
@@ -209,7 +248,12 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 }
 
 /// POST of a JSON body, with `Authorization: Bearer key` when given.
-pub fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value, key: Option<&str>) -> Response {
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+    key: Option<&str>,
+) -> Response {
     let auth = key.map(|k| format!("Bearer {k}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(a) = &auth {
@@ -230,14 +274,23 @@ impl Sse {
     pub fn open(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Sse {
         let body = body.to_string();
         let mut s = connect(addr);
-        let head = request_head("POST", path, &[("Content-Type", "application/json")], Some(body.len()));
+        let head = request_head(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(body.len()),
+        );
         s.write_all(head.as_bytes())
             .and_then(|_| s.write_all(body.as_bytes()))
             .expect("send");
         let mut r = BufReader::new(s);
         let (status, headers) = read_head(&mut r);
         let lines = BufReader::new(Body::new(r, &headers));
-        Sse { status, headers, lines }
+        Sse {
+            status,
+            headers,
+            lines,
+        }
     }
 
     /// The next event's `data`, or `None` at the end of the stream.
@@ -279,7 +332,11 @@ impl Sse {
 
     /// Closes the connection now, as a client that goes away.
     pub fn disconnect(self) {
-        let _ = self.lines.get_ref().socket().shutdown(std::net::Shutdown::Both);
+        let _ = self
+            .lines
+            .get_ref()
+            .socket()
+            .shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -336,7 +393,10 @@ impl Serve {
         };
         let line = match listen_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(l) => l,
-            Err(_) => panic!("no listening line from shardline serve; stderr:\n{}", serve.stderr()),
+            Err(_) => panic!(
+                "no listening line from shardline serve; stderr:\n{}",
+                serve.stderr()
+            ),
         };
         serve.addr = url_addr(&line);
         serve
@@ -346,7 +406,10 @@ impl Serve {
     pub fn wait_ready(&self, timeout: Duration) -> String {
         match self.ready.recv_timeout(timeout) {
             Ok(l) => l,
-            Err(_) => panic!("shardline serve never got ready; stderr:\n{}", self.stderr()),
+            Err(_) => panic!(
+                "shardline serve never got ready; stderr:\n{}",
+                self.stderr()
+            ),
         }
     }
 
@@ -381,8 +444,13 @@ impl Drop for Serve {
 
 /// The `HOST:PORT` of the first `http://HOST:PORT` in `line`.
 pub fn url_addr(line: &str) -> SocketAddr {
-    let rest = &line[line.find("http://").unwrap_or_else(|| panic!("no URL in {line:?}")) + 7..];
-    let end = rest.find(|c: char| c.is_whitespace() || c == '/').unwrap_or(rest.len());
+    let rest = &line[line
+        .find("http://")
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        + 7..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '/')
+        .unwrap_or(rest.len());
     rest[..end]
         .parse()
         .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
@@ -402,13 +470,20 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
             let mut it = rest.split_whitespace();
             match it.next() {
                 Some("TYPE") => {
-                    let name = it.next().unwrap_or_else(|| panic!("TYPE without a name: {line:?}"));
-                    let kind = it.next().unwrap_or_else(|| panic!("TYPE without a kind: {line:?}"));
+                    let name = it
+                        .next()
+                        .unwrap_or_else(|| panic!("TYPE without a name: {line:?}"));
+                    let kind = it
+                        .next()
+                        .unwrap_or_else(|| panic!("TYPE without a kind: {line:?}"));
                     assert!(
                         ["counter", "gauge", "summary", "histogram", "untyped"].contains(&kind),
                         "bad type in {line:?}"
                     );
-                    assert!(!typed.contains(&name.to_owned()), "second TYPE line for {name}");
+                    assert!(
+                        !typed.contains(&name.to_owned()),
+                        "second TYPE line for {name}"
+                    );
                     typed.push(name.to_owned());
                 }
                 Some("HELP") => {}
@@ -416,16 +491,22 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
             }
             continue;
         }
-        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value in {line:?}"));
+        let name_end = line
+            .find(['{', ' '])
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
         let name = &line[..name_end];
         assert!(
             !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
                 && !name.starts_with(|c: char| c.is_ascii_digit()),
             "bad metric name in {line:?}"
         );
         let (labels, value) = if line[name_end..].starts_with('{') {
-            let close = line.rfind('}').unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+            let close = line
+                .rfind('}')
+                .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
             let labels = &line[name_end + 1..close];
             for pair in split_labels(labels) {
                 let (k, v) = pair
@@ -448,7 +529,9 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
             "NaN" => f64::NAN,
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let family_typed = typed.iter().any(|t| {
             name == t
@@ -485,7 +568,10 @@ fn split_labels(s: &str) -> Vec<&str> {
 
 /// The value of the sample `name` (no labels), if present.
 pub fn sample(samples: &[(String, String, f64)], name: &str) -> Option<f64> {
-    samples.iter().find(|(n, l, _)| n == name && l.is_empty()).map(|s| s.2)
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && l.is_empty())
+        .map(|s| s.2)
 }
 
 /// Asserts `r` is an OpenAI error object with `status`; returns its `error`.
@@ -502,12 +588,18 @@ pub fn assert_error(r: &Response, status: u16) -> serde_json::Value {
         .get("error")
         .unwrap_or_else(|| panic!("no 'error' object in {v}"))
         .clone();
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "message: {e}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message: {e}"
+    );
     assert!(e["type"].is_string(), "type: {e}");
     assert!(
         e.get("param").is_some_and(|p| p.is_null() || p.is_string()),
         "param: {e}"
     );
-    assert!(e.get("code").is_some_and(|c| c.is_null() || c.is_string()), "code: {e}");
+    assert!(
+        e.get("code").is_some_and(|c| c.is_null() || c.is_string()),
+        "code: {e}"
+    );
     e
 }

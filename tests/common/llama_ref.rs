@@ -15,7 +15,12 @@ extern "C" {
     fn ggml_backend_rpc_add_server(endpoint: *const c_char) -> sys::ggml_backend_reg_t;
 }
 
-unsafe extern "C" fn quiet_log(_level: sys::ggml_log_level, _text: *const c_char, _ud: *mut std::ffi::c_void) {}
+unsafe extern "C" fn quiet_log(
+    _level: sys::ggml_log_level,
+    _text: *const c_char,
+    _ud: *mut std::ffi::c_void,
+) {
+}
 
 fn init() {
     static INIT: Once = Once::new();
@@ -74,7 +79,11 @@ impl LlamaRef {
                 mp.n_gpu_layers = 0;
             }
             let model = sys::llama_model_load_from_file(cpath.as_ptr(), mp);
-            assert!(!model.is_null(), "llama.cpp failed to load {}", path.display());
+            assert!(
+                !model.is_null(),
+                "llama.cpp failed to load {}",
+                path.display()
+            );
             let mut cp = sys::llama_context_default_params();
             cp.n_ctx = n_ctx;
             cp.n_batch = n_ctx;
@@ -115,7 +124,14 @@ impl LlamaRef {
         let mut buf = vec![0u8; 256];
         // SAFETY: valid vocab and a writable buffer of the stated length.
         let n = unsafe {
-            sys::llama_token_to_piece(self.vocab, token, buf.as_mut_ptr().cast(), buf.len() as i32, 0, false)
+            sys::llama_token_to_piece(
+                self.vocab,
+                token,
+                buf.as_mut_ptr().cast(),
+                buf.len() as i32,
+                0,
+                false,
+            )
         };
         assert!(n >= 0);
         buf.truncate(n as usize);
@@ -150,7 +166,8 @@ impl LlamaRef {
                 if i == 0 {
                     prompt_s = started.elapsed().as_secs_f64();
                 }
-                let logits = std::slice::from_raw_parts(sys::llama_get_logits_ith(self.ctx, -1), n_vocab);
+                let logits =
+                    std::slice::from_raw_parts(sys::llama_get_logits_ith(self.ctx, -1), n_vocab);
                 let mut best = 0usize;
                 for (i, &l) in logits.iter().enumerate() {
                     if l > logits[best] {
@@ -241,7 +258,14 @@ impl LlamaVocab {
         loop {
             // SAFETY: valid vocab and a writable buffer of the stated length.
             let n = unsafe {
-                sys::llama_token_to_piece(self.vocab, token, buf.as_mut_ptr().cast(), buf.len() as i32, lstrip, special)
+                sys::llama_token_to_piece(
+                    self.vocab,
+                    token,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    lstrip,
+                    special,
+                )
             };
             if n >= 0 {
                 buf.truncate(n as usize);
@@ -252,7 +276,12 @@ impl LlamaVocab {
     }
 
     /// `llama_detokenize`.
-    pub fn detokenize(&self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
+    pub fn detokenize(
+        &self,
+        tokens: &[i32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Vec<u8> {
         let mut buf = vec![0u8; 64 + tokens.len() * 8];
         loop {
             // SAFETY: valid vocab; token slice and writable buffer with their lengths.
@@ -316,7 +345,11 @@ impl Drop for LlamaVocab {
 /// `llama_chat_apply_template`: llama.cpp's built-in formatting of `messages`
 /// (role, content) for the template family it detects in `template`. `None`
 /// if llama.cpp does not recognise the template.
-pub fn chat_apply_template(template: &str, messages: &[(&str, &str)], add_assistant: bool) -> Option<String> {
+pub fn chat_apply_template(
+    template: &str,
+    messages: &[(&str, &str)],
+    add_assistant: bool,
+) -> Option<String> {
     let tmpl = CString::new(template).ok()?;
     let owned: Vec<(CString, CString)> = messages
         .iter()

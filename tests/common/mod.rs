@@ -32,6 +32,10 @@ pub type Worker = shardline::worker::LocalWorker;
 pub fn start_worker(extra: &[&str]) -> Worker {
     let mut args = vec!["--threads", "1"];
     args.extend_from_slice(extra);
-    Worker::spawn(Path::new(env!("CARGO_BIN_EXE_shardline")), &args, Duration::from_secs(60))
-        .expect("start shardline worker")
+    Worker::spawn(
+        Path::new(env!("CARGO_BIN_EXE_shardline")),
+        &args,
+        Duration::from_secs(60),
+    )
+    .expect("start shardline worker")
 }

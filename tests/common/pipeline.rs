@@ -16,12 +16,20 @@ pub fn argmax(v: &[f32]) -> u32 {
 
 /// `n` greedy tokens after `prompt` in sequence 0, which is then cleared.
 pub async fn greedy(p: &mut Pipeline, prompt: &[u32], n: usize) -> Vec<u32> {
-    let cells: Vec<Cell> = (0..prompt.len()).map(|i| Cell { seq: 0, pos: i as u32 }).collect();
+    let cells: Vec<Cell> = (0..prompt.len())
+        .map(|i| Cell {
+            seq: 0,
+            pos: i as u32,
+        })
+        .collect();
     let logits = p.decode(prompt, &cells, &[prompt.len() - 1]).await.unwrap();
     let mut out = vec![argmax(&logits)];
     while out.len() < n {
         let pos = (prompt.len() + out.len() - 1) as u32;
-        let logits = p.decode(&[*out.last().unwrap()], &[Cell { seq: 0, pos }], &[0]).await.unwrap();
+        let logits = p
+            .decode(&[*out.last().unwrap()], &[Cell { seq: 0, pos }], &[0])
+            .await
+            .unwrap();
         out.push(argmax(&logits));
     }
     p.remove_seq(0);
