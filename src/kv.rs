@@ -126,17 +126,28 @@ impl KvCells {
         self.head = 0;
     }
 
-    /// The attention mask for a batch of query tokens, as f16 bits, row-major
-    /// `[rows][size]`: 0 where query `q` may see the cell (same sequence, not a
-    /// later position), -inf elsewhere. Rows past `queries.len()` (padding)
-    /// are all -inf.
-    pub fn mask_f16(&self, queries: &[Cell], rows: usize) -> Vec<u16> {
+    /// How many leading cells attention must look at: past the last used
+    /// cell, rounded up to 256 (at least 256, at most the cache), so the
+    /// graph's shape changes rarely while short sequences do not pay for the
+    /// whole cache. Attention skips masked cells, so the width never changes
+    /// the result.
+    pub fn attention_window(&self) -> usize {
+        const PAD: usize = 256;
+        let used_end = self.cells.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        used_end.div_ceil(PAD).max(1).saturating_mul(PAD).min(self.cells.len())
+    }
+
+    /// The attention mask for a batch of query tokens over the first `width`
+    /// cells, as f16 bits, row-major `[rows][width]`: 0 where query `q` may
+    /// see the cell (same sequence, not a later position), -inf elsewhere.
+    /// Rows past `queries.len()` (padding) are all -inf.
+    pub fn mask_f16(&self, queries: &[Cell], rows: usize, width: usize) -> Vec<u16> {
         const ZERO: u16 = 0x0000;
         const NEG_INF: u16 = 0xfc00;
-        let n = self.cells.len();
+        let n = width.min(self.cells.len()).max(1);
         let mut m = vec![NEG_INF; rows * n];
         for (q, row) in queries.iter().zip(m.chunks_exact_mut(n)) {
-            for (c, v) in self.cells.iter().zip(row.iter_mut()) {
+            for (c, v) in self.cells[..n].iter().zip(row.iter_mut()) {
                 if let Some(c) = c {
                     if c.seq == q.seq && c.pos <= q.pos {
                         *v = ZERO;
@@ -181,10 +192,24 @@ mod tests {
     }
 
     #[test]
+    fn attention_window_covers_the_last_used_cell_in_steps_of_256() {
+        let mut kv = KvCells::new(1000);
+        assert_eq!(kv.attention_window(), 256);
+        kv.place(&[300], &[cell(0, 0)]).unwrap();
+        assert_eq!(kv.attention_window(), 512);
+        kv.place(&[999], &[cell(1, 0)]).unwrap();
+        assert_eq!(kv.attention_window(), 1000, "never past the cache");
+        assert_eq!(KvCells::new(100).attention_window(), 100);
+        let m = kv.mask_f16(&[cell(0, 5)], 1, 512);
+        assert_eq!(m.len(), 512);
+        assert_eq!(m[300], 0);
+    }
+
+    #[test]
     fn mask_is_causal_per_sequence_with_padding_rows() {
         let mut kv = KvCells::new(4);
         kv.claim(&[cell(0, 0), cell(1, 0), cell(0, 1)]).unwrap();
-        let m = kv.mask_f16(&[cell(0, 1), cell(1, 0)], 3);
+        let m = kv.mask_f16(&[cell(0, 1), cell(1, 0)], 3, 4);
         let z = 0u16;
         let x = 0xfc00u16;
         assert_eq!(

@@ -190,7 +190,6 @@ impl LocalStage {
             .map(|t| (t.name(), t))
             .collect();
         let st = stage_tensors(cfg, &self.layers, self.head, &by_name)?;
-        let kv_size = st.layers.first().map_or(0, |l| l.k_cache.ne()[1]);
         let gsize = graph_size(self.layers.len());
         let ctx = Context::new(
             Context::tensor_overhead() * gsize + Context::graph_overhead(gsize),
@@ -212,7 +211,7 @@ impl LocalStage {
                 .set_name("inp_kv_idx")
                 .set_input(),
             mask: ctx
-                .new_tensor(ty::F16, &[kv_size.max(1), n])?
+                .new_tensor(ty::F16, &[step.n_kv as i64, n])?
                 .set_name("inp_mask")
                 .set_input(),
             out_ids: if self.layers.contains(&(cfg.hp.n_layer - 1)) {

@@ -60,7 +60,9 @@ pub struct Step {
     pub pos: Vec<i32>,
     /// KV cell of each token, I64.
     pub kv_idx: Vec<i64>,
-    /// Mask rows, f16 bits, `[n_tokens][kv_size]`.
+    /// Cells attention looks at: the first `n_kv` of the cache.
+    pub n_kv: usize,
+    /// Mask rows, f16 bits, `[n_tokens][n_kv]`.
     pub mask: Vec<u16>,
     /// Tokens whose logits are wanted (indices into the batch), I32.
     pub out_ids: Vec<i32>,

@@ -145,11 +145,13 @@ impl Pipeline {
         outputs: &[usize],
     ) -> Result<Vec<f32>, DecodeError> {
         let n = tokens.len();
+        let n_kv = self.kv.attention_window();
         let step = Step {
             n_tokens: n,
             pos: cells.iter().map(|c| c.pos as i32).collect(),
             kv_idx: idx.iter().map(|&i| i as i64).collect(),
-            mask: self.kv.mask_f16(cells, n),
+            n_kv,
+            mask: self.kv.mask_f16(cells, n, n_kv),
             out_ids: outputs.iter().map(|&o| o as i32).collect(),
         };
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();

@@ -22,6 +22,7 @@ use crate::rpc::{RemoteBuffer, RpcClient, RpcError};
 struct GraphKey {
     n_tokens: usize,
     n_outputs: usize,
+    n_kv: usize,
 }
 
 /// The graph the server holds for GRAPH_RECOMPUTE, with the wire form of
@@ -270,7 +271,7 @@ impl RemoteStage {
                 .set_name("inp_kv_idx")
                 .set_input(),
             mask: ctx
-                .new_tensor(ty::F16, &[i64::from(self.kv_size), n])?
+                .new_tensor(ty::F16, &[key.n_kv as i64, n])?
                 .set_name("inp_mask")
                 .set_input(),
             out_ids: if key.n_outputs > 0 {
@@ -421,6 +422,7 @@ impl RemoteStage {
         let key = GraphKey {
             n_tokens: step.n_tokens,
             n_outputs: if has_last { step.out_ids.len() } else { 0 },
+            n_kv: step.n_kv,
         };
         let stored = match self.stored.take() {
             Some(s) if s.key == key => {

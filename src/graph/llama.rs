@@ -60,7 +60,8 @@ pub struct StageInputs<'c> {
     pub pos: Tensor<'c>,
     /// KV cell of each token, I64 `[n_tokens]`.
     pub kv_idx: Tensor<'c>,
-    /// Attention mask, F16 `[kv_size, n_tokens]` (0 or -inf).
+    /// Attention mask, F16 `[n_kv, n_tokens]` (0 or -inf): attention looks
+    /// at the first `n_kv` cells of the cache.
     pub mask: Tensor<'c>,
     /// Rows (tokens) whose output is wanted, I32 `[n_outputs]`; used in the
     /// model's last layer.
@@ -187,7 +188,8 @@ fn attention<'c>(
     let head_dim = i64::from(hp.head_dim);
     let (n_head, n_head_kv) = (i64::from(hp.n_head), i64::from(hp.n_head_kv));
     let n_tokens = q.ne()[2];
-    let kv_size = k_cache.ne()[1];
+    // Only the first n_kv cells (the mask's width) can hold anything.
+    let n_kv = mask.ne()[0];
     let f16_row = |n: i64| 2 * n as usize;
 
     let qn = q.nb();
@@ -201,12 +203,12 @@ fn attention<'c>(
     let kv_nb = [
         f16_row(head_dim),
         f16_row(head_dim * n_head_kv),
-        f16_row(head_dim * n_head_kv * kv_size),
+        f16_row(head_dim * n_head_kv * k_cache.ne()[1]),
     ];
     debug_assert_eq!(k_cache.ty(), F16);
-    let k = ctx.view(k_cache, &[head_dim, n_head_kv, kv_size, 1], &kv_nb, 0)?;
+    let k = ctx.view(k_cache, &[head_dim, n_head_kv, n_kv, 1], &kv_nb, 0)?;
     let k = ctx.permute(k, [0, 2, 1, 3])?;
-    let v = ctx.view(v_cache, &[head_dim, n_head_kv, kv_size, 1], &kv_nb, 0)?;
+    let v = ctx.view(v_cache, &[head_dim, n_head_kv, n_kv, 1], &kv_nb, 0)?;
     let v = ctx.permute(v, [0, 2, 1, 3])?;
     ctx.flash_attn_ext(q, k, v, Some(mask), cfg.kq_scale, 0.0, 0.0)
 }
