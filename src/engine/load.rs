@@ -224,16 +224,14 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     let pipeline = Pipeline::new(cfg, embedder, stages, opts.n_ctx);
     let parallel = opts.parallel.max(1);
     let ctx_per_seq = slot_size(opts.n_ctx, parallel) as usize;
-    let name = gguf
-        .get_opt::<&str>("general.name")
-        .ok()
-        .flatten()
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            opts.model
-                .file_stem()
-                .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
-        });
+    // The file name (without .gguf) is what users see and type as the
+    // model id; `general.name` often has spaces and is not unique.
+    let name = opts
+        .model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "model".to_string());
     let chat = ChatTemplate::from_gguf(&gguf).ok();
     let tokenizer = Arc::new(tokenizer);
     let metrics = Arc::new(Metrics::default());

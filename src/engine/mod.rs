@@ -463,7 +463,7 @@ impl Engine {
         load::load(opts).await
     }
 
-    /// The model's name: `general.name`, else the file name.
+    /// The model's id: its file name without `.gguf`.
     pub fn model_name(&self) -> &str {
         &self.shared.name
     }
