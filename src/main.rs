@@ -184,9 +184,9 @@ fn init_tracing(default: &str) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // A worker is a service: say what it does. The other commands print
+    // Workers and servers are services: they say what they do. The others print
     // their results; logs only for trouble unless SHARDLINE_LOG asks.
-    init_tracing(if matches!(cli.command, Command::Worker { .. }) {
+    init_tracing(if matches!(cli.command, Command::Worker { .. } | Command::Serve { .. }) {
         "info"
     } else {
         "warn"

@@ -166,6 +166,11 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             let tick = move |n: u64| {
                 bar.inc(n);
                 let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+                // Without a progress bar, log each quarter of the upload.
+                let quarter = |x: u64| x.saturating_mul(4) / total.max(1);
+                if bar.is_hidden() && quarter(d) != quarter(d - n) {
+                    tracing::info!(done_bytes = d, total_bytes = total, "uploading weights: {}%", d * 100 / total.max(1));
+                }
                 if let Some(cb) = &cb {
                     cb(LoadProgress {
                         bytes_done: d,
