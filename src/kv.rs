@@ -133,8 +133,16 @@ impl KvCells {
     /// the result.
     pub fn attention_window(&self) -> usize {
         const PAD: usize = 256;
-        let used_end = self.cells.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
-        used_end.div_ceil(PAD).max(1).saturating_mul(PAD).min(self.cells.len())
+        let used_end = self
+            .cells
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        used_end
+            .div_ceil(PAD)
+            .max(1)
+            .saturating_mul(PAD)
+            .min(self.cells.len())
     }
 
     /// The attention mask for a batch of query tokens over the first `width`

@@ -186,11 +186,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Workers and servers are services: they say what they do. The others print
     // their results; logs only for trouble unless SHARDLINE_LOG asks.
-    init_tracing(if matches!(cli.command, Command::Worker { .. } | Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
-    });
+    init_tracing(
+        if matches!(cli.command, Command::Worker { .. } | Command::Serve { .. }) {
+            "info"
+        } else {
+            "warn"
+        },
+    );
     match cli.command {
         Command::Run {
             cluster,

@@ -26,9 +26,19 @@ async fn split_on_workers_matches_llama_cpp() {
         let c = RpcClient::connect(&w.endpoint.to_string(), ClientOptions::default())
             .await
             .unwrap();
-        let s = RemoteStage::load(c, 0, &g, &cfg, layers, head, 256, 256, &|_| {})
-            .await
-            .unwrap();
+        let s = RemoteStage::load(
+            std::sync::Arc::new(tokio::sync::Mutex::new(c)),
+            0,
+            &g,
+            &cfg,
+            layers,
+            head,
+            256,
+            256,
+            &|_| {},
+        )
+        .await
+        .unwrap();
         stages.push(StageRunner::Remote(Box::new(s)));
     }
     let embedder = Embedder::new(&g, &cfg, 1).unwrap();

@@ -124,3 +124,47 @@ async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
         }
     }
 }
+
+/// A server with two devices gets a stage on each, over one connection.
+#[tokio::test]
+async fn two_devices_of_one_server_share_its_connection() {
+    let worker = start_worker(&["--device", "CPU,CPU"]);
+    let case = Case {
+        name: "1 server, 2 devices",
+        workers: 1,
+        strategy: Strategy::Split(vec![12, 18]),
+        local_layers: 0,
+    };
+    let e = engine(std::slice::from_ref(&worker), &case).await;
+    let devices: Vec<u32> = e
+        .plan()
+        .stages
+        .iter()
+        .map(|s| match &s.target {
+            shardline::plan::Target::Remote { device, .. } => *device,
+            shardline::plan::Target::Local => panic!("no local stage"),
+        })
+        .collect();
+    assert_eq!(devices, [0, 1]);
+
+    let mut reference = LlamaRef::load(&model_path(), &[], N_CTX);
+    for prompt in prompts().iter().take(2) {
+        let toks = reference.tokenize(prompt, true);
+        let want = reference.greedy(&toks, N_GEN);
+        let req = GenerateRequest {
+            prompt: Prompt::Tokens(toks.iter().map(|&t| t as u32).collect()),
+            max_tokens: N_GEN,
+            sampler: SamplerConfig::greedy(),
+            stop: Vec::new(),
+            stop_at_eog: false,
+        };
+        let mut stream = e.generate(req).unwrap();
+        while let Some(ev) = stream.next().await {
+            if let Event::Error(err) = ev {
+                panic!("{err}");
+            }
+        }
+        let got: Vec<i32> = stream.token_ids().into_iter().map(|t| t as i32).collect();
+        assert_eq!(got, want, "prompt {prompt:?}");
+    }
+}

@@ -499,9 +499,19 @@ async fn worker_matches_llama_cpp() {
     let c = RpcClient::connect(&workers[0].endpoint.to_string(), ClientOptions::default())
         .await
         .unwrap();
-    let remote = RemoteStage::load(c, 0, &g, &cfg, 1..N_LAYER, true, N_CTX, N_CTX, &|_| {})
-        .await
-        .unwrap();
+    let remote = RemoteStage::load(
+        std::sync::Arc::new(tokio::sync::Mutex::new(c)),
+        0,
+        &g,
+        &cfg,
+        1..N_LAYER,
+        true,
+        N_CTX,
+        N_CTX,
+        &|_| {},
+    )
+    .await
+    .unwrap();
     let stages = vec![
         StageRunner::Local(LocalStage::new(&g, &cfg, 0..1, false, N_CTX, 1).unwrap()),
         StageRunner::Remote(remote.into()),
@@ -514,9 +524,19 @@ async fn worker_matches_llama_cpp() {
     let c = RpcClient::connect(&workers[1].endpoint.to_string(), ClientOptions::default())
         .await
         .unwrap();
-    let remote = RemoteStage::load(c, 0, &g, &cfg, 0..N_LAYER, true, N_CTX, N_CTX, &|_| {})
-        .await
-        .unwrap();
+    let remote = RemoteStage::load(
+        std::sync::Arc::new(tokio::sync::Mutex::new(c)),
+        0,
+        &g,
+        &cfg,
+        0..N_LAYER,
+        true,
+        N_CTX,
+        N_CTX,
+        &|_| {},
+    )
+    .await
+    .unwrap();
     let embedder = Embedder::new(&g, &cfg, 1).unwrap();
     let mut p = Pipeline::new(
         cfg,

@@ -12,7 +12,7 @@ use crate::chat::ChatTemplate;
 use crate::cluster::{probe, ServerReport};
 use crate::exec::local::LocalStage;
 use crate::exec::pipeline::{Pipeline, StageRunner};
-use crate::exec::remote::RemoteStage;
+use crate::exec::remote::{RemoteStage, SharedClient};
 use crate::exec::{Embedder, ExecError};
 use crate::gguf::{Gguf, GgufError};
 use crate::load::UploadError;
@@ -53,9 +53,6 @@ pub enum EngineError {
     /// The model does not fit the cluster (nothing was uploaded).
     #[error(transparent)]
     Plan(#[from] PlanError),
-    /// Two stages would share one server, which serves one connection.
-    #[error("the plan puts two stages on {0}; servers with several devices are not supported yet")]
-    SharedServer(String),
     /// Uploading weights failed.
     #[error(transparent)]
     Upload(#[from] UploadError),
@@ -119,11 +116,20 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     tracing::info!("plan:\n{the_plan}");
     let n_batch = cost.n_batch;
 
-    let mut seen = std::collections::HashSet::new();
+    // One connection per server; stages on several devices of one server
+    // share it (a server serves one connection at a time).
+    let mut clients: std::collections::HashMap<String, SharedClient> =
+        std::collections::HashMap::new();
     for s in &the_plan.stages {
         if let Target::Remote { endpoint, .. } = &s.target {
-            if !seen.insert(endpoint.clone()) {
-                return Err(EngineError::SharedServer(endpoint.clone()));
+            if !clients.contains_key(endpoint) {
+                let c = RpcClient::connect(endpoint, ClientOptions::default())
+                    .await
+                    .map_err(|source| EngineError::Server {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
+                clients.insert(endpoint.clone(), Arc::new(tokio::sync::Mutex::new(c)));
             }
         }
     }
@@ -156,20 +162,20 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         let (g, cfg, bar) = (gguf.clone(), cfg.clone(), bar.clone());
         let (done, cb) = (done.clone(), opts.on_progress.clone());
         let n_ctx = opts.n_ctx;
+        let client = clients[&endpoint].clone();
         uploads.spawn(async move {
-            let client = RpcClient::connect(&endpoint, ClientOptions::default())
-                .await
-                .map_err(|source| EngineError::Server {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
             let tick = move |n: u64| {
                 bar.inc(n);
                 let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
                 // Without a progress bar, log each quarter of the upload.
                 let quarter = |x: u64| x.saturating_mul(4) / total.max(1);
                 if bar.is_hidden() && quarter(d) != quarter(d - n) {
-                    tracing::info!(done_bytes = d, total_bytes = total, "uploading weights: {}%", d * 100 / total.max(1));
+                    tracing::info!(
+                        done_bytes = d,
+                        total_bytes = total,
+                        "uploading weights: {}%",
+                        d * 100 / total.max(1)
+                    );
                 }
                 if let Some(cb) = &cb {
                     cb(LoadProgress {

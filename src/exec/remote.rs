@@ -17,6 +17,10 @@ use crate::load::{upload_weights, PlacedWeight, UploadError, UploadStats};
 use crate::model::LlamaConfig;
 use crate::rpc::{RemoteBuffer, RpcClient, RpcError};
 
+/// One connection to a server, shared by the stages on its devices (a server
+/// serves one connection at a time).
+pub type SharedClient = std::sync::Arc<tokio::sync::Mutex<RpcClient>>;
+
 /// Shape of the step a stored graph was built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct GraphKey {
@@ -88,7 +92,8 @@ impl InputLayout {
 /// Layers computed on one device of one server.
 #[derive(Debug)]
 pub struct RemoteStage {
-    client: RpcClient,
+    client: SharedClient,
+    endpoint: String,
     device: u32,
     layers: Range<u32>,
     head: bool,
@@ -110,7 +115,7 @@ impl RemoteStage {
     /// input buffer on `device` of the server behind `client`.
     #[allow(clippy::too_many_arguments)]
     pub async fn load(
-        mut client: RpcClient,
+        shared: SharedClient,
         device: u32,
         g: &Gguf,
         cfg: &LlamaConfig,
@@ -120,13 +125,15 @@ impl RemoteStage {
         n_batch: u32,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<Self, UploadError> {
+        let mut guard = shared.lock().await;
+        let client = &mut *guard;
         let endpoint = client.addr().to_string();
         let rpc = |source| UploadError::Rpc {
             endpoint: endpoint.clone(),
             source,
         };
         let names = stage_weight_names(cfg, &layers, head);
-        let (weights, upload) = upload_weights(&mut client, device, g, &names, progress).await?;
+        let (weights, upload) = upload_weights(client, device, g, &names, progress).await?;
         let alignment = client.alignment(device).await.map_err(rpc)?;
         let kv_tensor = 2 * cfg.n_embd_kv() * u64::from(kv_size);
         let kv_stride = kv_tensor.div_ceil(alignment) * alignment;
@@ -150,8 +157,10 @@ impl RemoteStage {
             .await
             .map_err(rpc)?;
         client.sync().await.map_err(rpc)?;
+        drop(guard);
         Ok(RemoteStage {
-            client,
+            client: shared,
+            endpoint: endpoint.clone(),
             device,
             layers,
             head,
@@ -174,7 +183,7 @@ impl RemoteStage {
 
     /// The server's address.
     pub fn endpoint(&self) -> &str {
-        self.client.addr()
+        &self.endpoint
     }
 
     /// The layers it runs.
@@ -204,7 +213,7 @@ impl RemoteStage {
 
     fn err(&self, source: RpcError) -> ExecError {
         ExecError::Rpc {
-            endpoint: self.client.addr().to_string(),
+            endpoint: self.endpoint.clone(),
             source,
         }
     }
@@ -359,6 +368,7 @@ impl RemoteStage {
 
     async fn upload_inputs(
         &mut self,
+        c: &mut RpcClient,
         stored: &StoredGraph,
         step: &Step,
         hidden: &[f32],
@@ -380,8 +390,7 @@ impl RemoteStage {
                     ),
                 });
             }
-            self.client
-                .set_tensor(wire, *n, 0, &bytes)
+            c.set_tensor(wire, *n, 0, &bytes)
                 .await
                 .map_err(|e| self.err(e))?;
             self.stat.bytes_sent += *n;
@@ -418,6 +427,10 @@ impl RemoteStage {
                 ),
             });
         }
+        // Stages on other devices of this server share the connection.
+        let shared = self.client.clone();
+        let mut guard = shared.lock().await;
+        let c = &mut *guard;
         let has_last = self.layers.contains(&(cfg.hp.n_layer - 1));
         let key = GraphKey {
             n_tokens: step.n_tokens,
@@ -425,10 +438,11 @@ impl RemoteStage {
             n_kv: step.n_kv,
         };
         let stored = match self.stored.take() {
-            Some(s) if s.key == key => {
-                self.upload_inputs(&s, step, hidden).await?;
-                self.client
-                    .graph_recompute(self.device)
+            // A FREE_BUFFER on this connection (by any stage) drops the
+            // server's stored graphs: then the graph is sent again.
+            Some(s) if s.key == key && c.has_stored_graph(self.device) => {
+                self.upload_inputs(c, &s, step, hidden).await?;
+                c.graph_recompute(self.device)
                     .await
                     .map_err(|e| self.err(e))?;
                 s
@@ -437,13 +451,11 @@ impl RemoteStage {
                 let mut built = self.build_wire(cfg, key, self.compute_buf)?;
                 if let Built::NeedCompute(size) = built {
                     if let Some(old) = self.compute_buf.take() {
-                        self.client
-                            .free_buffer(old.remote_ptr)
+                        c.free_buffer(old.remote_ptr)
                             .await
                             .map_err(|e| self.err(e))?;
                     }
-                    let buf = self
-                        .client
+                    let buf = c
                         .alloc_buffer(self.device, size)
                         .await
                         .map_err(|e| self.err(e))?;
@@ -457,9 +469,8 @@ impl RemoteStage {
                     });
                 };
                 let (stored, msg, nbytes) = *ready;
-                self.upload_inputs(&stored, step, hidden).await?;
-                self.client
-                    .graph_compute_sized(self.device, &msg.nodes, &msg.tensors, &nbytes)
+                self.upload_inputs(c, &stored, step, hidden).await?;
+                c.graph_compute_sized(self.device, &msg.nodes, &msg.tensors, &nbytes)
                     .await
                     .map_err(|e| self.err(e))?;
                 self.stat.bytes_sent += (msg.tensors.len() * shardline_protocol::RPC_TENSOR_SIZE
@@ -468,11 +479,7 @@ impl RemoteStage {
             }
         };
         let (out, n) = stored.output;
-        let bytes = self
-            .client
-            .get_tensor(&out, n, 0, n)
-            .await
-            .map_err(|e| self.err(e));
+        let bytes = c.get_tensor(&out, n, 0, n).await.map_err(|e| self.err(e));
         self.stat.bytes_received += n;
         self.stored = Some(stored);
         Ok(f32s(&bytes?))

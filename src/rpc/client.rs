@@ -220,6 +220,13 @@ impl RpcClient {
         &self.opts
     }
 
+    /// Whether the server holds a graph for `device` that
+    /// [`RpcClient::graph_recompute`] can re-run (none after any
+    /// `FREE_BUFFER` on the connection).
+    pub fn has_stored_graph(&self, device: u32) -> bool {
+        self.stored_graphs.contains(&device)
+    }
+
     /// The live buffers this session allocated.
     pub fn buffers(&self) -> impl Iterator<Item = &RemoteBuffer> {
         self.buffers.iter()

@@ -329,12 +329,14 @@ fn message(i: usize, v: &Value) -> Result<ChatMessage, ApiError> {
                     e
                 })? {
                     Some("text") => {}
-                    Some(other) => return Err(ApiError::invalid_value(
-                        &format!("{param}.type"),
-                        format!(
+                    Some(other) => {
+                        return Err(ApiError::invalid_value(
+                            &format!("{param}.type"),
+                            format!(
                             "Content parts of type '{other}' are not supported; only 'text' is."
                         ),
-                    )),
+                        ))
+                    }
                     None => return Err(ApiError::missing(&format!("{param}.type"))),
                 }
                 match pf.get("text") {
