@@ -255,3 +255,38 @@ fn local_workers_exit_with_their_parent() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn bench_reports_speeds_as_json() {
+    let w = start_worker(&[]);
+    let model = model_path();
+    let out = shardline(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--rpc",
+        &rpc(&[&w]),
+        "--ctx",
+        "512",
+        "--prompt-tokens",
+        "16",
+        "--gen-tokens",
+        "4",
+        "--rounds",
+        "1",
+        "--concurrency",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["prompt_tokens"], 16);
+    assert_eq!(v["concurrency"], 2);
+    for key in ["load_s", "prompt_tok_s", "gen_tok_s", "total_gen_tok_s"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
+    }
+}
