@@ -14,6 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::llama_ref::LlamaRef;
+use common::pipeline::greedy_with_logits as greedy;
 use common::start_worker;
 use shardline::exec::local::LocalStage;
 use shardline::exec::pipeline::{Pipeline, StageRunner};
@@ -21,7 +22,6 @@ use shardline::exec::remote::RemoteStage;
 use shardline::exec::Embedder;
 use shardline::gguf::writer::GgufWriter;
 use shardline::gguf::{GgmlType, Gguf};
-use shardline::kv::Cell;
 use shardline::model::LlamaConfig;
 use shardline::rpc::{ClientOptions, RpcClient};
 
@@ -331,44 +331,12 @@ fn prompts() -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-/// Greedy generation; also returns the logits of the prompt's last token.
-async fn greedy(p: &mut Pipeline, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
-    let cells: Vec<Cell> = (0..prompt.len())
-        .map(|i| Cell {
-            seq: 0,
-            pos: i as u32,
-        })
-        .collect();
-    let first = p.decode(prompt, &cells, &[prompt.len() - 1]).await.unwrap();
-    let mut out = vec![argmax(&first)];
-    while out.len() < n {
-        let pos = (prompt.len() + out.len() - 1) as u32;
-        let logits = p
-            .decode(&[*out.last().unwrap()], &[Cell { seq: 0, pos }], &[0])
-            .await
-            .unwrap();
-        out.push(argmax(&logits));
-    }
-    p.remove_seq(0);
-    (out, first)
 }
 
 /// llama.cpp's greedy tokens and first logits for every prompt.

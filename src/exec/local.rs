@@ -196,34 +196,12 @@ impl LocalStage {
             true,
         )?;
         let n = step.n_tokens as i64;
-        let n_embd = i64::from(cfg.hp.n_embd);
-        let inp = StageInputs {
-            hidden: ctx
-                .new_tensor(ty::F32, &[n_embd, n])?
-                .set_name("inp_hidden")
-                .set_input(),
-            pos: ctx
-                .new_tensor(ty::I32, &[n])?
-                .set_name("inp_pos")
-                .set_input(),
-            kv_idx: ctx
-                .new_tensor(ty::I64, &[n])?
-                .set_name("inp_kv_idx")
-                .set_input(),
-            mask: ctx
-                .new_tensor(ty::F16, &[step.n_kv as i64, n])?
-                .set_name("inp_mask")
-                .set_input(),
-            out_ids: if self.layers.contains(&(cfg.hp.n_layer - 1)) {
-                Some(
-                    ctx.new_tensor(ty::I32, &[step.out_ids.len() as i64])?
-                        .set_name("inp_out_ids")
-                        .set_input(),
-                )
-            } else {
-                None
-            },
+        let n_out = if self.layers.contains(&(cfg.hp.n_layer - 1)) {
+            step.out_ids.len() as i64
+        } else {
+            0
         };
+        let inp = StageInputs::new(&ctx, i64::from(cfg.hp.n_embd), n, step.n_kv as i64, n_out)?;
         let mut graph = ctx.new_graph(gsize)?;
         let out = build_stage(&ctx, &mut graph, cfg, &st, &inp)?;
         self.backend.alloc_context(&ctx)?;

@@ -266,33 +266,13 @@ impl RemoteStage {
                 },
             );
         };
-        let inp = StageInputs {
-            hidden: ctx
-                .new_tensor(ty::F32, &[i64::from(cfg.hp.n_embd), n])?
-                .set_name("inp_hidden")
-                .set_input(),
-            pos: ctx
-                .new_tensor(ty::I32, &[n])?
-                .set_name("inp_pos")
-                .set_input(),
-            kv_idx: ctx
-                .new_tensor(ty::I64, &[n])?
-                .set_name("inp_kv_idx")
-                .set_input(),
-            mask: ctx
-                .new_tensor(ty::F16, &[key.n_kv as i64, n])?
-                .set_name("inp_mask")
-                .set_input(),
-            out_ids: if key.n_outputs > 0 {
-                Some(
-                    ctx.new_tensor(ty::I32, &[key.n_outputs as i64])?
-                        .set_name("inp_out_ids")
-                        .set_input(),
-                )
-            } else {
-                None
-            },
-        };
+        let inp = StageInputs::new(
+            &ctx,
+            i64::from(cfg.hp.n_embd),
+            n,
+            key.n_kv as i64,
+            key.n_outputs as i64,
+        )?;
         let mut inputs = vec![
             (Input::Hidden, inp.hidden),
             (Input::Pos, inp.pos),

@@ -68,6 +68,34 @@ pub struct StageInputs<'c> {
     pub out_ids: Option<Tensor<'c>>,
 }
 
+impl<'c> StageInputs<'c> {
+    /// New input tensors in `ctx` for a batch of `n_tokens` tokens of width
+    /// `n_embd`, attending over `n_kv` cells, with `n_outputs` output rows
+    /// (0: the stage does not hold the model's last layer).
+    pub fn new(
+        ctx: &'c Context,
+        n_embd: i64,
+        n_tokens: i64,
+        n_kv: i64,
+        n_outputs: i64,
+    ) -> Result<Self, GgmlError> {
+        let input = |ty: u32, ne: &[i64], name: &str| -> Result<Tensor<'c>, GgmlError> {
+            Ok(ctx.new_tensor(ty, ne)?.set_name(name).set_input())
+        };
+        Ok(StageInputs {
+            hidden: input(ggml_sys::ty::F32, &[n_embd, n_tokens], "inp_hidden")?,
+            pos: input(ggml_sys::ty::I32, &[n_tokens], "inp_pos")?,
+            kv_idx: input(ggml_sys::ty::I64, &[n_tokens], "inp_kv_idx")?,
+            mask: input(F16, &[n_kv, n_tokens], "inp_mask")?,
+            out_ids: if n_outputs > 0 {
+                Some(input(ggml_sys::ty::I32, &[n_outputs], "inp_out_ids")?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
 /// What a stage computes.
 #[derive(Debug)]
 pub struct StageTensors<'c> {
