@@ -4,13 +4,17 @@
 //! `cargo bench --bench concurrent` (env: SHARDLINE_BENCH_TOKENS,
 //! SHARDLINE_BENCH_THREADS, SHARDLINE_TEST_MODEL).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shardline::engine::{Engine, EngineOptions, GenerateRequest, Prompt};
 use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
 use shardline::worker::LocalWorker;
+
+use common::{env_or, model_path};
 
 const PROMPTS: [&str; 8] = [
     "The capital of France is",
@@ -22,22 +26,6 @@ const PROMPTS: [&str; 8] = [
     "In 1969, the first person to walk on the moon was",
     "A haiku about autumn leaves:",
 ];
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn model_path() -> PathBuf {
-    std::env::var_os("SHARDLINE_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var_os("HOME").expect("HOME"))
-                .join(".cache/shardline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
-}
 
 fn request(p: &str, n: usize) -> GenerateRequest {
     GenerateRequest {

@@ -9,7 +9,9 @@
 #[path = "../tests/common/llama_ref.rs"]
 mod llama_ref;
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
@@ -17,21 +19,7 @@ use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
 use shardline::worker::LocalWorker;
 
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn model_path() -> PathBuf {
-    std::env::var_os("SHARDLINE_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var_os("HOME").expect("HOME"))
-                .join(".cache/shardline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
-}
+use common::{env_or, model_path};
 
 #[derive(Default, Clone, Copy)]
 struct Round {

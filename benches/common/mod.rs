@@ -1,0 +1,22 @@
+//! Shared by the benchmarks: settings from the environment and the test model.
+
+use std::path::{Path, PathBuf};
+
+/// `key` from the environment, parsed, or `default`.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The test model (`SHARDLINE_TEST_MODEL`, or where scripts/fetch-model.sh
+/// caches it).
+pub fn model_path() -> PathBuf {
+    std::env::var_os("SHARDLINE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/shardline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        })
+}
