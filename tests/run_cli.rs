@@ -290,3 +290,26 @@ fn bench_reports_speeds_as_json() {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
     }
 }
+
+#[test]
+fn errors_are_one_clear_line_without_backtrace() {
+    let bad = std::env::temp_dir().join(format!("shardline-not-gguf-{}.gguf", std::process::id()));
+    std::fs::write(&bad, b"this is not a model").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["run", "--model", bad.to_str().unwrap(), "--prompt", "x"])
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.starts_with("error: loading the model: "), "{err}");
+    assert!(err.contains("not a GGUF file"), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    assert_eq!(
+        err.matches("not a GGUF file").count(),
+        1,
+        "causes are not repeated: {err}"
+    );
+}
