@@ -1,6 +1,6 @@
 //! Text ⇄ token ids for the vocabularies llama-family GGUF files carry, with
-//! llama.cpp's semantics (`llama_tokenize`, `llama_token_to_piece`,
-//! `llama_detokenize`).
+//! the same results as llama.cpp's tokenizer, piece and detokenizer
+//! functions (checked against them in tests/tokenizer_vs_llama.rs).
 //!
 //! Two vocabulary kinds are supported, picked by `tokenizer.ggml.model`:
 //!
@@ -300,7 +300,7 @@ impl Tokenizer {
         self.tokens.get(id as usize).map_or(0, |t| t.attr)
     }
 
-    /// Text to token ids, as `llama_tokenize`. `add_special` adds BOS/EOS
+    /// Text to token ids, as llama.cpp tokenizes. `add_special` adds BOS/EOS
     /// where the vocabulary asks for them; `parse_special` lets control
     /// tokens written in the text (e.g. `<|im_start|>`) become those tokens.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
