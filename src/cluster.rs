@@ -55,6 +55,18 @@ pub async fn probe(endpoint: &str, opts: ClientOptions) -> Result<ServerReport, 
     })
 }
 
+/// Probes each server in turn; the first failure names its server.
+pub async fn probe_all(
+    endpoints: &[String],
+    opts: ClientOptions,
+) -> Result<Vec<ServerReport>, (String, RpcError)> {
+    let mut out = Vec::with_capacity(endpoints.len());
+    for ep in endpoints {
+        out.push(probe(ep, opts.clone()).await.map_err(|e| (ep.clone(), e))?);
+    }
+    Ok(out)
+}
+
 /// Bytes as a short human-readable size (binary units).
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -531,28 +531,7 @@ fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     use shardline::plan::{devices_from_reports, plan, ModelCost, PlanOptions};
     let gguf = shardline::gguf::Gguf::open(&cluster.model)
         .with_context(|| format!("reading {}", cluster.model.display()))?;
-    let workers = if cluster.rpc.is_empty() {
-        start_local_workers(cluster.local_workers)?
-    } else {
-        Vec::new()
-    };
-    let endpoints: Vec<String> = if cluster.rpc.is_empty() {
-        workers.iter().map(|w| w.endpoint.to_string()).collect()
-    } else {
-        cluster.rpc.clone()
-    };
-    let rt = tokio::runtime::Runtime::new()?;
-    let reports = rt.block_on(async {
-        let mut out = Vec::new();
-        for ep in &endpoints {
-            out.push(
-                shardline::cluster::probe(ep, Default::default())
-                    .await
-                    .with_context(|| format!("probing {ep}"))?,
-            );
-        }
-        Ok::<_, anyhow::Error>(out)
-    })?;
+    let (_workers, reports) = survey(&cluster.rpc, cluster.local_workers)?;
     let opts = PlanOptions {
         n_ctx: cluster.ctx,
         n_batch: cluster.batch,
@@ -570,45 +549,39 @@ fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `n` workers on this machine, splitting its cores between them.
-fn start_local_workers(n: usize) -> anyhow::Result<Vec<shardline::worker::LocalWorker>> {
-    let exe = std::env::current_exe().context("locating the shardline binary")?;
-    let threads = (default_threads() / n.max(1)).max(1).to_string();
-    tracing::info!(count = n, "no --rpc given: starting local workers");
-    (0..n)
-        .map(|_| {
-            shardline::worker::LocalWorker::spawn(
-                &exe,
-                &["--threads", &threads],
-                std::time::Duration::from_secs(60),
-            )
-            .context("starting a local worker")
-        })
-        .collect()
-}
-
-fn run_cluster(rpc: Vec<String>, local_workers: usize, json: bool) -> anyhow::Result<()> {
+/// Probes the servers in `rpc`, or `local_workers` workers started here
+/// when there are none (returned, so they live as long as the caller needs).
+fn survey(
+    rpc: &[String],
+    local_workers: usize,
+) -> anyhow::Result<(
+    Vec<shardline::worker::LocalWorker>,
+    Vec<shardline::cluster::ServerReport>,
+)> {
     let workers = if rpc.is_empty() {
-        start_local_workers(local_workers)?
+        let exe = std::env::current_exe().context("locating the shardline binary")?;
+        shardline::worker::start_local(&exe, local_workers, default_threads())
+            .context("starting local workers")?
     } else {
         Vec::new()
     };
     let endpoints: Vec<String> = if rpc.is_empty() {
         workers.iter().map(|w| w.endpoint.to_string()).collect()
     } else {
-        rpc
+        rpc.to_vec()
     };
     let rt = tokio::runtime::Runtime::new()?;
-    let reports = rt.block_on(async {
-        let mut out = Vec::new();
-        for ep in &endpoints {
-            let r = shardline::cluster::probe(ep, Default::default())
-                .await
-                .with_context(|| format!("probing {ep}"))?;
-            out.push(r);
-        }
-        Ok::<_, anyhow::Error>(out)
-    })?;
+    let reports = rt
+        .block_on(shardline::cluster::probe_all(
+            &endpoints,
+            Default::default(),
+        ))
+        .map_err(|(ep, e)| anyhow::Error::new(e).context(format!("probing {ep}")))?;
+    Ok((workers, reports))
+}
+
+fn run_cluster(rpc: Vec<String>, local_workers: usize, json: bool) -> anyhow::Result<()> {
+    let (_workers, reports) = survey(&rpc, local_workers)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {

@@ -193,6 +193,21 @@ pub fn start(opts: &WorkerOptions) -> Result<(Ready, mpsc::Receiver<WorkerError>
     Ok((ready, rx))
 }
 
+/// Starts `n` local workers with `exe`, splitting `threads` CPU threads
+/// between them; what the coordinator does when no servers are given.
+pub fn start_local(
+    exe: &std::path::Path,
+    n: usize,
+    threads: usize,
+) -> Result<Vec<LocalWorker>, WorkerError> {
+    let n = n.max(1);
+    let per = (threads / n).max(1).to_string();
+    tracing::info!(count = n, "no servers given: starting local workers");
+    (0..n)
+        .map(|_| LocalWorker::spawn(exe, &["--threads", &per], Duration::from_secs(60)))
+        .collect()
+}
+
 /// A `shardline worker` child process on this machine, started by the
 /// coordinator when no servers are given (and by the tests). Killed, by pid,
 /// when dropped.

@@ -313,3 +313,37 @@ fn errors_are_one_clear_line_without_backtrace() {
         "causes are not repeated: {err}"
     );
 }
+
+#[test]
+fn cluster_reports_each_server() {
+    let w = start_worker(&[]);
+    let out = shardline(&["cluster", "--rpc", &rpc(&[&w]), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["endpoint"], w.endpoint.to_string());
+    assert_eq!(v[0]["protocol"], "7.0.0");
+    assert_eq!(v[0]["devices"].as_array().unwrap().len(), 1);
+    assert!(v[0]["devices"][0]["total"].as_u64().unwrap() > 0);
+
+    // Without --rpc it starts two local workers: a header and two rows.
+    let out = shardline(&["cluster"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().filter(|l| l.contains("127.0.0.1:")).count(),
+        2,
+        "{text}"
+    );
+
+    let out = shardline(&["cluster", "--rpc", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("probing 127.0.0.1:1"));
+}

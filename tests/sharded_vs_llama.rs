@@ -168,3 +168,59 @@ async fn two_devices_of_one_server_share_its_connection() {
         assert_eq!(got, want, "prompt {prompt:?}");
     }
 }
+
+/// Two stages on one server share its connection: when the later stage grows
+/// its compute buffer (FREE_BUFFER), the server forgets the earlier stage's
+/// stored graph, which must then be sent again rather than re-run. A prompt
+/// in equal chunks after a short one makes exactly that happen; the tokens
+/// must equal those of the same chunking on two separate servers.
+#[tokio::test]
+async fn graphs_dropped_by_another_stage_are_sent_again() {
+    async fn tokens(servers: Vec<String>, split: Vec<u32>) -> Vec<Vec<u32>> {
+        let e = Engine::load(EngineOptions {
+            model: model_path(),
+            servers,
+            n_ctx: N_CTX,
+            n_batch: 32,
+            strategy: Strategy::Split(split),
+            threads: 1,
+            progress: false,
+            ..EngineOptions::default()
+        })
+        .await
+        .unwrap();
+        assert!(
+            e.model_name().starts_with("SmolLM2-135M-Instruct"),
+            "{}",
+            e.model_name()
+        );
+        let long = "Tell me everything about the history of printing, ".repeat(8);
+        let mut out = Vec::new();
+        for prompt in ["Hi", long.as_str()] {
+            let req = GenerateRequest {
+                prompt: Prompt::Text(prompt.to_string()),
+                max_tokens: 8,
+                sampler: SamplerConfig::greedy(),
+                stop: Vec::new(),
+                stop_at_eog: false,
+            };
+            let mut s = e.generate(req).unwrap();
+            while let Some(ev) = s.next().await {
+                if let Event::Error(err) = ev {
+                    panic!("{err}");
+                }
+            }
+            out.push(s.token_ids());
+        }
+        out
+    }
+    let one = start_worker(&["--device", "CPU,CPU"]);
+    let shared = tokens(vec![one.endpoint.to_string()], vec![12, 18]).await;
+    let (a, b) = (start_worker(&[]), start_worker(&[]));
+    let separate = tokens(
+        vec![a.endpoint.to_string(), b.endpoint.to_string()],
+        vec![12, 18],
+    )
+    .await;
+    assert_eq!(shared, separate);
+}

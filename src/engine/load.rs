@@ -1,6 +1,6 @@
 //! Loading: servers (given, or local workers), plan, upload, pipeline.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::task::JoinSet;
 
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::scheduler::{slot_size, Scheduler};
 use super::{Engine, EngineOptions, LoadProgress, Metrics, Shared};
 use crate::chat::ChatTemplate;
-use crate::cluster::{probe, ServerReport};
+use crate::cluster::{probe_all, ServerReport};
 use crate::exec::local::LocalStage;
 use crate::exec::pipeline::{Pipeline, StageRunner};
 use crate::exec::remote::{RemoteStage, SharedClient};
@@ -20,7 +20,7 @@ use crate::model::{LlamaConfig, ModelError};
 use crate::plan::{devices_from_reports, plan, ModelCost, PlanError, PlanOptions, Target};
 use crate::rpc::{ClientOptions, RpcClient, RpcError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
-use crate::worker::{LocalWorker, WorkerError};
+use crate::worker::WorkerError;
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -77,31 +77,15 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             Some(e) => e.clone(),
             None => std::env::current_exe().map_err(|e| WorkerError::Server(e.to_string()))?,
         };
-        let n = opts.local_workers.max(1);
-        let threads = (opts.threads / n).max(1).to_string();
-        tracing::info!(count = n, "no servers given: starting local workers");
-        for _ in 0..n {
-            workers.push(LocalWorker::spawn(
-                &exe,
-                &["--threads", &threads],
-                Duration::from_secs(60),
-            )?);
-        }
+        workers = crate::worker::start_local(&exe, opts.local_workers, opts.threads)?;
         workers.iter().map(|w| w.endpoint.to_string()).collect()
     } else {
         opts.servers.clone()
     };
 
-    let mut reports: Vec<ServerReport> = Vec::new();
-    for ep in &servers {
-        let r = probe(ep, ClientOptions::default())
-            .await
-            .map_err(|source| EngineError::Server {
-                endpoint: ep.clone(),
-                source,
-            })?;
-        reports.push(r);
-    }
+    let reports: Vec<ServerReport> = probe_all(&servers, ClientOptions::default())
+        .await
+        .map_err(|(endpoint, source)| EngineError::Server { endpoint, source })?;
     let devices = devices_from_reports(&reports);
     let popts = PlanOptions {
         n_ctx: opts.n_ctx,

@@ -133,47 +133,40 @@ impl Metrics {
             self.active_sequences().to_string(),
         );
         let stages = self.stages.lock().map(|s| s.clone()).unwrap_or_default();
-        let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        let _ = writeln!(
-            out,
-            "# HELP shardline_stage_step_seconds Time per step spent on each server (send, compute, receive).\n# TYPE shardline_stage_step_seconds summary"
-        );
-        for s in &stages {
-            let l = label(&s.server);
-            let _ = writeln!(
-                out,
-                "shardline_stage_step_seconds_sum{{server=\"{l}\"}} {}",
-                s.seconds
-            );
-            let _ = writeln!(
-                out,
-                "shardline_stage_step_seconds_count{{server=\"{l}\"}} {}",
-                s.steps
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP shardline_bytes_sent_total Bytes sent to each server while generating.\n# TYPE shardline_bytes_sent_total counter"
-        );
-        for s in &stages {
-            let _ = writeln!(
-                out,
-                "shardline_bytes_sent_total{{server=\"{}\"}} {}",
-                label(&s.server),
-                s.bytes_sent
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP shardline_bytes_received_total Bytes received from each server while generating.\n# TYPE shardline_bytes_received_total counter"
-        );
-        for s in &stages {
-            let _ = writeln!(
-                out,
-                "shardline_bytes_received_total{{server=\"{}\"}} {}",
-                label(&s.server),
-                s.bytes_received
-            );
+        // One family per server-level number, a sample per server.
+        let per_server: [(&str, &str, &str, fn(&StageStat) -> String); 4] = [
+            (
+                "shardline_stage_step_seconds_sum",
+                "summary",
+                "Time per step spent on each server (send, compute, receive).",
+                |s| s.seconds.to_string(),
+            ),
+            ("shardline_stage_step_seconds_count", "", "", |s| {
+                s.steps.to_string()
+            }),
+            (
+                "shardline_bytes_sent_total",
+                "counter",
+                "Bytes sent to each server while generating.",
+                |s| s.bytes_sent.to_string(),
+            ),
+            (
+                "shardline_bytes_received_total",
+                "counter",
+                "Bytes received from each server while generating.",
+                |s| s.bytes_received.to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in per_server {
+            if !kind.is_empty() {
+                // A summary's family is named without its _sum/_count suffix.
+                let family = name.strip_suffix("_sum").unwrap_or(name);
+                let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+            }
+            for s in &stages {
+                let server = s.server.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(out, "{name}{{server=\"{server}\"}} {}", value(s));
+            }
         }
         out
     }
