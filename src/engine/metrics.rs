@@ -19,6 +19,10 @@ pub struct StageStat {
     pub bytes_received: u64,
 }
 
+/// A per-server family: name, Prometheus type (empty: continues the family
+/// above), help text, and the value of one server.
+type PerServer = (&'static str, &'static str, &'static str, fn(&StageStat) -> String);
+
 /// Counters and gauges of an engine.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -134,7 +138,7 @@ impl Metrics {
         );
         let stages = self.stages.lock().map(|s| s.clone()).unwrap_or_default();
         // One family per server-level number, a sample per server.
-        let per_server: [(&str, &str, &str, fn(&StageStat) -> String); 4] = [
+        let per_server: [PerServer; 4] = [
             (
                 "shardline_stage_step_seconds_sum",
                 "summary",
