@@ -21,7 +21,12 @@ pub struct StageStat {
 
 /// A per-server family: name, Prometheus type (empty: continues the family
 /// above), help text, and the value of one server.
-type PerServer = (&'static str, &'static str, &'static str, fn(&StageStat) -> String);
+type PerServer = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&StageStat) -> String,
+);
 
 /// Counters and gauges of an engine.
 #[derive(Debug, Default)]

@@ -263,6 +263,10 @@ impl Scheduler {
     /// Handles a sampled token: stop conditions, text out, next input.
     fn take_token(&self, seq: &mut Seq, tok: u32) -> After {
         seq.next = None;
+        if seq.generated >= seq.job.req.max_tokens {
+            // max_tokens 0: the prompt was read, nothing is generated.
+            return self.finish(seq, Finish::Length);
+        }
         if seq.job.req.stop_at_eog && self.tokenizer.is_eog(tok) {
             return self.finish(seq, Finish::Stop);
         }
