@@ -165,6 +165,20 @@ enum Command {
         #[arg(long, env = "SHARDLINE_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
     },
+    /// Write a model's weights into a cache folder, as `DIR/<hash>` files that
+    /// `shardline worker --cache DIR` and llama.cpp's `rpc-server -c DIR` read,
+    /// with a manifest for checking them. Files already right are kept.
+    Seed {
+        /// The cache folder.
+        #[arg(long)]
+        cache: PathBuf,
+        /// The models (.gguf).
+        #[arg(required = true)]
+        models: Vec<PathBuf>,
+        /// Threads for hashing and writing [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Run ggml's RPC server on this machine (wire-compatible with llama.cpp's
     /// rpc-server), serving its CPU (or GPUs in a GPU build) to a coordinator.
     Worker {
@@ -182,6 +196,15 @@ enum Command {
         /// the same bytes skips the network.
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Write this model's weights into the cache before serving, so a
+        /// coordinator's load sends almost nothing (repeatable; needs --cache).
+        #[arg(long, value_name = "MODEL.gguf")]
+        seed: Vec<PathBuf>,
+        /// Check the cache before serving: full (size and CRC32 of every
+        /// file), size, or off. Damaged files are moved to DIR/bad/ and sent
+        /// again by the next load.
+        #[arg(long, default_value = "full", value_name = "full|size|off")]
+        verify_cache: shardline::cache::VerifyMode,
         /// ggml devices to serve, comma separated (e.g. CPU or CUDA0)
         /// [default: every GPU, else the CPU].
         #[arg(long, value_delimiter = ',')]
@@ -311,6 +334,8 @@ fn run() -> anyhow::Result<()> {
             port,
             threads,
             cache,
+            seed,
+            verify_cache,
             device,
             exit_with_parent,
         } => run_worker(shardline::worker::WorkerOptions {
@@ -318,9 +343,16 @@ fn run() -> anyhow::Result<()> {
             port,
             threads: threads.unwrap_or_else(default_threads),
             cache,
+            seed,
+            verify: verify_cache,
             devices: device,
             exit_with_parent,
         }),
+        Command::Seed {
+            cache,
+            models,
+            threads,
+        } => run_seed(&cache, &models, threads.unwrap_or_else(default_threads)),
     }
 }
 
@@ -328,6 +360,37 @@ fn clock_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn run_seed(cache: &std::path::Path, models: &[PathBuf], threads: usize) -> anyhow::Result<()> {
+    for m in models {
+        let g =
+            shardline::gguf::Gguf::open(m).with_context(|| format!("reading {}", m.display()))?;
+        let total: u64 = g.tensors().iter().map(|t| t.n_bytes()).sum();
+        let bar = if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(indicatif::ProgressStyle::with_template(
+                "seeding {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )?);
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let started = std::time::Instant::now();
+        let r = shardline::cache::seed(cache, &g, threads, &|n| bar.inc(n))
+            .with_context(|| format!("seeding {}", cache.display()))?;
+        bar.finish_and_clear();
+        println!(
+            "{}: {} tensors, {} files written ({}), {} already right, {:.1} s",
+            m.display(),
+            r.tensors,
+            r.written,
+            indicatif::HumanBytes(r.bytes_written),
+            r.kept,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::EngineOptions> {
@@ -410,8 +473,13 @@ fn run_generate(
         }
         if stats {
             let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+            let ls = engine.load_stats();
             let line = serde_json::json!({
                 "load_s": engine.load_time().as_secs_f64(),
+                "sent_bytes": ls.sent_bytes,
+                "cached_bytes": ls.cached_bytes,
+                "hashed_bytes": ls.hashed_bytes,
+                "load_round_trips": ls.servers.iter().map(|s| s.round_trips).max().unwrap_or(0),
                 "prompt_tokens": st.prompt_tokens,
                 "prompt_tok_s": rate(st.prompt_tokens, st.prompt_s),
                 "gen_tokens": st.completion_tokens,
@@ -500,8 +568,12 @@ fn run_bench(
             v.sort_by(|a, b| a.total_cmp(b));
             v[v.len() / 2]
         };
+        let ls = engine.load_stats();
         let result = serde_json::json!({
             "load_s": load_s,
+            "sent_bytes": ls.sent_bytes,
+            "cached_bytes": ls.cached_bytes,
+            "hashed_bytes": ls.hashed_bytes,
             "prompt_tokens": prompt.len(),
             "gen_tokens": gen_tokens,
             "concurrency": concurrency,
@@ -515,7 +587,11 @@ fn run_bench(
         } else {
             println!("{}", engine.plan());
             println!();
-            println!("load          {load_s:.3} s");
+            println!(
+                "load          {load_s:.3} s ({} sent, {} from caches)",
+                indicatif::HumanBytes(ls.sent_bytes),
+                indicatif::HumanBytes(ls.cached_bytes)
+            );
             println!("prompt        {:.1} tok/s ({} tokens, per request)", result["prompt_tok_s"].as_f64().unwrap_or(0.0), prompt.len());
             println!("decode        {:.1} tok/s (per request)", result["gen_tok_s"].as_f64().unwrap_or(0.0));
             println!(

@@ -22,6 +22,10 @@ pub struct WorkerOptions {
     /// Names of the ggml devices to serve (e.g. `CPU`, `CUDA0`); empty serves
     /// every GPU or accelerator, or the CPU when there is none.
     pub devices: Vec<String>,
+    /// Models to write into the cache before serving (needs `cache`).
+    pub seed: Vec<PathBuf>,
+    /// How the cache is checked before serving.
+    pub verify: crate::cache::VerifyMode,
     /// Exit when the parent process exits.
     pub exit_with_parent: bool,
 }
@@ -43,6 +47,15 @@ pub enum WorkerError {
     /// The cache folder could not be created.
     #[error("cannot create cache folder {0}: {1}")]
     Cache(PathBuf, std::io::Error),
+    /// Seeding or checking the cache failed.
+    #[error("cache: {0}")]
+    CacheCheck(#[from] crate::cache::CacheError),
+    /// A model to seed the cache from cannot be read.
+    #[error("seeding from {0}: {1}")]
+    Seed(PathBuf, crate::gguf::GgufError),
+    /// `--seed` without a cache folder.
+    #[error("--seed needs --cache DIR")]
+    SeedWithoutCache,
     /// ggml's server stopped or never started.
     #[error("rpc server failed: {0}")]
     Server(String),
@@ -130,12 +143,91 @@ fn watch_parent() {
         });
 }
 
+/// ggml's messages under shardline's log levels: its per-tensor "saved to"
+/// lines during an upload to a cache are detail, not news.
+fn ggml_log(level: ggml_sys::LogLevel, text: &str) {
+    use ggml_sys::LogLevel as L;
+    match level {
+        L::Error => tracing::error!(target: "ggml", "{text}"),
+        L::Warn => tracing::warn!(target: "ggml", "{text}"),
+        L::Info | L::Debug => tracing::debug!(target: "ggml", "{text}"),
+    }
+}
+
+/// Seeds cache folder `dir` from `models`, then checks the rest of it as
+/// `mode` says, before the server may read it.
+fn prepare_cache(
+    dir: &std::path::Path,
+    models: &[PathBuf],
+    mode: crate::cache::VerifyMode,
+    threads: usize,
+) -> Result<(), WorkerError> {
+    let mut trusted = std::collections::HashSet::new();
+    for m in models {
+        let g = crate::gguf::Gguf::open(m).map_err(|e| WorkerError::Seed(m.clone(), e))?;
+        let started = Instant::now();
+        let total: u64 = g.tensors().iter().map(|t| t.n_bytes()).sum();
+        let bar = terminal_bar(total, "seeding");
+        let r = crate::cache::seed(dir, &g, threads, &|n| bar.inc(n))?;
+        bar.finish_and_clear();
+        tracing::info!(
+            model = %m.display(),
+            files_written = r.written,
+            files_kept = r.kept,
+            bytes_written = r.bytes_written,
+            secs = started.elapsed().as_secs_f64(),
+            "cache seeded"
+        );
+        trusted.extend(r.files);
+    }
+    let started = Instant::now();
+    let r = crate::cache::verify(dir, mode, &trusted, threads)?;
+    for b in &r.bad {
+        tracing::warn!(
+            file = %b.name,
+            "damaged cache file ({}): moved to {}/ and will be sent again",
+            b.reason,
+            crate::cache::BAD_DIR
+        );
+    }
+    tracing::info!(
+        cache = %dir.display(),
+        check = %mode,
+        files = r.files,
+        bytes = r.bytes,
+        rehashed = r.rehashed,
+        damaged = r.bad.len(),
+        secs = started.elapsed().as_secs_f64(),
+        "cache checked"
+    );
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal, else a hidden one.
+fn terminal_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{what} {{bar:40}} {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} ETA {{eta}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 /// Starts ggml's RPC server on a background thread and returns once it accepts
 /// connections. The returned receiver yields the server's error if it stops.
 pub fn start(opts: &WorkerOptions) -> Result<(Ready, mpsc::Receiver<WorkerError>), WorkerError> {
+    ggml_sys::set_log_handler(ggml_log);
     let devices = select_devices(&opts.devices)?;
     if let Some(dir) = &opts.cache {
         std::fs::create_dir_all(dir).map_err(|e| WorkerError::Cache(dir.clone(), e))?;
+        prepare_cache(dir, &opts.seed, opts.verify, opts.threads)?;
+    } else if !opts.seed.is_empty() {
+        return Err(WorkerError::SeedWithoutCache);
     }
     let addr = resolve_port(opts.host, opts.port)?;
     let endpoint = addr.to_string();

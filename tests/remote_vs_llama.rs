@@ -35,7 +35,8 @@ async fn split_on_workers_matches_llama_cpp() {
             head,
             256,
             256,
-            &|_| {},
+            &shardline::load::TensorHashes::start(&g, &model_path(), None, &[], 1),
+            &|_, _| {},
         )
         .await
         .unwrap();

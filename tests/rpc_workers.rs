@@ -390,3 +390,49 @@ async fn worker_killed_mid_upload_is_a_clear_error_within_the_timeout() {
     let again = tokio::time::timeout(Duration::from_secs(6), c.sync()).await;
     assert!(matches!(again, Ok(Err(_))), "{again:?}");
 }
+
+/// Per-tensor questions asked as one batch cost one round trip, and answer
+/// what the one-at-a-time calls answer.
+#[tokio::test]
+async fn batched_queries_take_one_round_trip() {
+    let gguf = Gguf::open(model_path()).unwrap();
+    let worker = start_worker(&[]);
+    let mut c = connect(worker.endpoint).await;
+    let infos: Vec<&TensorInfo> = gguf.tensors().iter().take(40).collect();
+    let probes: Vec<RpcTensor> = infos
+        .iter()
+        .map(|i| weight_tensor(i, 1, 0, 0).unwrap())
+        .collect();
+    let before = c.traffic();
+    let sizes = c.get_alloc_sizes(0, &probes).await.unwrap();
+    assert_eq!(c.traffic().round_trips, before.round_trips + 1);
+    for (p, s) in probes.iter().zip(&sizes).take(5) {
+        assert_eq!(c.get_alloc_size(0, p, &[]).await.unwrap(), *s);
+    }
+
+    let align = c.alignment(0).await.unwrap();
+    let (offs, total) = pack(&infos, align);
+    let buf = c.alloc_buffer(0, total).await.unwrap();
+    let items: Vec<(RpcTensor, u64, u64)> = infos
+        .iter()
+        .zip(&offs)
+        .map(|(i, off)| {
+            let w = weight_tensor(i, 1, buf.remote_ptr, buf.base + off).unwrap();
+            (
+                w,
+                i.n_bytes(),
+                shardline_protocol::fnv1a_64(gguf.tensor_data(i)),
+            )
+        })
+        .collect();
+    let before = c.traffic();
+    let hits = c.set_tensors_from_cache(&items).await.unwrap();
+    assert_eq!(c.traffic().round_trips, before.round_trips + 1);
+    assert!(
+        hits.iter().all(|h| !h),
+        "a worker without a cache has nothing"
+    );
+    // The session is still in step: a plain round trip works.
+    c.sync().await.unwrap();
+    assert!(c.get_alloc_sizes(0, &[]).await.unwrap().is_empty());
+}

@@ -476,7 +476,8 @@ async fn worker_matches_llama_cpp() {
         true,
         N_CTX,
         N_CTX,
-        &|_| {},
+        &shardline::load::TensorHashes::start(&g, &m.0, None, &[], 1),
+        &|_, _| {},
     )
     .await
     .unwrap();
@@ -501,7 +502,8 @@ async fn worker_matches_llama_cpp() {
         true,
         N_CTX,
         N_CTX,
-        &|_| {},
+        &shardline::load::TensorHashes::start(&g, &m.0, None, &[], 1),
+        &|_, _| {},
     )
     .await
     .unwrap();

@@ -13,6 +13,7 @@
 mod backend;
 mod context;
 mod graph;
+mod log;
 mod ops;
 mod rpc_server;
 mod types;
@@ -20,6 +21,7 @@ mod types;
 pub use backend::{CpuBackend, Device, DeviceKind};
 pub use context::{Context, Tensor, TensorId, TensorInfo};
 pub use graph::Graph;
+pub use log::{set_log_handler, LogHandler, LogLevel};
 pub use ops::RopeParams;
 pub use rpc_server::{rpc_start_server, RPC_PROTO_MAJOR, RPC_PROTO_MINOR, RPC_PROTO_PATCH};
 pub use types::{op, op_count, op_name, ty, type_blck_size, type_name, type_size, GgmlType};

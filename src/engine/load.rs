@@ -4,20 +4,25 @@ use std::time::Instant;
 
 use tokio::task::JoinSet;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::scheduler::{slot_size, Scheduler};
-use super::{Engine, EngineOptions, LoadProgress, Metrics, Shared};
+use super::{
+    Engine, EngineOptions, HashMemo, LoadProgress, LoadStats, Metrics, ServerLoad, Shared,
+};
 use crate::chat::ChatTemplate;
 use crate::cluster::{probe_all, ServerReport};
+use crate::exec::local::stage_weight_names;
 use crate::exec::local::LocalStage;
 use crate::exec::pipeline::{Pipeline, StageRunner};
 use crate::exec::remote::{RemoteStage, SharedClient};
 use crate::exec::{Embedder, ExecError};
 use crate::gguf::{Gguf, GgufError};
-use crate::load::UploadError;
+use crate::load::{TensorHashes, UploadError, UploadStats};
 use crate::model::{LlamaConfig, ModelError};
 use crate::plan::{devices_from_reports, plan, ModelCost, PlanError, PlanOptions, Target};
+use crate::rpc::Upload;
 use crate::rpc::{ClientOptions, RpcClient, RpcError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::worker::WorkerError;
@@ -118,6 +123,32 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         }
     }
 
+    // Hashes first wanted by each stage, round-robin, so that every
+    // server's first wave can go out early.
+    let stage_names: Vec<Vec<String>> = the_plan
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.is_local())
+        .map(|(i, s)| stage_weight_names(&cfg, &s.layers, i == the_plan.stages.len() - 1))
+        .collect();
+    let longest = stage_names.iter().map(Vec::len).max().unwrap_or(0);
+    let first: Vec<String> = (0..longest)
+        .flat_map(|k| stage_names.iter().filter_map(move |n| n.get(k).cloned()))
+        .collect();
+    let memo_dir = match &opts.hash_memo {
+        HashMemo::Default => crate::load::hashes::default_memo_dir(),
+        HashMemo::Dir(d) => Some(d.clone()),
+        HashMemo::Off => None,
+    };
+    let hashes = Arc::new(TensorHashes::start(
+        &gguf,
+        &opts.model,
+        memo_dir.as_deref(),
+        &first,
+        opts.threads,
+    ));
+
     // Upload to every server at once.
     let total: u64 = the_plan
         .stages
@@ -126,11 +157,11 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         .map(|s| s.weight_bytes + s.output_bytes)
         .sum();
     let bar = progress_bar(opts.progress, total);
-    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counters = Arc::new(ProgressCounters::default());
     if let Some(cb) = &opts.on_progress {
         cb(LoadProgress {
-            bytes_done: 0,
             bytes_total: total,
+            ..LoadProgress::default()
         });
     }
     let mut uploads = JoinSet::new();
@@ -144,28 +175,35 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         };
         let (endpoint, device, layers) = (endpoint.clone(), *device, s.layers.clone());
         let (g, cfg, bar) = (gguf.clone(), cfg.clone(), bar.clone());
-        let (done, cb) = (done.clone(), opts.on_progress.clone());
+        let (counters, cb, hashes) = (counters.clone(), opts.on_progress.clone(), hashes.clone());
         let n_ctx = opts.n_ctx;
         let client = clients[&endpoint].clone();
         uploads.spawn(async move {
-            let tick = move |n: u64| {
+            let tick = move |n: u64, how: Upload| {
                 bar.inc(n);
-                let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
-                // Without a progress bar, log each quarter of the upload.
-                let quarter = |x: u64| x.saturating_mul(4) / total.max(1);
-                if bar.is_hidden() && quarter(d) != quarter(d - n) {
-                    tracing::info!(
-                        done_bytes = d,
-                        total_bytes = total,
-                        "uploading weights: {}%",
-                        d * 100 / total.max(1)
-                    );
+                let p = counters.add(n, how, total);
+                if bar.is_hidden() {
+                    // Without a progress bar, log each quarter of the upload.
+                    let quarter = |x: u64| x.saturating_mul(4) / total.max(1);
+                    if quarter(p.bytes_done) != quarter(p.bytes_done - n) {
+                        tracing::info!(
+                            done_bytes = p.bytes_done,
+                            total_bytes = total,
+                            sent_bytes = p.bytes_sent,
+                            cached_bytes = p.bytes_cached,
+                            "uploading weights: {}%",
+                            p.bytes_done * 100 / total.max(1)
+                        );
+                    }
+                } else {
+                    bar.set_message(format!(
+                        "sent {}, from caches {}",
+                        indicatif::HumanBytes(p.bytes_sent),
+                        indicatif::HumanBytes(p.bytes_cached)
+                    ));
                 }
                 if let Some(cb) = &cb {
-                    cb(LoadProgress {
-                        bytes_done: d,
-                        bytes_total: total,
-                    });
+                    cb(p);
                 }
             };
             let stage = RemoteStage::load(
@@ -177,6 +215,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
                 i == last,
                 n_ctx,
                 n_batch,
+                &hashes,
                 &tick,
             )
             .await?;
@@ -184,10 +223,12 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         });
     }
     let mut remote: Vec<Option<RemoteStage>> = (0..the_plan.stages.len()).map(|_| None).collect();
+    let mut weights = UploadStats::default();
     while let Some(r) = uploads.join_next().await {
         let (i, stage) =
             r.map_err(|e| ExecError::Weight("upload task".into(), e.to_string()))??;
         let st = stage.upload_stats();
+        weights += st;
         tracing::info!(
             endpoint = stage.endpoint(),
             layers = ?stage.layers(),
@@ -198,6 +239,33 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         remote[i] = Some(stage);
     }
     bar.finish_and_clear();
+    // Hashing ends soon after the uploads; waiting for its memo means a
+    // short-lived `run` still leaves it for the next load.
+    hashes.finished().await;
+    let mut servers = Vec::new();
+    for (endpoint, c) in &clients {
+        let t = c.lock().await.traffic();
+        servers.push(ServerLoad {
+            endpoint: endpoint.clone(),
+            round_trips: t.round_trips,
+            wire_bytes_sent: t.bytes_sent,
+        });
+    }
+    servers.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+    let load_stats = LoadStats {
+        weight_bytes: weights.bytes,
+        sent_bytes: weights.sent,
+        cached_bytes: weights.cached,
+        hashed_bytes: hashes.hashed_bytes(),
+        hashes_from_memo: hashes.from_memo(),
+        servers,
+    };
+    tracing::info!(
+        sent_bytes = load_stats.sent_bytes,
+        cached_bytes = load_stats.cached_bytes,
+        hashed_bytes = load_stats.hashed_bytes,
+        "weights placed"
+    );
 
     let mut stages = Vec::new();
     for (i, s) in the_plan.stages.iter().enumerate() {
@@ -259,6 +327,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             plan: the_plan,
             name,
             load_time: started.elapsed(),
+            load_stats,
             ctx_per_seq,
             jobs: tx,
             metrics,
@@ -269,6 +338,30 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     })
 }
 
+/// Upload progress summed over every stage's task.
+#[derive(Debug, Default)]
+struct ProgressCounters {
+    done: AtomicU64,
+    sent: AtomicU64,
+    cached: AtomicU64,
+}
+
+impl ProgressCounters {
+    fn add(&self, n: u64, how: Upload, total: u64) -> LoadProgress {
+        let bytes_done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        match how {
+            Upload::Sent => self.sent.fetch_add(n, Ordering::Relaxed),
+            Upload::Cached => self.cached.fetch_add(n, Ordering::Relaxed),
+        };
+        LoadProgress {
+            bytes_done,
+            bytes_total: total,
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            bytes_cached: self.cached.load(Ordering::Relaxed),
+        }
+    }
+}
+
 fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !enabled || !std::io::stderr().is_terminal() {
@@ -277,7 +370,7 @@ fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
         )
         .expect("valid template"),
     );

@@ -52,6 +52,52 @@ pub struct LoadProgress {
     pub bytes_done: u64,
     /// Weight bytes to place in all.
     pub bytes_total: u64,
+    /// Of `bytes_done`, bytes sent over the network.
+    pub bytes_sent: u64,
+    /// Of `bytes_done`, bytes the servers' caches supplied.
+    pub bytes_cached: u64,
+}
+
+/// Where the tensor hashes of a model file are remembered between loads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HashMemo {
+    /// `hashes/` under the user's cache folder
+    /// ([`crate::load::hashes::user_cache_dir`]).
+    #[default]
+    Default,
+    /// This folder.
+    Dir(PathBuf),
+    /// Nowhere: hash on every load.
+    Off,
+}
+
+/// What loading cost: bytes over the network and from caches, hashing, and
+/// round trips per server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LoadStats {
+    /// Weight bytes placed on servers.
+    pub weight_bytes: u64,
+    /// Of those, bytes sent over the network.
+    pub sent_bytes: u64,
+    /// Of those, bytes the servers' caches supplied.
+    pub cached_bytes: u64,
+    /// Model bytes hashed during this load (0 when the memo had them all).
+    pub hashed_bytes: u64,
+    /// Whether every tensor hash came from the memo.
+    pub hashes_from_memo: bool,
+    /// Per server: the load connection's traffic.
+    pub servers: Vec<ServerLoad>,
+}
+
+/// One server's share of a load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServerLoad {
+    /// The server.
+    pub endpoint: String,
+    /// Round trips on the connection, from HELLO to the last stage set up.
+    pub round_trips: u64,
+    /// Bytes the coordinator wrote to the connection (frames and data).
+    pub wire_bytes_sent: u64,
 }
 
 /// Called as weights are uploaded.
@@ -91,6 +137,8 @@ pub struct EngineOptions {
     pub queue: usize,
     /// Called as weights are uploaded.
     pub on_progress: Option<ProgressFn>,
+    /// Where tensor hashes are remembered between loads.
+    pub hash_memo: HashMemo,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -124,6 +172,7 @@ impl Default for EngineOptions {
             parallel: 1,
             queue: 64,
             on_progress: None,
+            hash_memo: HashMemo::Default,
         }
     }
 }
@@ -195,6 +244,12 @@ impl EngineBuilder {
     /// Requests that may wait before new ones are refused.
     pub fn queue(mut self, n: usize) -> Self {
         self.opts.queue = n;
+        self
+    }
+
+    /// Where tensor hashes are remembered between loads.
+    pub fn hash_memo(mut self, memo: HashMemo) -> Self {
+        self.opts.hash_memo = memo;
         self
     }
 
@@ -428,6 +483,7 @@ struct Shared {
     plan: Plan,
     name: String,
     load_time: Duration,
+    load_stats: LoadStats,
     ctx_per_seq: usize,
     jobs: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
@@ -486,6 +542,12 @@ impl Engine {
     /// Time spent loading.
     pub fn load_time(&self) -> Duration {
         self.shared.load_time
+    }
+
+    /// What loading cost: bytes sent, bytes from caches, hashing, round
+    /// trips.
+    pub fn load_stats(&self) -> &LoadStats {
+        &self.shared.load_stats
     }
 
     /// Context (tokens) each sequence has.

@@ -13,7 +13,7 @@ use super::{f32s, le_bytes_f32, le_bytes_i32, le_bytes_i64, le_bytes_u16, ExecEr
 use crate::gguf::Gguf;
 use crate::graph::llama::{build_stage, StageInputs};
 use crate::graph::{layout_nodes, to_wire, RemoteLocation};
-use crate::load::{upload_weights, PlacedWeight, UploadError, UploadStats};
+use crate::load::{upload_weights, PlacedWeight, TensorHashes, UploadError, UploadStats};
 use crate::model::LlamaConfig;
 use crate::rpc::{RemoteBuffer, RpcClient, RpcError};
 
@@ -123,7 +123,8 @@ impl RemoteStage {
         head: bool,
         kv_size: u32,
         n_batch: u32,
-        progress: &(dyn Fn(u64) + Send + Sync),
+        hashes: &TensorHashes,
+        progress: &(dyn Fn(u64, crate::rpc::Upload) + Send + Sync),
     ) -> Result<Self, UploadError> {
         let mut guard = shared.lock().await;
         let client = &mut *guard;
@@ -133,7 +134,7 @@ impl RemoteStage {
             source,
         };
         let names = stage_weight_names(cfg, &layers, head);
-        let (weights, upload) = upload_weights(client, device, g, &names, progress).await?;
+        let (weights, upload) = upload_weights(client, device, g, &names, hashes, progress).await?;
         let alignment = client.alignment(device).await.map_err(rpc)?;
         let kv_tensor = 2 * cfg.n_embd_kv() * u64::from(kv_size);
         let kv_stride = kv_tensor.div_ceil(alignment) * alignment;

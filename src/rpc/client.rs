@@ -58,6 +58,18 @@ pub enum Upload {
     Cached,
 }
 
+/// What a session has moved so far, as counted by the client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Times the client waited for the server's answer (a batch of
+    /// pipelined queries answered together counts once).
+    pub round_trips: u64,
+    /// Bytes written to the socket (frames and tensor data).
+    pub bytes_sent: u64,
+    /// Bytes read from the socket.
+    pub bytes_received: u64,
+}
+
 /// A fixed-size response payload (the largest is HELLO's 28 bytes).
 struct Answer {
     buf: [u8; 32],
@@ -113,6 +125,8 @@ pub struct RpcClient {
     poisoned_by: Option<Command>,
     /// The frame being sent.
     scratch: Vec<u8>,
+    /// Counted traffic.
+    traffic: Traffic,
 }
 
 /// Time `bytes` take at `rate` bytes per second (0: no time).
@@ -182,6 +196,7 @@ impl RpcClient {
             backlog_until: None,
             poisoned_by: None,
             scratch: Vec::with_capacity(4096),
+            traffic: Traffic::default(),
         };
         client.hello = client.hello().await?;
         client.device_count = client.query_device_count().await?;
@@ -225,6 +240,11 @@ impl RpcClient {
     /// `FREE_BUFFER` on the connection).
     pub fn has_stored_graph(&self, device: u32) -> bool {
         self.stored_graphs.contains(&device)
+    }
+
+    /// Round trips and bytes moved so far on this session.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
     }
 
     /// The live buffers this session allocated.
@@ -279,7 +299,10 @@ impl RpcClient {
             return Err(self.failure(cmd, f));
         }
         self.poisoned_by = None;
+        self.traffic.bytes_sent += len64(self.scratch.len()) + len64(data.len());
         if round_trip {
+            self.traffic.round_trips += 1;
+            self.traffic.bytes_received += 8 + len64(reply_len);
             self.last_pipelined = None;
             self.backlog_until = None;
         } else {
@@ -349,6 +372,101 @@ impl RpcClient {
         let out = buf.get_mut(..*len).unwrap_or(&mut []);
         self.exchange(cmd, &[], Some(out), Duration::ZERO).await?;
         Ok(answer)
+    }
+
+    /// Writes the `n` requests of `cmd` queued in `self.scratch`, each
+    /// answered with a fixed-size payload, and reads the `n` answers: one
+    /// round trip for the whole batch. Reading runs alongside writing, so a
+    /// batch of any size cannot stall on full socket buffers. `work_bytes`
+    /// is data the server moves on its side (cache files it reads) and gets
+    /// time at `min_throughput` like bytes on the wire.
+    async fn batch(
+        &mut self,
+        cmd: Command,
+        n: usize,
+        work_bytes: u64,
+    ) -> Result<Vec<Answer>, RpcError> {
+        if let Some(during) = self.poisoned_by {
+            return Err(RpcError::Poisoned { during });
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let len = ExpectedResponse::fixed(cmd)
+            .and_then(|e| usize::try_from(e.len).ok())
+            .unwrap_or(0)
+            .min(32);
+        let replies = len64(n).saturating_mul(8 + len64(len));
+        let moved = len64(self.scratch.len())
+            .saturating_add(replies)
+            .saturating_add(work_bytes);
+        let transfer = transfer_time(moved, self.opts.min_throughput);
+        let now = Instant::now();
+        let start = self.backlog_until.filter(|&t| t > now).unwrap_or(now);
+        let deadline = later(start, self.opts.call_timeout.saturating_add(transfer));
+        let allowed = deadline.saturating_duration_since(now);
+
+        self.poisoned_by = Some(cmd);
+        let (mut rd, mut wr) = self.stream.split();
+        let frames = &self.scratch;
+        let write = async {
+            wr.write_all(frames).await.map_err(Failure::Io)?;
+            wr.flush().await.map_err(Failure::Io)
+        };
+        let read = async {
+            // The server answers nothing but these n requests, so a buffered
+            // reader cannot swallow bytes meant for a later call.
+            let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, &mut rd);
+            let mut answers = Vec::with_capacity(n);
+            for _ in 0..n {
+                let mut header = [0u8; 8];
+                rd.read_exact(&mut header).await.map_err(Failure::Io)?;
+                let got = u64::from_le_bytes(header);
+                if got != len64(len) {
+                    return Err(Failure::Size {
+                        expected: len64(len),
+                        got,
+                    });
+                }
+                let mut a = Answer { buf: [0; 32], len };
+                if let Some(out) = a.buf.get_mut(..len) {
+                    rd.read_exact(out).await.map_err(Failure::Io)?;
+                }
+                answers.push(a);
+            }
+            // Nothing may be left over in the buffer.
+            if !rd.buffer().is_empty() {
+                return Err(Failure::Size {
+                    expected: 0,
+                    got: len64(rd.buffer().len()),
+                });
+            }
+            Ok(answers)
+        };
+        let result = match tokio::time::timeout_at(deadline, async {
+            tokio::try_join!(write, read)
+        })
+        .await
+        {
+            Err(_) => {
+                return Err(RpcError::Timeout {
+                    cmd,
+                    after: allowed,
+                })
+            }
+            Ok(r) => r,
+        };
+        let answers = match result {
+            Ok(((), answers)) => answers,
+            Err(f) => return Err(self.failure(cmd, f)),
+        };
+        self.poisoned_by = None;
+        self.traffic.round_trips += 1;
+        self.traffic.bytes_sent += len64(self.scratch.len());
+        self.traffic.bytes_received += replies;
+        self.last_pipelined = None;
+        self.backlog_until = None;
+        Ok(answers)
     }
 
     /// Sends the frame in `self.scratch` (and `data`) without waiting.
@@ -565,6 +683,47 @@ impl RpcClient {
         Ok(Upload::Sent)
     }
 
+    /// Writes all of `data` to `tensor` (`SET_TENSOR`, pipelined) with the
+    /// cache flag set, so that a server started with a cache directory keeps
+    /// a copy under the data's FNV-1a hash for the next load.
+    pub async fn set_tensor_to_cache(
+        &mut self,
+        tensor: &RpcTensor,
+        data: &[u8],
+    ) -> Result<(), RpcError> {
+        self.send_set_tensor(tensor, len64(data.len()), 0, data, true)
+            .await
+    }
+
+    /// Asks the server to fill whole tensors from its cache: one
+    /// `SET_TENSOR_HASH` per `(tensor, nbytes, hash)` with the FNV-1a hash
+    /// of the tensor's `nbytes` bytes, all sent at once and answered in one
+    /// round trip. `true` where the server had the data and wrote it; the
+    /// others still need their bytes sent.
+    pub async fn set_tensors_from_cache(
+        &mut self,
+        items: &[(RpcTensor, u64, u64)],
+    ) -> Result<Vec<bool>, RpcError> {
+        self.scratch.clear();
+        let mut work = 0u64;
+        for (tensor, nbytes, hash) in items {
+            self.buffers.check_range(tensor, *nbytes, 0, *nbytes)?;
+            proto::encode_set_tensor_hash(tensor, 0, *hash, &mut self.scratch);
+            work = work.saturating_add(*nbytes);
+        }
+        let answers = self
+            .batch(Command::SetTensorHash, items.len(), work)
+            .await?;
+        let mut out = Vec::with_capacity(answers.len());
+        for a in &answers {
+            match proto::decode_set_tensor_hash_response(a.bytes()) {
+                Ok(hit) => out.push(hit),
+                Err(e) => return Err(self.malformed(Command::SetTensorHash, e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads `len` bytes at byte `offset` of `tensor` (`GET_TENSOR`).
     pub async fn get_tensor(
         &mut self,
@@ -678,6 +837,32 @@ impl RpcClient {
         let a = self.round_trip(Command::GetAllocSize).await?;
         proto::decode_get_alloc_size_response(a.bytes())
             .map_err(|e| self.malformed(Command::GetAllocSize, e))
+    }
+
+    /// Bytes each of `tensors` needs in a buffer of `device`
+    /// (`GET_ALLOC_SIZE` without sources), asked all at once: one round trip
+    /// for the whole list.
+    pub async fn get_alloc_sizes(
+        &mut self,
+        device: u32,
+        tensors: &[RpcTensor],
+    ) -> Result<Vec<u64>, RpcError> {
+        self.check_device(device)?;
+        self.scratch.clear();
+        for t in tensors {
+            self.buffers.check_optional(t, None)?;
+            proto::encode_get_alloc_size(device, t, &[], &mut self.scratch)
+                .map_err(InvalidRequest::from)?;
+        }
+        let answers = self.batch(Command::GetAllocSize, tensors.len(), 0).await?;
+        let mut out = Vec::with_capacity(answers.len());
+        for a in &answers {
+            match proto::decode_get_alloc_size_response(a.bytes()) {
+                Ok(n) => out.push(n),
+                Err(e) => return Err(self.malformed(Command::GetAllocSize, e)),
+            }
+        }
+        Ok(out)
     }
 
     /// Computes a graph on `device` (`GRAPH_COMPUTE`, pipelined): `nodes`

@@ -22,7 +22,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use client::{ClientOptions, RpcClient, Upload};
+pub use client::{ClientOptions, RpcClient, Traffic, Upload};
 pub use error::{InvalidRequest, RpcError};
 pub use validate::RemoteBuffer;
 

@@ -204,7 +204,13 @@ pub async fn health(State(state): State<AppState>) -> Response {
     match state.status() {
         Status::Loading(p) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading", "bytes_done": p.bytes_done, "bytes_total": p.bytes_total})),
+            Json(json!({
+                "status": "loading",
+                "bytes_done": p.bytes_done,
+                "bytes_total": p.bytes_total,
+                "bytes_sent": p.bytes_sent,
+                "bytes_cached": p.bytes_cached,
+            })),
         )
             .into_response(),
         Status::Failed(m) => (

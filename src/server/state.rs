@@ -22,6 +22,8 @@ struct Shared {
     slot: RwLock<Slot>,
     bytes_done: AtomicU64,
     bytes_total: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_cached: AtomicU64,
     api_key: Option<String>,
     next_id: AtomicU64,
     /// Requests answered, by (route, status).
@@ -63,6 +65,8 @@ impl AppState {
                 slot: RwLock::new(Slot::Loading),
                 bytes_done: AtomicU64::new(0),
                 bytes_total: AtomicU64::new(0),
+                bytes_sent: AtomicU64::new(0),
+                bytes_cached: AtomicU64::new(0),
                 api_key: api_key.filter(|k| !k.is_empty()),
                 next_id: AtomicU64::new(0),
                 requests: Mutex::new(BTreeMap::new()),
@@ -85,6 +89,12 @@ impl AppState {
         self.shared
             .bytes_done
             .store(p.bytes_done, Ordering::Relaxed);
+        self.shared
+            .bytes_sent
+            .store(p.bytes_sent, Ordering::Relaxed);
+        self.shared
+            .bytes_cached
+            .store(p.bytes_cached, Ordering::Relaxed);
     }
 
     /// The model is loaded: serve it.
@@ -105,6 +115,8 @@ impl AppState {
         LoadProgress {
             bytes_done: self.shared.bytes_done.load(Ordering::Relaxed),
             bytes_total: self.shared.bytes_total.load(Ordering::Relaxed),
+            bytes_sent: self.shared.bytes_sent.load(Ordering::Relaxed),
+            bytes_cached: self.shared.bytes_cached.load(Ordering::Relaxed),
         }
     }
 
@@ -191,6 +203,16 @@ impl AppState {
             out,
             "# HELP shardline_load_bytes_total Weight bytes to upload.\n# TYPE shardline_load_bytes_total gauge\nshardline_load_bytes_total {}",
             p.bytes_total
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shardline_load_bytes_sent Weight bytes sent over the network while loading.\n# TYPE shardline_load_bytes_sent gauge\nshardline_load_bytes_sent {}",
+            p.bytes_sent
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shardline_load_bytes_cached Weight bytes the servers' caches supplied while loading.\n# TYPE shardline_load_bytes_cached gauge\nshardline_load_bytes_cached {}",
+            p.bytes_cached
         );
         if let Status::Ready(engine) = status {
             out.push_str(&engine.metrics_text());
