@@ -102,7 +102,7 @@ async fn seeded_workers_serve_the_weights_and_output_equals_llama_cpp() {
         file_bytes / 100
     );
     for s in &st.servers {
-        assert!(s.round_trips <= 24, "{s:?}");
+        assert!(s.round_trips <= 30, "{s:?}");
     }
     assert_eq!(greedy(&e).await, want);
     let _ = std::fs::remove_dir_all(&dir);
@@ -232,5 +232,45 @@ fn a_second_run_hashes_nothing() {
     let second = run();
     assert_eq!(second["hashed_bytes"].as_u64(), Some(0), "{second}");
     assert!(dir.join("hashes").read_dir().unwrap().count() == 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A cold load over an emulated 10 ms link: the client counts at most a few
+/// dozen round trips per server (per-tensor questions go in batches), and
+/// the output is still llama.cpp's.
+#[tokio::test]
+async fn a_load_over_a_far_link_takes_a_few_round_trips() {
+    use shardline::relay::{LinkSpec, Relay};
+    let dir = tmp("far");
+    let want = expected();
+    let workers = [start_worker(&[]), start_worker(&[])];
+    let spec = LinkSpec::parse("delay=10ms").unwrap();
+    let relays: Vec<Relay> = workers
+        .iter()
+        .map(|w| Relay::start(w.endpoint, spec.clone()).unwrap())
+        .collect();
+    let e = Engine::load(EngineOptions {
+        model: model_path(),
+        servers: relays.iter().map(|r| r.addr().to_string()).collect(),
+        n_ctx: N_CTX,
+        n_batch: N_CTX,
+        strategy: Strategy::Even,
+        threads: 2,
+        progress: false,
+        hash_memo: HashMemo::Dir(dir.join("memo")),
+        ..EngineOptions::default()
+    })
+    .await
+    .expect("load");
+    let st = e.load_stats().clone();
+    assert_eq!(st.servers.len(), 2);
+    for s in &st.servers {
+        assert!(s.round_trips <= 30, "{s:?}");
+    }
+    // The relays saw the weights go through them.
+    let through: u64 = relays.iter().map(|r| r.stats().client_to_server).sum();
+    assert!(through >= st.sent_bytes, "{through} < {}", st.sent_bytes);
+    assert_eq!(greedy(&e).await, want);
+    drop(e);
     let _ = std::fs::remove_dir_all(&dir);
 }
