@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::plan::{human_bytes, DeviceSpec};
 use crate::rpc::{ClientOptions, RpcClient, RpcError};
 
 /// One device of one server.
@@ -67,20 +68,21 @@ pub async fn probe_all(
     Ok(out)
 }
 
-/// Bytes as a short human-readable size (binary units).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+/// Every device of every server, in order, as the planner sees them.
+pub fn devices_from_reports(reports: &[ServerReport]) -> Vec<DeviceSpec> {
+    reports
+        .iter()
+        .flat_map(|s| {
+            s.devices.iter().map(|d| DeviceSpec {
+                endpoint: s.endpoint.clone(),
+                device: d.index,
+                free: d.free,
+                total: d.total,
+                alignment: d.alignment,
+                max_size: d.max_size,
+            })
+        })
+        .collect()
 }
 
 /// A table of servers, one row per device.
@@ -155,6 +157,65 @@ mod tests {
         assert!(
             text.contains("1.0 GiB") && text.contains("2.0 GiB"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn devices_from_cluster_reports() {
+        let reports = [
+            ServerReport {
+                endpoint: "a:1".into(),
+                protocol: "7.0.0".into(),
+                devices: vec![
+                    DeviceReport {
+                        index: 0,
+                        free: 1,
+                        total: 2,
+                        alignment: 32,
+                        max_size: 100,
+                    },
+                    DeviceReport {
+                        index: 1,
+                        free: 3,
+                        total: 4,
+                        alignment: 64,
+                        max_size: u64::MAX,
+                    },
+                ],
+            },
+            ServerReport {
+                endpoint: "b:2".into(),
+                protocol: "7.0.0".into(),
+                devices: vec![],
+            },
+            ServerReport {
+                endpoint: "c:3".into(),
+                protocol: "7.0.0".into(),
+                devices: vec![DeviceReport {
+                    index: 0,
+                    free: 5,
+                    total: 6,
+                    alignment: 32,
+                    max_size: 7,
+                }],
+            },
+        ];
+        let d = devices_from_reports(&reports);
+        assert_eq!(d.len(), 3);
+        assert_eq!(
+            d[1],
+            DeviceSpec {
+                endpoint: "a:1".into(),
+                device: 1,
+                free: 3,
+                total: 4,
+                alignment: 64,
+                max_size: u64::MAX
+            }
+        );
+        assert_eq!(
+            (d[2].endpoint.as_str(), d[2].device, d[2].max_size),
+            ("c:3", 0, 7)
         );
     }
 }

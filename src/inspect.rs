@@ -126,6 +126,7 @@ impl TensorSummary {
 pub fn summarize(gguf: &Gguf) -> Result<ModelSummary, GgufError> {
     let md = gguf.metadata_map();
     let hp = LlamaHparams::from_metadata(md)?;
+    hp.check_tensors(gguf.tensors())?;
     let layers = LayerBytes::of(gguf.tensors(), hp.n_layer)?;
 
     let mut tensor_types = BTreeMap::new();

@@ -500,7 +500,7 @@ fn run_serve(
     api_key: Option<String>,
 ) -> anyhow::Result<()> {
     let mut engine = engine_options(&cluster)?;
-    engine.parallel = parallel.max(1);
+    engine.parallel = parallel;
     engine.queue = queue;
     let rt = tokio::runtime::Runtime::new()?;
     let r = rt.block_on(shardline::server::serve(shardline::server::ServeOptions {
@@ -604,10 +604,10 @@ fn run_bench(
 }
 
 fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
-    use shardline::plan::{devices_from_reports, plan, ModelCost, PlanOptions};
+    use shardline::cluster::devices_from_reports;
+    use shardline::plan::{plan, ModelCost, PlanOptions};
     let gguf = shardline::gguf::Gguf::open(&cluster.model)
         .with_context(|| format!("reading {}", cluster.model.display()))?;
-    let (_workers, reports) = survey(&cluster.rpc, cluster.local_workers)?;
     let opts = PlanOptions {
         n_ctx: cluster.ctx,
         n_batch: cluster.batch,
@@ -615,7 +615,10 @@ fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
         local_layers: cluster.local_layers,
         ..PlanOptions::default()
     };
-    let cost = ModelCost::from_gguf(&gguf, &opts)?;
+    // The model and the options are checked before any worker starts.
+    let cost = ModelCost::from_gguf(&gguf, &opts)
+        .with_context(|| format!("planning {}", cluster.model.display()))?;
+    let (_workers, reports) = survey(&cluster.rpc, cluster.local_workers)?;
     let p = plan(&cost, &devices_from_reports(&reports), &opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&p)?);

@@ -3,6 +3,7 @@
 
 use ggml_sys::RopeParams;
 
+use crate::gguf::llama::limits::MAX_CONTEXT;
 use crate::gguf::llama::{keys, LlamaHparams};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
 
@@ -52,6 +53,7 @@ impl LlamaConfig {
     /// Reads the configuration and checks every weight's presence and shape.
     pub fn from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
         let hp = LlamaHparams::from_metadata(g.metadata_map())?;
+        hp.check_tensors(g.tensors())?;
         let arch = hp.architecture.clone();
         if !matches!(arch.as_str(), "llama" | "mistral") {
             return Err(ModelError::Architecture(arch));
@@ -91,17 +93,19 @@ impl LlamaConfig {
         let attn_factor = g
             .get_opt::<f32>(&key("rope.scaling.attn_factor"))?
             .unwrap_or(1.0);
+        // Capped like the training context, so it fits ggml's i32.
         let n_ctx_orig = g
             .get_opt::<u32>(&key("rope.scaling.original_context_length"))
             .ok()
             .flatten()
+            .filter(|&n| n > 0 && n <= MAX_CONTEXT)
             .unwrap_or(hp.n_ctx_train);
         let attn_scale = g
             .get_opt::<f32>(&key("attention.scale"))
             .ok()
             .flatten()
             .unwrap_or(0.0);
-        let kq_scale = if attn_scale == 0.0 {
+        let kq_scale = if attn_scale == 0.0 || !attn_scale.is_finite() {
             1.0 / (hp.head_dim as f32).sqrt()
         } else {
             attn_scale
@@ -252,7 +256,7 @@ impl LayerRole {
     pub fn dims(self, cfg: &LlamaConfig) -> Vec<u64> {
         let hp = &cfg.hp;
         let e = u64::from(hp.n_embd);
-        let q = u64::from(hp.head_dim * hp.n_head);
+        let q = u64::from(hp.head_dim) * u64::from(hp.n_head);
         let kv = cfg.n_embd_kv();
         let ff = u64::from(hp.n_ff);
         match self {

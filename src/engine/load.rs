@@ -12,7 +12,7 @@ use super::{
     Engine, EngineOptions, HashMemo, LoadProgress, LoadStats, Metrics, ServerLoad, Shared,
 };
 use crate::chat::ChatTemplate;
-use crate::cluster::{probe_all, ServerReport};
+use crate::cluster::{devices_from_reports, probe_all, ServerReport};
 use crate::exec::local::stage_weight_names;
 use crate::exec::local::LocalStage;
 use crate::exec::pipeline::{Pipeline, StageRunner};
@@ -21,7 +21,7 @@ use crate::exec::{Embedder, ExecError};
 use crate::gguf::{Gguf, GgufError};
 use crate::load::{TensorHashes, UploadError, UploadStats};
 use crate::model::{LlamaConfig, ModelError};
-use crate::plan::{devices_from_reports, plan, ModelCost, PlanError, PlanOptions, Target};
+use crate::plan::{plan, ModelCost, PlanError, PlanOptions, Target};
 use crate::rpc::Upload;
 use crate::rpc::{ClientOptions, RpcClient, RpcError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -64,9 +64,79 @@ pub enum EngineError {
     /// Setting up a stage failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// The options cannot work together (nothing was started).
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+}
+
+/// Engine options that cannot work together, found before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// A context of 0 cells.
+    #[error("the context size must be at least 1")]
+    ZeroContext,
+    /// A batch of 0 tokens.
+    #[error("the batch size must be at least 1")]
+    ZeroBatch,
+    /// No sequences.
+    #[error("parallel must be at least 1")]
+    ZeroParallel,
+    /// More sequences than KV cells: some sequence would get no cell.
+    #[error(
+        "parallel {parallel} is more than the context size {n_ctx}: each sequence needs its own KV cells"
+    )]
+    ParallelOverContext {
+        /// Sequences asked for.
+        parallel: usize,
+        /// The context size.
+        n_ctx: u32,
+    },
+    /// More sequences than a step holds: a decode step carries one token of
+    /// every sequence at once.
+    #[error(
+        "parallel {parallel} is more than the batch size {n_batch}: a decode step carries one token of every sequence, so the batch must hold them all"
+    )]
+    ParallelOverBatch {
+        /// Sequences asked for.
+        parallel: usize,
+        /// Tokens per step (the batch, at most the context size).
+        n_batch: u32,
+    },
+}
+
+impl EngineOptions {
+    /// Checks that the context, batch and parallel settings can work
+    /// together; [`Engine::load`] calls it before opening anything.
+    pub fn check(&self) -> Result<(), OptionsError> {
+        if self.n_ctx == 0 {
+            return Err(OptionsError::ZeroContext);
+        }
+        if self.n_batch == 0 {
+            return Err(OptionsError::ZeroBatch);
+        }
+        if self.parallel == 0 {
+            return Err(OptionsError::ZeroParallel);
+        }
+        if self.parallel > self.n_ctx as usize {
+            return Err(OptionsError::ParallelOverContext {
+                parallel: self.parallel,
+                n_ctx: self.n_ctx,
+            });
+        }
+        // The planner caps the batch at the context; so does a step.
+        let n_batch = self.n_batch.min(self.n_ctx);
+        if self.parallel > n_batch as usize {
+            return Err(OptionsError::ParallelOverBatch {
+                parallel: self.parallel,
+                n_batch,
+            });
+        }
+        Ok(())
+    }
 }
 
 pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
+    opts.check()?;
     let started = Instant::now();
     let path = opts.model.display().to_string();
     let gguf = Gguf::open(&opts.model).map_err(|source| EngineError::Model {
@@ -75,6 +145,18 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     })?;
     let cfg = LlamaConfig::from_gguf(&gguf)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    // Everything the file and the options decide is checked before any
+    // worker starts or any server is reached.
+    let popts = PlanOptions {
+        n_ctx: opts.n_ctx,
+        n_batch: opts.n_batch,
+        // parallel <= n_ctx, a u32 (checked above).
+        n_seq_max: opts.parallel as u32,
+        strategy: opts.strategy.clone(),
+        local_layers: opts.local_layers,
+        ..PlanOptions::default()
+    };
+    let cost = ModelCost::from_gguf(&gguf, &popts)?;
 
     let mut workers = Vec::new();
     let servers = if opts.servers.is_empty() {
@@ -92,15 +174,6 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         .await
         .map_err(|(endpoint, source)| EngineError::Server { endpoint, source })?;
     let devices = devices_from_reports(&reports);
-    let popts = PlanOptions {
-        n_ctx: opts.n_ctx,
-        n_batch: opts.n_batch,
-        n_seq_max: opts.parallel.max(1) as u32,
-        strategy: opts.strategy.clone(),
-        local_layers: opts.local_layers,
-        ..PlanOptions::default()
-    };
-    let cost = ModelCost::from_gguf(&gguf, &popts)?;
     let the_plan = plan(&cost, &devices, &popts)?;
     tracing::info!("plan:\n{the_plan}");
     let n_batch = cost.n_batch;
@@ -285,7 +358,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     }
     let embedder = Embedder::new(&gguf, &cfg, opts.threads)?;
     let pipeline = Pipeline::new(cfg, embedder, stages, opts.n_ctx);
-    let parallel = opts.parallel.max(1);
+    let parallel = opts.parallel;
     let ctx_per_seq = slot_size(opts.n_ctx, parallel) as usize;
     // The file name (without .gguf) is what users see and type as the
     // model id; `general.name` often has spaces and is not unique.
@@ -375,4 +448,55 @@ fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
         .expect("valid template"),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(n_ctx: u32, n_batch: u32, parallel: usize) -> EngineOptions {
+        EngineOptions {
+            n_ctx,
+            n_batch,
+            parallel,
+            ..EngineOptions::default()
+        }
+    }
+
+    #[test]
+    fn options_that_cannot_work_are_refused() {
+        assert_eq!(opts(4096, 512, 4).check(), Ok(()));
+        assert_eq!(opts(8, 8, 8).check(), Ok(()));
+        assert_eq!(opts(0, 512, 1).check(), Err(OptionsError::ZeroContext));
+        assert_eq!(opts(64, 0, 1).check(), Err(OptionsError::ZeroBatch));
+        assert_eq!(opts(64, 64, 0).check(), Err(OptionsError::ZeroParallel));
+        assert_eq!(
+            opts(64, 4, 8).check(),
+            Err(OptionsError::ParallelOverBatch {
+                parallel: 8,
+                n_batch: 4
+            })
+        );
+        assert_eq!(
+            opts(4, 512, 8).check(),
+            Err(OptionsError::ParallelOverContext {
+                parallel: 8,
+                n_ctx: 4
+            })
+        );
+        // The batch a step can carry is capped at the context.
+        assert_eq!(
+            opts(16, 512, 16).check(),
+            Ok(()),
+            "16 sequences of one cell each fit a 16-token step"
+        );
+        // A huge context is the planner's to refuse: it names the device
+        // that is short, before the coordinator allocates for it.
+        assert_eq!(opts(u32::MAX, 512, 1).check(), Ok(()));
+        let msg = opts(64, 4, 8).check().unwrap_err().to_string();
+        assert!(
+            msg.contains("parallel 8") && msg.contains("batch size 4"),
+            "{msg}"
+        );
+    }
 }

@@ -42,7 +42,7 @@ use crate::sample::{SamplerConfig, SamplerError};
 use crate::tokenizer::Tokenizer;
 use crate::worker::LocalWorker;
 
-pub use load::EngineError;
+pub use load::{EngineError, OptionsError};
 pub use metrics::Metrics;
 
 /// Upload progress while loading.
@@ -130,7 +130,8 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Show a progress bar while uploading (when stderr is a terminal).
     pub progress: bool,
-    /// Sequences decoded together.
+    /// Sequences decoded together: at least 1, at most the batch size
+    /// (a decode step carries one token of each) and the context size.
     pub parallel: usize,
     /// Requests that may wait for a free sequence before new ones are
     /// refused ([`SubmitError::QueueFull`]).

@@ -135,7 +135,8 @@ impl RemoteStage {
         };
         let names = stage_weight_names(cfg, &layers, head);
         let (weights, upload) = upload_weights(client, device, g, &names, hashes, progress).await?;
-        let alignment = client.alignment(device).await.map_err(rpc)?;
+        // A server that reports 0 means no constraint (and must not divide by 0).
+        let alignment = client.alignment(device).await.map_err(rpc)?.max(1);
         let kv_tensor = 2 * cfg.n_embd_kv() * u64::from(kv_size);
         let kv_stride = kv_tensor.div_ceil(alignment) * alignment;
         let kv_buf = client

@@ -366,6 +366,43 @@ pub enum GgufError {
         reason: &'static str,
     },
 
+    /// A model hyperparameter, or a product of two, is above this reader's
+    /// cap for it (see [`llama::limits`](super::llama::limits)).
+    #[error("metadata key '{key}' has value {value}, over the limit of {max}")]
+    HyperparameterOverLimit {
+        /// The key, or `a x b` for a product of two keys.
+        key: String,
+        /// The value as read (or the product), exact.
+        value: u64,
+        /// The cap.
+        max: u64,
+    },
+
+    /// A tensor's shape disagrees with the hyperparameters that describe it.
+    #[error("tensor '{tensor}' has shape {dims:?}, but {keys} give {expected:?}")]
+    TensorDisagrees {
+        /// The tensor's name.
+        tensor: String,
+        /// Its dims as stored.
+        dims: Vec<u64>,
+        /// The dims the hyperparameters imply.
+        expected: Vec<u64>,
+        /// The hyperparameters the expected dims come from, e.g.
+        /// `embedding_length and head_count x key_length`.
+        keys: &'static str,
+    },
+
+    /// A layer below the declared layer count has no tensors.
+    #[error("metadata key '{key}' says {n_layer} layers, but no tensor belongs to layer {layer} (blk.{layer}.*)")]
+    LayerMissing {
+        /// The layer-count key, `{arch}.block_count`.
+        key: String,
+        /// The first layer without tensors.
+        layer: u32,
+        /// The declared layer count.
+        n_layer: u32,
+    },
+
     /// No tensor has the name asked for.
     #[error("no tensor named '{name}'")]
     NoSuchTensor {

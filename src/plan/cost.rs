@@ -6,7 +6,8 @@
 
 use serde::Serialize;
 
-use crate::gguf::llama::{layer_index, LlamaHparams};
+use crate::gguf::llama::limits::MAX_LAYERS;
+use crate::gguf::llama::{keys, layer_index, LlamaHparams};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
 
 use super::{PlanError, PlanOptions};
@@ -100,8 +101,18 @@ pub struct ModelWeights {
 impl ModelWeights {
     /// Sorts `tensors` of a model with `n_layer` layers. A `blk.N.` tensor
     /// with `N >= n_layer` is [`GgufError::LayerOutOfRange`]; a model with
-    /// neither [`OUTPUT`] nor [`TOKEN_EMBD`] is [`PlanError::MissingOutput`].
+    /// neither [`OUTPUT`] nor [`TOKEN_EMBD`] is [`PlanError::MissingOutput`];
+    /// `n_layer` above [`MAX_LAYERS`] is refused before the per-layer table
+    /// is allocated.
     pub fn from_tensors(tensors: &[TensorInfo], n_layer: u32) -> Result<ModelWeights, PlanError> {
+        if n_layer > MAX_LAYERS {
+            return Err(GgufError::HyperparameterOverLimit {
+                key: keys::BLOCK_COUNT.to_owned(),
+                value: u64::from(n_layer),
+                max: u64::from(MAX_LAYERS),
+            }
+            .into());
+        }
         let mut w = ModelWeights {
             layers: vec![Vec::new(); n_layer as usize],
             ..ModelWeights::default()
@@ -176,9 +187,11 @@ pub struct ModelCost {
 }
 
 impl ModelCost {
-    /// Reads the hyperparameters and tensor sizes of a llama-family file.
+    /// Reads the hyperparameters and tensor sizes of a llama-family file,
+    /// checking the hyperparameters against the tensors first.
     pub fn from_gguf(gguf: &Gguf, opts: &PlanOptions) -> Result<ModelCost, PlanError> {
         let hp = LlamaHparams::from_metadata(gguf.metadata_map())?;
+        hp.check_tensors(gguf.tensors())?;
         let weights = ModelWeights::from_tensors(gguf.tensors(), hp.n_layer)?;
         ModelCost::from_parts(ModelShape::from(&hp), weights, opts)
     }

@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use crate::cluster::human_bytes;
-
 use super::{layer_range, Plan};
 
 const HEADERS: [&str; 8] = [
@@ -97,5 +95,21 @@ impl fmt::Display for Plan {
             line(f, row.each_ref().map(String::as_str))?;
         }
         Ok(())
+    }
+}
+
+/// Bytes as a short human-readable size (binary units).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Pure: no I/O, no async. The planner returns a plain [`Plan`] that the
 //! rest of the code reads ([`Plan::stage_of_layer`]). The `plan` command is:
-//! probe the servers → [`devices_from_reports`] → [`ModelCost::from_gguf`] →
+//! probe the servers → `cluster::devices_from_reports` → [`ModelCost::from_gguf`] →
 //! [`plan`] → print the [`Plan`] (a table through `Display`, or JSON).
 //!
 //! Placement rules:
@@ -24,6 +24,8 @@
 
 pub mod cost;
 mod display;
+#[doc(hidden)]
+pub mod fuzz;
 mod split;
 #[cfg(test)]
 mod tests;
@@ -34,12 +36,12 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::cluster::{human_bytes, ServerReport};
 use crate::gguf::GgufError;
 
 pub use cost::{
     compute_estimate, kv_tensor_bytes, ModelCost, ModelShape, ModelWeights, TensorCost,
 };
+pub use display::human_bytes;
 pub use split::parse_split;
 
 /// Default [`PlanOptions::reserve`]: 256 MiB left free on each device.
@@ -76,23 +78,6 @@ impl DeviceSpec {
             self.max_size
         }
     }
-}
-
-/// Every device of every server, in order.
-pub fn devices_from_reports(reports: &[ServerReport]) -> Vec<DeviceSpec> {
-    reports
-        .iter()
-        .flat_map(|s| {
-            s.devices.iter().map(|d| DeviceSpec {
-                endpoint: s.endpoint.clone(),
-                device: d.index,
-                free: d.free,
-                total: d.total,
-                alignment: d.alignment,
-                max_size: d.max_size,
-            })
-        })
-        .collect()
 }
 
 /// How the layers that are not local divide between the devices.

@@ -717,66 +717,6 @@ fn strategies_parse() {
 }
 
 #[test]
-fn devices_from_cluster_reports() {
-    use crate::cluster::DeviceReport;
-    let reports = [
-        ServerReport {
-            endpoint: "a:1".into(),
-            protocol: "7.0.0".into(),
-            devices: vec![
-                DeviceReport {
-                    index: 0,
-                    free: 1,
-                    total: 2,
-                    alignment: 32,
-                    max_size: 100,
-                },
-                DeviceReport {
-                    index: 1,
-                    free: 3,
-                    total: 4,
-                    alignment: 64,
-                    max_size: u64::MAX,
-                },
-            ],
-        },
-        ServerReport {
-            endpoint: "b:2".into(),
-            protocol: "7.0.0".into(),
-            devices: vec![],
-        },
-        ServerReport {
-            endpoint: "c:3".into(),
-            protocol: "7.0.0".into(),
-            devices: vec![DeviceReport {
-                index: 0,
-                free: 5,
-                total: 6,
-                alignment: 32,
-                max_size: 7,
-            }],
-        },
-    ];
-    let d = devices_from_reports(&reports);
-    assert_eq!(d.len(), 3);
-    assert_eq!(
-        d[1],
-        DeviceSpec {
-            endpoint: "a:1".into(),
-            device: 1,
-            free: 3,
-            total: 4,
-            alignment: 64,
-            max_size: u64::MAX
-        }
-    );
-    assert_eq!(
-        (d[2].endpoint.as_str(), d[2].device, d[2].max_size),
-        ("c:3", 0, 7)
-    );
-}
-
-#[test]
 fn table_and_json() {
     let cost = model(30, 100 * MIB);
     let o = PlanOptions {

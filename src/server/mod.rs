@@ -162,6 +162,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         port,
         api_key,
     } = opts;
+    // Options that cannot work fail before the port is bound.
+    engine_opts
+        .check()
+        .map_err(|e| ServeError::Load(e.into()))?;
     let mut signals = Signals::new()?;
     let addr = SocketAddr::new(host, port);
     let listener = TcpListener::bind(addr)

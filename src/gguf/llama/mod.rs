@@ -12,6 +12,8 @@ use super::metadata::Metadata;
 use super::reader::TensorInfo;
 use super::value::Value;
 
+pub mod limits;
+
 /// Metadata key names.
 pub mod keys {
     /// The model architecture, e.g. `llama`; the prefix of the model keys.
@@ -180,32 +182,31 @@ pub struct LlamaHparams {
 
 impl LlamaHparams {
     /// Reads and checks every hyperparameter. Counts may be stored as any
-    /// integer type; floats must be `f32`.
+    /// integer type; floats must be `f32`. Each count is at least 1 and at
+    /// most its cap in [`limits`], and the products the model forms from them
+    /// stay under theirs, so nothing sized from them can overflow or be huge;
+    /// [`LlamaHparams::check_tensors`] then checks them against the tensors.
     pub fn from_metadata(md: &Metadata) -> Result<LlamaHparams, GgufError> {
         let architecture = md.get_str(keys::ARCHITECTURE)?.to_owned();
         let key = |suffix: &str| keys::arch_key(&architecture, suffix);
-        let count = |suffix: &str| -> Result<u32, GgufError> {
+        let count = |suffix: &str, max: u32| -> Result<u32, GgufError> {
             let k = key(suffix);
-            let v = md.get_unsigned_u32(&k)?;
-            if v == 0 {
-                return Err(bad(&k, v, "must be at least 1"));
-            }
-            Ok(v)
+            limits::bounded(&k, md.get_unsigned(&k)?, max)
         };
-        let opt_count = |suffix: &str| -> Result<Option<u32>, GgufError> {
+        let opt_count = |suffix: &str, max: u32| -> Result<Option<u32>, GgufError> {
             if md.contains(&key(suffix)) {
-                count(suffix).map(Some)
+                count(suffix, max).map(Some)
             } else {
                 Ok(None)
             }
         };
 
-        let n_layer = count(keys::BLOCK_COUNT)?;
-        let n_embd = count(keys::EMBEDDING_LENGTH)?;
-        let n_ff = count(keys::FEED_FORWARD_LENGTH)?;
-        let n_head = count(keys::HEAD_COUNT)?;
-        let n_head_kv = opt_count(keys::HEAD_COUNT_KV)?.unwrap_or(n_head);
-        let n_ctx_train = count(keys::CONTEXT_LENGTH)?;
+        let n_layer = count(keys::BLOCK_COUNT, limits::MAX_LAYERS)?;
+        let n_embd = count(keys::EMBEDDING_LENGTH, limits::MAX_EMBD)?;
+        let n_ff = count(keys::FEED_FORWARD_LENGTH, limits::MAX_FF)?;
+        let n_head = count(keys::HEAD_COUNT, limits::MAX_HEADS)?;
+        let n_head_kv = opt_count(keys::HEAD_COUNT_KV, limits::MAX_HEADS)?.unwrap_or(n_head);
+        let n_ctx_train = count(keys::CONTEXT_LENGTH, limits::MAX_CONTEXT)?;
         if n_head % n_head_kv != 0 {
             return Err(bad(
                 &key(keys::HEAD_COUNT_KV),
@@ -213,9 +214,13 @@ impl LlamaHparams {
                 "must divide the head count",
             ));
         }
-        let head_dim = match opt_count(keys::KEY_LENGTH)? {
+        let head_dim = match opt_count(keys::KEY_LENGTH, limits::MAX_HEAD_DIM)? {
             Some(d) => d,
-            None if n_embd % n_head == 0 => n_embd / n_head,
+            None if n_embd % n_head == 0 => limits::bounded(
+                &key(keys::KEY_LENGTH),
+                u64::from(n_embd / n_head),
+                limits::MAX_HEAD_DIM,
+            )?,
             None => {
                 return Err(bad(
                     &key(keys::HEAD_COUNT),
@@ -224,14 +229,42 @@ impl LlamaHparams {
                 ))
             }
         };
-        let n_rot = opt_count(keys::ROPE_DIMENSION_COUNT)?.unwrap_or(head_dim);
+        // K and V are narrower than Q (n_head_kv divides n_head): one cap covers all three.
+        limits::bounded_product(
+            (&key(keys::HEAD_COUNT), n_head),
+            (&key(keys::KEY_LENGTH), head_dim),
+            limits::MAX_ATTN_WIDTH,
+        )?;
+        let n_rot =
+            opt_count(keys::ROPE_DIMENSION_COUNT, limits::MAX_HEAD_DIM)?.unwrap_or(head_dim);
+        if n_rot > head_dim {
+            return Err(bad(
+                &key(keys::ROPE_DIMENSION_COUNT),
+                n_rot,
+                "must not exceed the head size",
+            ));
+        }
         let n_vocab = vocab_size(md, &architecture)?;
         let rope_freq_base = md
             .get_opt::<f32>(&key(keys::ROPE_FREQ_BASE))?
             .unwrap_or(DEFAULT_ROPE_FREQ_BASE);
+        if !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
+            return Err(bad(
+                &key(keys::ROPE_FREQ_BASE),
+                rope_freq_base,
+                "must be a finite number above 0",
+            ));
+        }
         let rms_eps = md
             .get_opt::<f32>(&key(keys::RMS_EPS))?
             .unwrap_or(DEFAULT_RMS_EPS);
+        if !(rms_eps.is_finite() && rms_eps >= 0.0) {
+            return Err(bad(
+                &key(keys::RMS_EPS),
+                rms_eps,
+                "must be a finite number, 0 or above",
+            ));
+        }
 
         Ok(LlamaHparams {
             architecture,
@@ -262,7 +295,7 @@ impl TryFrom<&Metadata> for LlamaHparams {
     }
 }
 
-fn bad(key: &str, value: u32, reason: &'static str) -> GgufError {
+fn bad(key: &str, value: impl fmt::Display, reason: &'static str) -> GgufError {
     GgufError::BadHyperparameter {
         key: key.to_owned(),
         value: value.to_string(),
@@ -271,7 +304,7 @@ fn bad(key: &str, value: u32, reason: &'static str) -> GgufError {
 }
 
 /// Vocabulary size: the length of `tokenizer.ggml.tokens` (what llama.cpp
-/// uses), else `{arch}.vocab_size`.
+/// uses), else `{arch}.vocab_size`; at least 1 and at most [`limits::MAX_VOCAB`].
 pub fn vocab_size(md: &Metadata, arch: &str) -> Result<u32, GgufError> {
     if let Some(value) = md.get(keys::TOKENS) {
         let Value::Array(tokens) = value else {
@@ -281,15 +314,11 @@ pub fn vocab_size(md: &Metadata, arch: &str) -> Result<u32, GgufError> {
                 found: value.type_description(),
             });
         };
-        return u32::try_from(tokens.len()).map_err(|_| GgufError::OutOfRange {
-            key: keys::TOKENS.to_owned(),
-            value: format!("{} tokens", tokens.len()),
-            target: "u32",
-        });
+        return limits::bounded(keys::TOKENS, tokens.len() as u64, limits::MAX_VOCAB);
     }
     let k = keys::arch_key(arch, keys::VOCAB_SIZE);
     if md.contains(&k) {
-        md.get_unsigned_u32(&k)
+        limits::bounded(&k, md.get_unsigned(&k)?, limits::MAX_VOCAB)
     } else {
         Err(GgufError::MissingKey {
             key: format!("{} (or {k})", keys::TOKENS),
@@ -327,8 +356,15 @@ pub struct LayerTotal {
 
 impl LayerBytes {
     /// Sums tensor bytes per layer for a model with `n_layer` layers; a
-    /// `blk.N.` tensor with `N >= n_layer` is [`GgufError::LayerOutOfRange`].
+    /// `blk.N.` tensor with `N >= n_layer` is [`GgufError::LayerOutOfRange`],
+    /// and `n_layer` above [`limits::MAX_LAYERS`] is
+    /// [`GgufError::HyperparameterOverLimit`].
     pub fn of(tensors: &[TensorInfo], n_layer: u32) -> Result<LayerBytes, GgufError> {
+        limits::bounded(
+            keys::BLOCK_COUNT,
+            u64::from(n_layer).max(1),
+            limits::MAX_LAYERS,
+        )?;
         let mut layers = vec![LayerTotal::default(); n_layer as usize];
         let mut other = LayerTotal::default();
         for t in tensors {
