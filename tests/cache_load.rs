@@ -67,6 +67,22 @@ async fn greedy(e: &Engine) -> Vec<i32> {
     stream.token_ids().into_iter().map(|t| t as i32).collect()
 }
 
+/// Runs the shardline binary with `args` and its user cache folder in
+/// `cache_dir`; it must succeed.
+fn shardline(args: &[&str], cache_dir: &Path) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(args)
+        .env("SHARDLINE_CACHE_DIR", cache_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The cache file name of tensor `name` of the test model.
 fn file_of(g: &Gguf, name: &str) -> String {
     cache_name(shardline_protocol::fnv1a_64(g.tensor_bytes(name).unwrap()))
@@ -116,19 +132,14 @@ async fn damaged_cache_files_are_caught_at_start_and_sent_again() {
     let want = expected();
     let cache = dir.join("cache");
     // Seed with the CLI (the path for llama.cpp's own rpc-server).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
-        .args([
+    shardline(
+        &[
             "seed",
             "--cache",
             cache.to_str().unwrap(),
             model.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &dir,
     );
     let (a, b) = ("blk.3.attn_q.weight", "blk.7.ffn_down.weight");
     let (fa, fb) = (file_of(&g, a), file_of(&g, b));
@@ -201,9 +212,12 @@ async fn a_cold_load_fills_the_cache_for_the_next() {
 fn a_second_run_hashes_nothing() {
     let dir = tmp("run");
     let run = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
-            .args(["run", "--model", model_path().to_str().unwrap()])
-            .args([
+        let m = model_path();
+        let out = shardline(
+            &[
+                "run",
+                "--model",
+                m.to_str().unwrap(),
                 "--prompt",
                 "Hi",
                 "--max-tokens",
@@ -211,15 +225,10 @@ fn a_second_run_hashes_nothing() {
                 "--ctx",
                 "256",
                 "--stats",
-            ])
-            .args(["--local-workers", "1"])
-            .env("SHARDLINE_CACHE_DIR", &dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+                "--local-workers",
+                "1",
+            ],
+            &dir,
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         let line = stderr.lines().rev().find(|l| l.starts_with('{')).unwrap();

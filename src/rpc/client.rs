@@ -714,11 +714,26 @@ impl RpcClient {
         let answers = self
             .batch(Command::SetTensorHash, items.len(), work)
             .await?;
+        self.decode_all(
+            Command::SetTensorHash,
+            &answers,
+            proto::decode_set_tensor_hash_response,
+        )
+    }
+
+    /// Decodes each answer of a batch; one malformed answer poisons the
+    /// session.
+    fn decode_all<T>(
+        &mut self,
+        cmd: Command,
+        answers: &[Answer],
+        decode: fn(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, RpcError> {
         let mut out = Vec::with_capacity(answers.len());
-        for a in &answers {
-            match proto::decode_set_tensor_hash_response(a.bytes()) {
-                Ok(hit) => out.push(hit),
-                Err(e) => return Err(self.malformed(Command::SetTensorHash, e)),
+        for a in answers {
+            match decode(a.bytes()) {
+                Ok(v) => out.push(v),
+                Err(e) => return Err(self.malformed(cmd, e)),
             }
         }
         Ok(out)
@@ -855,14 +870,11 @@ impl RpcClient {
                 .map_err(InvalidRequest::from)?;
         }
         let answers = self.batch(Command::GetAllocSize, tensors.len(), 0).await?;
-        let mut out = Vec::with_capacity(answers.len());
-        for a in &answers {
-            match proto::decode_get_alloc_size_response(a.bytes()) {
-                Ok(n) => out.push(n),
-                Err(e) => return Err(self.malformed(Command::GetAllocSize, e)),
-            }
-        }
-        Ok(out)
+        self.decode_all(
+            Command::GetAllocSize,
+            &answers,
+            proto::decode_get_alloc_size_response,
+        )
     }
 
     /// Computes a graph on `device` (`GRAPH_COMPUTE`, pipelined): `nodes`
