@@ -144,7 +144,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         source,
     })?;
     let cfg = LlamaConfig::from_gguf(&gguf)?;
-    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let tokenizer = crate::exec::blocking(|| Tokenizer::from_gguf(&gguf))?;
     // Everything the file and the options decide is checked before any
     // worker starts or any server is reached.
     let popts = PlanOptions {
@@ -164,7 +164,11 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             Some(e) => e.clone(),
             None => std::env::current_exe().map_err(|e| WorkerError::Server(e.to_string()))?,
         };
-        workers = crate::worker::start_local(&exe, opts.local_workers, opts.threads)?;
+        // Starting workers waits for their ready lines: not on the runtime.
+        let (n, threads) = (opts.local_workers, opts.threads);
+        workers = tokio::task::spawn_blocking(move || crate::worker::start_local(&exe, n, threads))
+            .await
+            .map_err(|e| WorkerError::Server(format!("starting local workers: {e}")))??;
         workers.iter().map(|w| w.endpoint.to_string()).collect()
     } else {
         opts.servers.clone()
@@ -343,20 +347,22 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     let mut stages = Vec::new();
     for (i, s) in the_plan.stages.iter().enumerate() {
         match &s.target {
-            Target::Local => stages.push(StageRunner::Local(LocalStage::new(
-                &gguf,
-                &cfg,
-                s.layers.clone(),
-                i == last,
-                opts.n_ctx,
-                opts.threads,
-            )?)),
+            Target::Local => stages.push(StageRunner::Local(crate::exec::blocking(|| {
+                LocalStage::new(
+                    &gguf,
+                    &cfg,
+                    s.layers.clone(),
+                    i == last,
+                    opts.n_ctx,
+                    opts.threads,
+                )
+            })?)),
             Target::Remote { .. } => stages.push(StageRunner::Remote(Box::new(
                 remote[i].take().expect("every remote stage was loaded"),
             ))),
         }
     }
-    let embedder = Embedder::new(&gguf, &cfg, opts.threads)?;
+    let embedder = crate::exec::blocking(|| Embedder::new(&gguf, &cfg, opts.threads))?;
     let pipeline = Pipeline::new(cfg, embedder, stages, opts.n_ctx);
     let parallel = opts.parallel;
     let ctx_per_seq = slot_size(opts.n_ctx, parallel) as usize;

@@ -84,6 +84,19 @@ pub(crate) fn le_bytes_u16(v: &[u16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Runs CPU-heavy `f` (a ggml computation on the coordinator, copying
+/// weights) without stalling the other tasks of a multi-threaded tokio
+/// runtime: `block_in_place` hands this worker thread's queued tasks to
+/// another one first. On a current-thread runtime, or outside any, it just
+/// runs `f`.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub(crate) fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -135,5 +148,31 @@ impl Embedder {
         self.backend.compute(&graph)?;
         debug_assert_eq!(rows.ne()[0], self.n_embd);
         Ok(rows.read_f32()?)
+    }
+}
+
+#[cfg(test)]
+mod blocking_tests {
+    use super::blocking;
+
+    #[test]
+    fn runs_outside_a_runtime() {
+        assert_eq!(blocking(|| 2 + 2), 4);
+    }
+
+    #[tokio::test]
+    async fn runs_on_a_current_thread_runtime() {
+        assert_eq!(blocking(|| 3), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn other_tasks_go_on_while_it_runs() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = tokio::spawn(async move {
+            tx.send(()).unwrap();
+        });
+        // Waits for a task that can only run on another worker thread.
+        blocking(|| rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+        other.await.unwrap();
     }
 }

@@ -166,10 +166,11 @@ impl Pipeline {
     }
 
     async fn run(&mut self, step: &Step, ids: &[i32]) -> Result<Vec<f32>, ExecError> {
-        let mut hidden = self.embedder.embed(ids)?;
+        let embedder = &mut self.embedder;
+        let mut hidden = super::blocking(|| embedder.embed(ids))?;
         for stage in &mut self.stages {
             hidden = match stage {
-                StageRunner::Local(s) => s.run(&self.cfg, step, &hidden)?,
+                StageRunner::Local(s) => super::blocking(|| s.run(&self.cfg, step, &hidden))?,
                 StageRunner::Remote(s) => s.run(&self.cfg, step, &hidden).await?,
             };
         }
