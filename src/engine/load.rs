@@ -2,28 +2,23 @@
 
 use std::time::Instant;
 
-use tokio::task::JoinSet;
+use std::sync::Arc;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
+use super::build::Builder;
+use super::health::HealthState;
 use super::scheduler::{slot_size, Scheduler};
 use super::{
-    Engine, EngineOptions, HashMemo, LoadProgress, LoadStats, Metrics, ServerLoad, Shared,
+    Engine, EngineOptions, HashMemo, Metrics, Shared,
 };
 use crate::chat::ChatTemplate;
 use crate::cluster::{devices_from_reports, probe_all, ServerReport};
 use crate::exec::local::stage_weight_names;
-use crate::exec::local::LocalStage;
-use crate::exec::pipeline::{Pipeline, StageRunner};
-use crate::exec::remote::{RemoteStage, SharedClient};
-use crate::exec::{Embedder, ExecError};
+use crate::exec::ExecError;
 use crate::gguf::{Gguf, GgufError};
-use crate::load::{TensorHashes, UploadError, UploadStats};
+use crate::load::{TensorHashes, UploadError};
 use crate::model::{LlamaConfig, ModelError};
-use crate::plan::{plan, ModelCost, PlanError, PlanOptions, Target};
-use crate::rpc::Upload;
-use crate::rpc::{ClientOptions, RpcClient, RpcError};
+use crate::plan::{plan, ModelCost, PlanError, PlanOptions};
+use crate::rpc::{ClientOptions, RpcError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::worker::WorkerError;
 
@@ -182,24 +177,6 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     tracing::info!("plan:\n{the_plan}");
     let n_batch = cost.n_batch;
 
-    // One connection per server; stages on several devices of one server
-    // share it (a server serves one connection at a time).
-    let mut clients: std::collections::HashMap<String, SharedClient> =
-        std::collections::HashMap::new();
-    for s in &the_plan.stages {
-        if let Target::Remote { endpoint, .. } = &s.target {
-            if !clients.contains_key(endpoint) {
-                let c = RpcClient::connect(endpoint, ClientOptions::default())
-                    .await
-                    .map_err(|source| EngineError::Server {
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?;
-                clients.insert(endpoint.clone(), Arc::new(tokio::sync::Mutex::new(c)));
-            }
-        }
-    }
-
     // Hashes first wanted by each stage, round-robin, so that every
     // server's first wave can go out early.
     let stage_names: Vec<Vec<String>> = the_plan
@@ -226,144 +203,18 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         opts.threads,
     ));
 
-    // Upload to every server at once.
-    let total: u64 = the_plan
-        .stages
-        .iter()
-        .filter(|s| !s.is_local())
-        .map(|s| s.weight_bytes + s.output_bytes)
-        .sum();
-    let bar = progress_bar(opts.progress, total);
-    let counters = Arc::new(ProgressCounters::default());
-    if let Some(cb) = &opts.on_progress {
-        cb(LoadProgress {
-            bytes_total: total,
-            ..LoadProgress::default()
-        });
-    }
-    let mut uploads = JoinSet::new();
-    let last = the_plan.stages.len() - 1;
-    for (i, s) in the_plan.stages.iter().enumerate() {
-        let Target::Remote {
-            endpoint, device, ..
-        } = &s.target
-        else {
-            continue;
-        };
-        let (endpoint, device, layers) = (endpoint.clone(), *device, s.layers.clone());
-        let (g, cfg, bar) = (gguf.clone(), cfg.clone(), bar.clone());
-        let (counters, cb, hashes) = (counters.clone(), opts.on_progress.clone(), hashes.clone());
-        let n_ctx = opts.n_ctx;
-        let client = clients[&endpoint].clone();
-        uploads.spawn(async move {
-            let tick = move |n: u64, how: Upload| {
-                bar.inc(n);
-                let p = counters.add(n, how, total);
-                if bar.is_hidden() {
-                    // Without a progress bar, log each quarter of the upload.
-                    let quarter = |x: u64| x.saturating_mul(4) / total.max(1);
-                    if quarter(p.bytes_done) != quarter(p.bytes_done - n) {
-                        tracing::info!(
-                            done_bytes = p.bytes_done,
-                            total_bytes = total,
-                            sent_bytes = p.bytes_sent,
-                            cached_bytes = p.bytes_cached,
-                            "uploading weights: {}%",
-                            p.bytes_done * 100 / total.max(1)
-                        );
-                    }
-                } else {
-                    bar.set_message(format!(
-                        "sent {}, from caches {}",
-                        indicatif::HumanBytes(p.bytes_sent),
-                        indicatif::HumanBytes(p.bytes_cached)
-                    ));
-                }
-                if let Some(cb) = &cb {
-                    cb(p);
-                }
-            };
-            let stage = RemoteStage::load(
-                client,
-                device,
-                &g,
-                &cfg,
-                layers,
-                i == last,
-                n_ctx,
-                n_batch,
-                &hashes,
-                &tick,
-            )
-            .await?;
-            Ok::<_, EngineError>((i, stage))
-        });
-    }
-    let mut remote: Vec<Option<RemoteStage>> = (0..the_plan.stages.len()).map(|_| None).collect();
-    let mut weights = UploadStats::default();
-    while let Some(r) = uploads.join_next().await {
-        let (i, stage) =
-            r.map_err(|e| ExecError::Weight("upload task".into(), e.to_string()))??;
-        let st = stage.upload_stats();
-        weights += st;
-        tracing::info!(
-            endpoint = stage.endpoint(),
-            layers = ?stage.layers(),
-            sent_bytes = st.sent,
-            cached_bytes = st.cached,
-            "stage loaded"
-        );
-        remote[i] = Some(stage);
-    }
-    bar.finish_and_clear();
-    // Hashing ends soon after the uploads; waiting for its memo means a
-    // short-lived `run` still leaves it for the next load.
-    hashes.finished().await;
-    let mut servers = Vec::new();
-    for (endpoint, c) in &clients {
-        let t = c.lock().await.traffic();
-        servers.push(ServerLoad {
-            endpoint: endpoint.clone(),
-            round_trips: t.round_trips,
-            wire_bytes_sent: t.bytes_sent,
-        });
-    }
-    servers.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
-    let load_stats = LoadStats {
-        weight_bytes: weights.bytes,
-        sent_bytes: weights.sent,
-        cached_bytes: weights.cached,
-        hashed_bytes: hashes.hashed_bytes(),
-        hashes_from_memo: hashes.from_memo(),
-        servers,
-    };
-    tracing::info!(
-        sent_bytes = load_stats.sent_bytes,
-        cached_bytes = load_stats.cached_bytes,
-        hashed_bytes = load_stats.hashed_bytes,
-        "weights placed"
-    );
-
-    let mut stages = Vec::new();
-    for (i, s) in the_plan.stages.iter().enumerate() {
-        match &s.target {
-            Target::Local => stages.push(StageRunner::Local(crate::exec::blocking(|| {
-                LocalStage::new(
-                    &gguf,
-                    &cfg,
-                    s.layers.clone(),
-                    i == last,
-                    opts.n_ctx,
-                    opts.threads,
-                )
-            })?)),
-            Target::Remote { .. } => stages.push(StageRunner::Remote(Box::new(
-                remote[i].take().expect("every remote stage was loaded"),
-            ))),
-        }
-    }
-    let embedder = crate::exec::blocking(|| Embedder::new(&gguf, &cfg, opts.threads))?;
-    let pipeline = Pipeline::new(cfg, embedder, stages, opts.n_ctx);
+    let builder = Arc::new(Builder {
+        gguf: gguf.clone(),
+        cfg: cfg.clone(),
+        plan: the_plan.clone(),
+        n_ctx: opts.n_ctx,
+        n_batch,
+        threads: opts.threads,
+        hashes,
+        progress: opts.progress,
+        on_progress: opts.on_progress.clone(),
+    });
+    let (pipeline, load_stats) = builder.build().await?;
     let parallel = opts.parallel;
     let ctx_per_seq = slot_size(opts.n_ctx, parallel) as usize;
     // The file name (without .gguf) is what users see and type as the
@@ -377,27 +228,34 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     let chat = ChatTemplate::from_gguf(&gguf).ok();
     let tokenizer = Arc::new(tokenizer);
     let metrics = Arc::new(Metrics::default());
-    let failure = Arc::new(Mutex::new(None));
+    let health = Arc::new(HealthState::new(&builder.endpoints()));
     let (tx, rx) = tokio::sync::mpsc::channel(opts.queue.max(1));
-    let endpoints = the_plan
-        .stages
-        .iter()
-        .filter_map(|s| match &s.target {
-            Target::Remote { endpoint, .. } => Some(endpoint.clone()),
-            Target::Local => None,
-        })
-        .collect();
     let scheduler = Scheduler {
-        pipeline,
+        pipeline: Some(pipeline),
         tokenizer: tokenizer.clone(),
         jobs: rx,
         metrics: metrics.clone(),
-        failure: failure.clone(),
+        health: health.clone(),
+        builder,
         parallel,
         slot_size: ctx_per_seq as u32,
         n_batch: n_batch as usize,
+        waiting: std::collections::VecDeque::new(),
     };
-    tokio::spawn(scheduler.run());
+    // A panicking scheduler must not leave the engine looking healthy.
+    let task = tokio::spawn(scheduler.run());
+    let watched = health.clone();
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            let why = if e.is_panic() {
+                "the scheduler panicked (a bug: please report it)"
+            } else {
+                "the scheduler was cancelled"
+            };
+            tracing::error!("{why}");
+            watched.unavailable(why);
+        }
+    });
     Ok(Engine {
         shared: Arc::new(Shared {
             gguf,
@@ -410,50 +268,10 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             ctx_per_seq,
             jobs: tx,
             metrics,
-            failure,
-            endpoints,
+            health,
             _workers: workers,
         }),
     })
-}
-
-/// Upload progress summed over every stage's task.
-#[derive(Debug, Default)]
-struct ProgressCounters {
-    done: AtomicU64,
-    sent: AtomicU64,
-    cached: AtomicU64,
-}
-
-impl ProgressCounters {
-    fn add(&self, n: u64, how: Upload, total: u64) -> LoadProgress {
-        let bytes_done = self.done.fetch_add(n, Ordering::Relaxed) + n;
-        match how {
-            Upload::Sent => self.sent.fetch_add(n, Ordering::Relaxed),
-            Upload::Cached => self.cached.fetch_add(n, Ordering::Relaxed),
-        };
-        LoadProgress {
-            bytes_done,
-            bytes_total: total,
-            bytes_sent: self.sent.load(Ordering::Relaxed),
-            bytes_cached: self.cached.load(Ordering::Relaxed),
-        }
-    }
-}
-
-fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !enabled || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar
 }
 
 #[cfg(test)]

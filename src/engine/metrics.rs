@@ -39,6 +39,10 @@ pub struct Metrics {
     /// Tokens per second of the last decode step, as f64 bits.
     rate_bits: AtomicU64,
     stages: Mutex<Vec<StageStat>>,
+    failures: AtomicU64,
+    recoveries: AtomicU64,
+    /// Seconds the last recovery took, as f64 bits.
+    last_recovery_bits: AtomicU64,
 }
 
 impl Metrics {
@@ -68,6 +72,26 @@ impl Metrics {
             self.rate_bits
                 .store((n as f64 / seconds).to_bits(), Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn recovered(&self, seconds: f64) {
+        self.recoveries.fetch_add(1, Ordering::Relaxed);
+        self.last_recovery_bits
+            .store(seconds.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Server failures seen (steps or probes that failed).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Recoveries completed.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_stages(&self, stats: Vec<StageStat>) {
@@ -128,6 +152,24 @@ impl Metrics {
             "gauge",
             "Tokens generated per second in the last decode step (all sequences).",
             f64::from_bits(self.rate_bits.load(Ordering::Relaxed)).to_string(),
+        );
+        metric(
+            "shardline_server_failures_total",
+            "counter",
+            "Server failures seen (a step or keepalive probe that failed or hung).",
+            self.failures().to_string(),
+        );
+        metric(
+            "shardline_recoveries_total",
+            "counter",
+            "Recoveries completed (reconnected, reloaded, serving again).",
+            self.recoveries().to_string(),
+        );
+        metric(
+            "shardline_last_recovery_seconds",
+            "gauge",
+            "Seconds from the last failure until serving again.",
+            f64::from_bits(self.last_recovery_bits.load(Ordering::Relaxed)).to_string(),
         );
         metric(
             "shardline_queue_depth",

@@ -22,6 +22,8 @@
 //! # Ok(()) }
 //! ```
 
+mod build;
+pub mod health;
 mod load;
 pub mod metrics;
 mod scheduler;
@@ -42,6 +44,7 @@ use crate::sample::{SamplerConfig, SamplerError};
 use crate::tokenizer::Tokenizer;
 use crate::worker::LocalWorker;
 
+pub use health::{Health, Recovery, ServerHealth, Status};
 pub use load::{EngineError, OptionsError};
 pub use metrics::Metrics;
 
@@ -449,26 +452,6 @@ impl futures_core::Stream for TokenStream {
     }
 }
 
-/// One server's state.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ServerHealth {
-    /// `host:port`.
-    pub endpoint: String,
-    /// Whether it is serving.
-    pub ok: bool,
-    /// What went wrong, when not.
-    pub error: Option<String>,
-}
-
-/// The engine's state.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Health {
-    /// Whether requests can be served.
-    pub ok: bool,
-    /// Each server.
-    pub servers: Vec<ServerHealth>,
-}
-
 /// A job for the scheduler.
 pub(crate) struct Job {
     tokens: Vec<u32>,
@@ -488,8 +471,7 @@ struct Shared {
     ctx_per_seq: usize,
     jobs: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
-    failure: Arc<Mutex<Option<String>>>,
-    endpoints: Vec<String>,
+    health: Arc<health::HealthState>,
     // Last: workers this engine started stop when the last handle goes.
     _workers: Vec<LocalWorker>,
 }
@@ -576,34 +558,10 @@ impl Engine {
         self.shared.metrics.render()
     }
 
-    /// Whether the engine can serve, and each server's state.
+    /// Whether the engine serves, recovers or has stopped, and each
+    /// server's state from the last step or keepalive probe.
     pub fn health(&self) -> Health {
-        let failure = self
-            .shared
-            .failure
-            .lock()
-            .map(|f| f.clone())
-            .unwrap_or(None);
-        let servers = self
-            .shared
-            .endpoints
-            .iter()
-            .map(|ep| {
-                let error = failure
-                    .as_ref()
-                    .filter(|f| f.contains(ep.as_str()))
-                    .cloned();
-                ServerHealth {
-                    endpoint: ep.clone(),
-                    ok: error.is_none() && failure.is_none(),
-                    error,
-                }
-            })
-            .collect();
-        Health {
-            ok: failure.is_none(),
-            servers,
-        }
+        self.shared.health.snapshot()
     }
 
     /// Queues a chat: `messages` in the model's chat template, answered as
@@ -622,8 +580,8 @@ impl Engine {
 
     /// Queues a request; its text arrives on the returned stream.
     pub fn generate(&self, req: GenerateRequest) -> Result<TokenStream, SubmitError> {
-        if let Some(f) = self.shared.failure.lock().ok().and_then(|f| f.clone()) {
-            return Err(SubmitError::Unavailable(f));
+        if let Some(why) = self.shared.health.refusal() {
+            return Err(SubmitError::Unavailable(why));
         }
         crate::sample::Sampler::new(req.sampler.clone())?;
         let tokens = match &req.prompt {
@@ -668,10 +626,8 @@ impl Engine {
                     mpsc::error::TrySendError::Full(_) => SubmitError::QueueFull,
                     mpsc::error::TrySendError::Closed(_) => SubmitError::Unavailable(
                         self.shared
-                            .failure
-                            .lock()
-                            .ok()
-                            .and_then(|f| f.clone())
+                            .health
+                            .refusal()
                             .unwrap_or_else(|| "the engine stopped".into()),
                     ),
                 })

@@ -8,11 +8,13 @@
 //! cache, so ggml's attention groups its cells the same way in both cases.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::build::Builder;
+use super::health::HealthState;
 use super::metrics::Metrics;
 use super::{Event, Finish, Job, Usage};
 use crate::exec::pipeline::Pipeline;
@@ -70,14 +72,52 @@ impl Seq {
 }
 
 pub(crate) struct Scheduler {
-    pub pipeline: Pipeline,
+    /// `None` only while recovering (the old connections are closed first:
+    /// a server serves one client at a time).
+    pub pipeline: Option<Pipeline>,
     pub tokenizer: Arc<Tokenizer>,
     pub jobs: mpsc::Receiver<Job>,
     pub metrics: Arc<Metrics>,
-    pub failure: Arc<Mutex<Option<String>>>,
+    pub health: Arc<HealthState>,
+    pub builder: Arc<Builder>,
     pub parallel: usize,
     pub slot_size: u32,
     pub n_batch: usize,
+    /// Requests taken off the queue while recovering, with when they came.
+    pub waiting: VecDeque<(Job, Instant)>,
+}
+
+/// An idle engine checks its servers this often.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// A probe must be answered within this.
+const PROBE_WITHIN: Duration = Duration::from_secs(2);
+/// A request waits at most this long for a recovery to finish.
+const MAX_WAIT_WHILE_RECOVERING: Duration = Duration::from_secs(120);
+/// Longest pause between two recovery attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+
+/// A failed step: the server at fault (when known) and what happened.
+struct StepFailure {
+    endpoint: Option<String>,
+    message: String,
+}
+
+impl From<crate::exec::pipeline::DecodeError> for StepFailure {
+    fn from(e: crate::exec::pipeline::DecodeError) -> Self {
+        StepFailure {
+            endpoint: e.endpoint().map(str::to_string),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::exec::ExecError> for StepFailure {
+    fn from(e: crate::exec::ExecError) -> Self {
+        StepFailure {
+            endpoint: e.endpoint().map(str::to_string),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// What happened to a sequence after a token.
@@ -91,16 +131,26 @@ impl Scheduler {
         let mut slots: Vec<Option<Seq>> = (0..self.parallel.max(1)).map(|_| None).collect();
         let mut order = 0u64;
         loop {
+            #[cfg(debug_assertions)]
+            if std::env::var_os("SHARDLINE_TEST_SCHEDULER_PANIC").is_some() {
+                panic!("scheduler panic injected by SHARDLINE_TEST_SCHEDULER_PANIC");
+            }
             // Requests whose client went away free their slot at once.
             for (i, s) in slots.iter_mut().enumerate() {
                 if s.as_ref().is_some_and(|s| s.job.tx.is_closed()) {
                     *s = None;
-                    self.pipeline.remove_seq(i as SeqId);
+                    self.pipe().remove_seq(i as SeqId);
                 }
             }
-            // Admit waiting requests into free slots.
+            // Admit waiting requests into free slots: first those that
+            // waited out a recovery, then the queue.
             let mut closed = false;
             while let Some(free) = slots.iter().position(Option::is_none) {
+                if let Some((job, _)) = self.waiting.pop_front() {
+                    order += 1;
+                    slots[free] = self.admit(job, order);
+                    continue;
+                }
                 match self.jobs.try_recv() {
                     Ok(job) => {
                         order += 1;
@@ -119,13 +169,27 @@ impl Scheduler {
                 if closed {
                     return;
                 }
-                match self.jobs.recv().await {
-                    Some(job) => {
+                // Idle: wait for a request, checking the servers meanwhile
+                // so a dead one is found before a request needs it.
+                match tokio::time::timeout(PROBE_EVERY, self.jobs.recv()).await {
+                    Ok(Some(job)) => {
                         order += 1;
                         slots[0] = self.admit(job, order);
                         continue;
                     }
-                    None => return,
+                    Ok(None) => return,
+                    Err(_) => {
+                        let probe = self.pipe().probe(PROBE_WITHIN).await;
+                        match probe {
+                            Ok(()) => self.health.all_ok(),
+                            Err(e) => {
+                                if !self.recover(&mut slots, e.into()).await {
+                                    return;
+                                }
+                            }
+                        }
+                        continue;
+                    }
                 }
             }
 
@@ -137,8 +201,10 @@ impl Scheduler {
                 .min();
             if let Some((_, i)) = reading {
                 if let Err(e) = self.prompt_chunk(&mut slots, i).await {
-                    self.fail(&mut slots, e).await;
-                    return;
+                    if !self.recover(&mut slots, e).await {
+                        return;
+                    }
+                    continue;
                 }
             }
 
@@ -151,12 +217,23 @@ impl Scheduler {
                 .collect();
             if !ready.is_empty() {
                 if let Err(e) = self.decode_step(&mut slots, &ready).await {
-                    self.fail(&mut slots, e).await;
-                    return;
+                    if !self.recover(&mut slots, e).await {
+                        return;
+                    }
+                    continue;
                 }
+                self.health.all_ok();
             }
-            self.metrics.set_stages(self.pipeline.stage_stats());
+            let stats = self.pipe().stage_stats();
+            self.metrics.set_stages(stats);
         }
+    }
+
+    /// The pipeline; there is always one outside [`Scheduler::recover`].
+    fn pipe(&mut self) -> &mut Pipeline {
+        self.pipeline
+            .as_mut()
+            .expect("a pipeline exists outside recovery")
     }
 
     fn admit(&mut self, job: Job, order: u64) -> Option<Seq> {
@@ -188,7 +265,11 @@ impl Scheduler {
         slot * self.slot_size as usize + pos
     }
 
-    async fn prompt_chunk(&mut self, slots: &mut [Option<Seq>], i: usize) -> Result<(), String> {
+    async fn prompt_chunk(
+        &mut self,
+        slots: &mut [Option<Seq>],
+        i: usize,
+    ) -> Result<(), StepFailure> {
         let seq = slots[i].as_mut().expect("chosen slot is busy");
         let start = seq.prompt_done;
         let end = (start + self.n_batch.max(1)).min(seq.job.tokens.len());
@@ -201,10 +282,9 @@ impl Scheduler {
             .collect();
         let idx: Vec<usize> = (start..end).map(|p| self.cell_index(i, p)).collect();
         let logits = self
-            .pipeline
+            .pipe()
             .decode_at(&part, &cells, &idx, &[part.len() - 1])
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         self.metrics.prompt(part.len());
         let seq = slots[i].as_mut().expect("still busy");
         seq.prompt_done = end;
@@ -213,7 +293,7 @@ impl Scheduler {
             let tok = seq.sampler.sample(&logits, &seq.history);
             if let After::Finished = self.take_token(seq, tok) {
                 slots[i] = None;
-                self.pipeline.remove_seq(i as SeqId);
+                self.pipe().remove_seq(i as SeqId);
             }
         }
         Ok(())
@@ -223,7 +303,7 @@ impl Scheduler {
         &mut self,
         slots: &mut [Option<Seq>],
         ready: &[usize],
-    ) -> Result<(), String> {
+    ) -> Result<(), StepFailure> {
         let mut tokens = Vec::with_capacity(ready.len());
         let mut cells = Vec::with_capacity(ready.len());
         let mut idx = Vec::with_capacity(ready.len());
@@ -240,10 +320,9 @@ impl Scheduler {
         let outputs: Vec<usize> = (0..ready.len()).collect();
         let started = Instant::now();
         let logits = self
-            .pipeline
+            .pipe()
             .decode_at(&tokens, &cells, &idx, &outputs)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         self.metrics
             .generated(ready.len(), started.elapsed().as_secs_f64());
         let n_vocab = logits.len() / ready.len();
@@ -254,7 +333,7 @@ impl Scheduler {
             let tok = seq.sampler.sample(row, &seq.history);
             if let After::Finished = self.take_token(seq, tok) {
                 slots[i] = None;
-                self.pipeline.remove_seq(i as SeqId);
+                self.pipe().remove_seq(i as SeqId);
             }
         }
         Ok(())
@@ -321,26 +400,83 @@ impl Scheduler {
         After::Finished
     }
 
-    /// A step failed (a server is gone): every request ends with the error and
-    /// the engine stops taking requests.
-    async fn fail(&mut self, slots: &mut [Option<Seq>], error: String) {
-        tracing::error!(%error, "generation failed; the engine stops");
-        if let Ok(mut f) = self.failure.lock() {
-            *f = Some(error.clone());
-        }
+    /// A step or probe failed (a server died, hung or closed the
+    /// connection): every request in flight ends at once with the error;
+    /// then the engine reconnects to the plan's servers and reloads them
+    /// (their caches make that quick), with growing pauses between attempts,
+    /// while new requests wait on the queue (each at most
+    /// [`MAX_WAIT_WHILE_RECOVERING`]). Returns false when the engine has
+    /// been dropped meanwhile and the task should end.
+    async fn recover(&mut self, slots: &mut [Option<Seq>], failure: StepFailure) -> bool {
+        let StepFailure { endpoint, message } = failure;
+        tracing::error!(server = ?endpoint, error = %message, "a server failed; recovering");
+        self.health.failed(endpoint.as_deref(), &message);
+        self.metrics.failure();
         for s in slots.iter_mut().filter_map(Option::take) {
-            let _ = s.job.tx.send(Event::Error(error.clone()));
-        }
-        self.jobs.close();
-        let mut waiting = VecDeque::new();
-        while let Ok(job) = self.jobs.try_recv() {
-            waiting.push_back(job);
-        }
-        for job in waiting {
-            self.metrics.queued(-1);
-            let _ = job.tx.send(Event::Error(error.clone()));
+            let _ = s.job.tx.send(Event::Error(format!("server failed: {message}")));
         }
         self.metrics.set_active(0);
+        // Close every connection before reconnecting.
+        self.pipeline = None;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            if !self.hold_waiting() {
+                return false;
+            }
+            match self.builder.build().await {
+                Ok((pipeline, stats)) => {
+                    self.pipeline = Some(pipeline);
+                    let took = self.health.recovered().unwrap_or_default();
+                    self.metrics.recovered(took.as_secs_f64());
+                    tracing::info!(
+                        secs = took.as_secs_f64(),
+                        sent_bytes = stats.sent_bytes,
+                        cached_bytes = stats.cached_bytes,
+                        "recovered: serving again"
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    tracing::warn!(error = %e, retry_in = ?pause, "recovery attempt failed");
+                    self.health.attempt_failed(&e);
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Moves queued requests into `waiting` and ends those that waited too
+    /// long for a recovery. False once the engine is gone.
+    fn hold_waiting(&mut self) -> bool {
+        // As many as the queue holds: past that, new requests get "queue
+        // full" as they would without a recovery.
+        while self.waiting.len() < self.jobs.max_capacity() {
+            match self.jobs.try_recv() {
+                Ok(job) => self.waiting.push_back((job, Instant::now())),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    if self.waiting.is_empty() {
+                        return false;
+                    }
+                    break;
+                }
+            }
+        }
+        while let Some((job, since)) = self.waiting.front() {
+            if job.tx.is_closed() || since.elapsed() > MAX_WAIT_WHILE_RECOVERING {
+                if let Some((job, _)) = self.waiting.pop_front() {
+                    self.metrics.queued(-1);
+                    let _ = job.tx.send(Event::Error(
+                        "the cluster is recovering from a failed server; try again".into(),
+                    ));
+                }
+            } else {
+                break;
+            }
+        }
+        true
     }
 }
 

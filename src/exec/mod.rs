@@ -37,6 +37,17 @@ pub enum ExecError {
         /// What went wrong.
         detail: String,
     },
+    /// A server took far longer than its recent steps of the same size: it
+    /// is treated as hung (a stopped process, a stuck driver, a dead link).
+    #[error("server {endpoint}: no answer within the step deadline of {after:?} (recent steps of this size took at most {typical:?})")]
+    Deadline {
+        /// The server.
+        endpoint: String,
+        /// The deadline that passed.
+        after: std::time::Duration,
+        /// The slowest recent step of the same size.
+        typical: std::time::Duration,
+    },
     /// A weight is missing or malformed.
     #[error("weight '{0}': {1}")]
     Weight(String, String),
@@ -49,6 +60,18 @@ pub enum ExecError {
         /// The tensor.
         name: String,
     },
+}
+
+impl ExecError {
+    /// The server that failed, when a server did.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            ExecError::Rpc { endpoint, .. }
+            | ExecError::Memory { endpoint, .. }
+            | ExecError::Deadline { endpoint, .. } => Some(endpoint),
+            _ => None,
+        }
+    }
 }
 
 /// The inputs of one step, shared by every stage.

@@ -1,5 +1,7 @@
 //! The whole model as a pipeline of stages over one KV cell table.
 
+use std::time::Duration;
+
 use super::local::LocalStage;
 use super::remote::RemoteStage;
 use super::{Embedder, ExecError, Step};
@@ -29,6 +31,66 @@ pub enum DecodeError {
     Exec(#[from] ExecError),
 }
 
+impl DecodeError {
+    /// The server that failed, when a server did.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            DecodeError::Exec(e) => e.endpoint(),
+            _ => None,
+        }
+    }
+}
+
+/// Step deadlines learnt from measured step times.
+///
+/// A hung server (a stopped process, a saturated link) would otherwise be
+/// noticed only when the RPC client's per-call timeout passes, which has to
+/// allow for the slowest prompt a server may ever compute. Steps of the same
+/// size take about the same time, so once a few have been seen, a step that
+/// takes ten times the slowest recent one is called hung.
+#[derive(Debug, Default)]
+struct StepClock {
+    /// Recent durations by step size (tokens, rounded up to a power of 2).
+    recent: std::collections::HashMap<u32, std::collections::VecDeque<Duration>>,
+}
+
+/// Steps remembered per size.
+const CLOCK_WINDOW: usize = 32;
+/// Steps of a size to see before their deadline applies.
+const CLOCK_WARMUP: usize = 3;
+/// No deadline is shorter than this.
+pub const MIN_STEP_DEADLINE: Duration = Duration::from_secs(2);
+/// A deadline is this many times the slowest recent step.
+const DEADLINE_FACTOR: u32 = 10;
+
+impl StepClock {
+    fn bucket(n_tokens: usize) -> u32 {
+        u32::try_from(n_tokens.max(1).next_power_of_two()).unwrap_or(u32::MAX)
+    }
+
+    /// The deadline for a step of `n_tokens`, once enough are known, with
+    /// the slowest recent one.
+    fn deadline(&self, n_tokens: usize) -> Option<(Duration, Duration)> {
+        let seen = self.recent.get(&Self::bucket(n_tokens))?;
+        if seen.len() < CLOCK_WARMUP {
+            return None;
+        }
+        let slowest = seen.iter().copied().max()?;
+        Some((
+            slowest.saturating_mul(DEADLINE_FACTOR).max(MIN_STEP_DEADLINE),
+            slowest,
+        ))
+    }
+
+    fn record(&mut self, n_tokens: usize, took: Duration) {
+        let q = self.recent.entry(Self::bucket(n_tokens)).or_default();
+        if q.len() == CLOCK_WINDOW {
+            q.pop_front();
+        }
+        q.push_back(took);
+    }
+}
+
 /// Embedding, stages, and the KV cell table they share.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -36,6 +98,7 @@ pub struct Pipeline {
     embedder: Embedder,
     stages: Vec<StageRunner>,
     kv: KvCells,
+    clocks: Vec<StepClock>,
 }
 
 impl Pipeline {
@@ -50,6 +113,7 @@ impl Pipeline {
         Pipeline {
             cfg,
             embedder,
+            clocks: stages.iter().map(|_| StepClock::default()).collect(),
             stages,
             kv: KvCells::new(kv_size as usize),
         }
@@ -102,6 +166,19 @@ impl Pipeline {
         self.kv.place(idx, cells)?;
         self.decode_claimed(tokens, cells, idx.to_vec(), outputs)
             .await
+    }
+
+    /// Checks that every server answers (a cheap round trip each, within
+    /// `within`); the first that does not is the error. Used on idle
+    /// connections, which would otherwise hide a dead server until the next
+    /// request.
+    pub async fn probe(&mut self, within: Duration) -> Result<(), ExecError> {
+        for s in &mut self.stages {
+            if let StageRunner::Remote(r) = s {
+                r.probe(within).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Cumulative step numbers of every stage.
@@ -168,12 +245,64 @@ impl Pipeline {
     async fn run(&mut self, step: &Step, ids: &[i32]) -> Result<Vec<f32>, ExecError> {
         let embedder = &mut self.embedder;
         let mut hidden = super::blocking(|| embedder.embed(ids))?;
-        for stage in &mut self.stages {
+        for (stage, clock) in self.stages.iter_mut().zip(&mut self.clocks) {
             hidden = match stage {
                 StageRunner::Local(s) => super::blocking(|| s.run(&self.cfg, step, &hidden))?,
-                StageRunner::Remote(s) => s.run(&self.cfg, step, &hidden).await?,
+                StageRunner::Remote(s) => {
+                    let started = std::time::Instant::now();
+                    let out = match clock.deadline(step.n_tokens) {
+                        None => s.run(&self.cfg, step, &hidden).await?,
+                        Some((after, typical)) => {
+                            // Dropping the step mid-call leaves the session
+                            // poisoned: recovery reconnects anyway.
+                            match tokio::time::timeout(after, s.run(&self.cfg, step, &hidden))
+                                .await
+                            {
+                                Ok(r) => r?,
+                                Err(_) => {
+                                    return Err(ExecError::Deadline {
+                                        endpoint: s.endpoint().to_string(),
+                                        after,
+                                        typical,
+                                    })
+                                }
+                            }
+                        }
+                    };
+                    clock.record(step.n_tokens, started.elapsed());
+                    out
+                }
             };
         }
         Ok(hidden)
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_follow_recent_steps_of_the_same_size() {
+        let mut c = StepClock::default();
+        assert_eq!(c.deadline(1), None);
+        for ms in [10, 30, 20] {
+            c.record(1, Duration::from_millis(ms));
+        }
+        // Ten times 30 ms is under the floor.
+        assert_eq!(
+            c.deadline(1),
+            Some((MIN_STEP_DEADLINE, Duration::from_millis(30)))
+        );
+        assert_eq!(c.deadline(2), None, "other sizes are not known yet");
+        for _ in 0..3 {
+            c.record(300, Duration::from_millis(900));
+        }
+        assert_eq!(c.deadline(400).unwrap().0, Duration::from_secs(9));
+        // Old steps leave the window.
+        for _ in 0..CLOCK_WINDOW {
+            c.record(1, Duration::from_millis(1));
+        }
+        assert_eq!(c.deadline(1).unwrap().1, Duration::from_millis(1));
     }
 }

@@ -193,6 +193,24 @@ impl RemoteStage {
         self.layers.clone()
     }
 
+    /// A cheap round trip to the server within `within`.
+    pub async fn probe(&mut self, within: std::time::Duration) -> Result<(), ExecError> {
+        let endpoint = self.endpoint.clone();
+        let probe = async {
+            let mut c = self.client.lock().await;
+            c.sync().await
+        };
+        match tokio::time::timeout(within, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(ExecError::Rpc { endpoint, source }),
+            Err(_) => Err(ExecError::Deadline {
+                endpoint,
+                after: within,
+                typical: std::time::Duration::ZERO,
+            }),
+        }
+    }
+
     /// Cumulative step numbers.
     pub fn stat(&self) -> crate::engine::metrics::StageStat {
         self.stat.clone()

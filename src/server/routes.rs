@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::engine::Status as EngineStatus;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest as _, MatchedPath, Path, Request, State};
@@ -220,14 +221,20 @@ pub async fn health(State(state): State<AppState>) -> Response {
             .into_response(),
         Status::Ready(engine) => {
             let h = engine.health();
-            let (code, status) = if h.ok {
-                (StatusCode::OK, "ok")
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "error")
+            let (code, status) = match h.status {
+                EngineStatus::Ok => (StatusCode::OK, "ok"),
+                EngineStatus::Recovering => (StatusCode::SERVICE_UNAVAILABLE, "recovering"),
+                EngineStatus::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             };
             (
                 code,
-                Json(json!({"status": status, "model": engine.model_name(), "servers": h.servers})),
+                Json(json!({
+                    "status": status,
+                    "model": engine.model_name(),
+                    "servers": h.servers,
+                    "recovery": h.recovery,
+                    "error": h.error,
+                })),
             )
                 .into_response()
         }

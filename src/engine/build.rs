@@ -1,0 +1,256 @@
+//! Connecting to the plan's servers, placing the weights and setting up
+//! every stage: what a load does, and what recovery does again after a
+//! server failed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::{LoadProgress, LoadStats, ProgressFn, ServerLoad};
+use crate::exec::local::LocalStage;
+use crate::exec::pipeline::{Pipeline, StageRunner};
+use crate::exec::remote::{RemoteStage, SharedClient};
+use crate::exec::{Embedder, ExecError};
+use crate::gguf::Gguf;
+use crate::load::{TensorHashes, UploadStats};
+use crate::model::LlamaConfig;
+use crate::plan::{Plan, Target};
+use crate::rpc::{ClientOptions, RpcClient, Upload};
+
+use super::load::EngineError;
+
+/// Everything needed to (re)build the pipeline of one plan.
+pub(crate) struct Builder {
+    pub gguf: Gguf,
+    pub cfg: LlamaConfig,
+    pub plan: Plan,
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub threads: usize,
+    pub hashes: Arc<TensorHashes>,
+    pub progress: bool,
+    pub on_progress: Option<ProgressFn>,
+}
+
+impl Builder {
+    /// Connects to every server of the plan (one connection each), uploads
+    /// the weights to all of them at once (their caches answer what they
+    /// can), sets up the stages and returns the pipeline with what the
+    /// upload cost.
+    pub async fn build(&self) -> Result<(Pipeline, LoadStats), EngineError> {
+        // One connection per server; stages on several devices of one server
+        // share it (a server serves one connection at a time).
+        let mut clients: std::collections::HashMap<String, SharedClient> =
+            std::collections::HashMap::new();
+        for s in &self.plan.stages {
+            if let Target::Remote { endpoint, .. } = &s.target {
+                if !clients.contains_key(endpoint) {
+                    let c = RpcClient::connect(endpoint, ClientOptions::default())
+                        .await
+                        .map_err(|source| EngineError::Server {
+                            endpoint: endpoint.clone(),
+                            source,
+                        })?;
+                    clients.insert(endpoint.clone(), Arc::new(tokio::sync::Mutex::new(c)));
+                }
+            }
+        }
+
+        // Upload to every server at once.
+        let total: u64 = self
+            .plan
+            .stages
+            .iter()
+            .filter(|s| !s.is_local())
+            .map(|s| s.weight_bytes + s.output_bytes)
+            .sum();
+        let bar = progress_bar(self.progress, total);
+        let counters = Arc::new(ProgressCounters::default());
+        if let Some(cb) = &self.on_progress {
+            cb(LoadProgress {
+                bytes_total: total,
+                ..LoadProgress::default()
+            });
+        }
+        let mut uploads = JoinSet::new();
+        let last = self.plan.stages.len() - 1;
+        for (i, s) in self.plan.stages.iter().enumerate() {
+            let Target::Remote {
+                endpoint, device, ..
+            } = &s.target
+            else {
+                continue;
+            };
+            let (endpoint, device, layers) = (endpoint.clone(), *device, s.layers.clone());
+            let (g, cfg, bar) = (self.gguf.clone(), self.cfg.clone(), bar.clone());
+            let (counters, cb, hashes) = (counters.clone(), self.on_progress.clone(), self.hashes.clone());
+            let (n_ctx, n_batch) = (self.n_ctx, self.n_batch);
+            let client = clients[&endpoint].clone();
+            uploads.spawn(async move {
+                let tick = move |n: u64, how: Upload| {
+                    bar.inc(n);
+                    let p = counters.add(n, how, total);
+                    if bar.is_hidden() {
+                        // Without a progress bar, log each quarter of the upload.
+                        let quarter = |x: u64| x.saturating_mul(4) / total.max(1);
+                        if quarter(p.bytes_done) != quarter(p.bytes_done - n) {
+                            tracing::info!(
+                                done_bytes = p.bytes_done,
+                                total_bytes = total,
+                                sent_bytes = p.bytes_sent,
+                                cached_bytes = p.bytes_cached,
+                                "uploading weights: {}%",
+                                p.bytes_done * 100 / total.max(1)
+                            );
+                        }
+                    } else {
+                        bar.set_message(format!(
+                            "sent {}, from caches {}",
+                            indicatif::HumanBytes(p.bytes_sent),
+                            indicatif::HumanBytes(p.bytes_cached)
+                        ));
+                    }
+                    if let Some(cb) = &cb {
+                        cb(p);
+                    }
+                };
+                let stage = RemoteStage::load(
+                    client,
+                    device,
+                    &g,
+                    &cfg,
+                    layers,
+                    i == last,
+                    n_ctx,
+                    n_batch,
+                    &hashes,
+                    &tick,
+                )
+                .await?;
+                Ok::<_, EngineError>((i, stage))
+            });
+        }
+        let mut remote: Vec<Option<RemoteStage>> = (0..self.plan.stages.len()).map(|_| None).collect();
+        let mut weights = UploadStats::default();
+        while let Some(r) = uploads.join_next().await {
+            let (i, stage) =
+                r.map_err(|e| ExecError::Weight("upload task".into(), e.to_string()))??;
+            let st = stage.upload_stats();
+            weights += st;
+            tracing::info!(
+                endpoint = stage.endpoint(),
+                layers = ?stage.layers(),
+                sent_bytes = st.sent,
+                cached_bytes = st.cached,
+                "stage loaded"
+            );
+            remote[i] = Some(stage);
+        }
+        bar.finish_and_clear();
+        // Hashing ends soon after the uploads; waiting for its memo means a
+        // short-lived `run` still leaves it for the next load.
+        self.hashes.finished().await;
+        let mut servers = Vec::new();
+        for (endpoint, c) in &clients {
+            let t = c.lock().await.traffic();
+            servers.push(ServerLoad {
+                endpoint: endpoint.clone(),
+                round_trips: t.round_trips,
+                wire_bytes_sent: t.bytes_sent,
+            });
+        }
+        servers.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        let load_stats = LoadStats {
+            weight_bytes: weights.bytes,
+            sent_bytes: weights.sent,
+            cached_bytes: weights.cached,
+            hashed_bytes: self.hashes.hashed_bytes(),
+            hashes_from_memo: self.hashes.from_memo(),
+            servers,
+        };
+        tracing::info!(
+            sent_bytes = load_stats.sent_bytes,
+            cached_bytes = load_stats.cached_bytes,
+            hashed_bytes = load_stats.hashed_bytes,
+            "weights placed"
+        );
+
+        let mut stages = Vec::new();
+        for (i, s) in self.plan.stages.iter().enumerate() {
+            match &s.target {
+                Target::Local => stages.push(StageRunner::Local(crate::exec::blocking(|| {
+                    LocalStage::new(
+                        &self.gguf,
+                        &self.cfg,
+                        s.layers.clone(),
+                        i == last,
+                        self.n_ctx,
+                        self.threads,
+                    )
+                })?)),
+                Target::Remote { .. } => stages.push(StageRunner::Remote(Box::new(
+                    remote[i].take().expect("every remote stage was loaded"),
+                ))),
+            }
+        }
+        let embedder = crate::exec::blocking(|| Embedder::new(&self.gguf, &self.cfg, self.threads))?;
+        let pipeline = Pipeline::new(self.cfg.clone(), embedder, stages, self.n_ctx);
+        Ok((pipeline, load_stats))
+    }
+
+    /// The servers of the plan.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .plan
+            .stages
+            .iter()
+            .filter_map(|s| match &s.target {
+                Target::Remote { endpoint, .. } => Some(endpoint.clone()),
+                Target::Local => None,
+            })
+            .collect();
+        v.dedup();
+        v
+    }
+}
+
+/// Upload progress summed over every stage's task.
+#[derive(Debug, Default)]
+struct ProgressCounters {
+    done: AtomicU64,
+    sent: AtomicU64,
+    cached: AtomicU64,
+}
+
+impl ProgressCounters {
+    fn add(&self, n: u64, how: Upload, total: u64) -> LoadProgress {
+        let bytes_done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        match how {
+            Upload::Sent => self.sent.fetch_add(n, Ordering::Relaxed),
+            Upload::Cached => self.cached.fetch_add(n, Ordering::Relaxed),
+        };
+        LoadProgress {
+            bytes_done,
+            bytes_total: total,
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            bytes_cached: self.cached.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
