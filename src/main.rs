@@ -161,9 +161,25 @@ enum Command {
         /// Requests that may wait for a sequence; more get 429.
         #[arg(long, default_value_t = 64)]
         queue: usize,
-        /// Require `Authorization: Bearer KEY` on /v1/*.
+        /// Require `Authorization: Bearer KEY` on /v1/*. Visible to other
+        /// users in `ps`: prefer --api-key-file or SHARDLINE_API_KEY.
         #[arg(long, env = "SHARDLINE_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
+        /// Read the API key from this file (one line; surrounding white space
+        /// is dropped). Conflicts with --api-key and SHARDLINE_API_KEY.
+        #[arg(long, value_name = "PATH", conflicts_with = "api_key")]
+        api_key_file: Option<PathBuf>,
+        /// Close a connection whose request line and headers take longer than
+        /// this (slow or silent clients, idle keep-alive connections), e.g.
+        /// 10s, 500ms.
+        #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = shardline::server::parse_duration)]
+        header_timeout: std::time::Duration,
+        /// Answer 408 to a request body that takes longer than this to arrive.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = shardline::server::parse_duration)]
+        body_timeout: std::time::Duration,
+        /// Connections served at once; past it new ones get 503 and are closed.
+        #[arg(long, value_name = "N", default_value_t = shardline::server::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// Write a model's weights into a cache folder, as `DIR/<hash>` files that
     /// `shardline worker --cache DIR` and llama.cpp's `rpc-server -c DIR` read,
@@ -328,7 +344,29 @@ fn run() -> anyhow::Result<()> {
             parallel,
             queue,
             api_key,
-        } => run_serve(cluster, host, port, parallel, queue, api_key),
+            api_key_file,
+            header_timeout,
+            body_timeout,
+            max_connections,
+        } => {
+            // Read before anything starts, so a bad file costs no load.
+            let api_key = match api_key_file {
+                Some(path) => Some(shardline::server::read_api_key_file(&path)?),
+                None => api_key,
+            };
+            let serve = shardline::server::ServeOptions {
+                engine: engine_options(&cluster)?,
+                host,
+                port,
+                api_key,
+                limits: shardline::server::HttpLimits {
+                    header_timeout,
+                    body_timeout,
+                    max_connections,
+                },
+            };
+            run_serve(serve, parallel, queue)
+        }
         Command::Worker {
             host,
             port,
@@ -492,23 +530,14 @@ fn run_generate(
 }
 
 fn run_serve(
-    cluster: ClusterArgs,
-    host: IpAddr,
-    port: u16,
+    mut opts: shardline::server::ServeOptions,
     parallel: usize,
     queue: usize,
-    api_key: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut engine = engine_options(&cluster)?;
-    engine.parallel = parallel;
-    engine.queue = queue;
+    opts.engine.parallel = parallel;
+    opts.engine.queue = queue;
     let rt = tokio::runtime::Runtime::new()?;
-    let r = rt.block_on(shardline::server::serve(shardline::server::ServeOptions {
-        engine,
-        host,
-        port,
-        api_key,
-    }));
+    let r = rt.block_on(shardline::server::serve(opts));
     // Streams still open at shutdown are dropped, not waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(r?)

@@ -11,14 +11,21 @@
 //! Errors come in OpenAI's shape, `{"error":{"message","type","param","code"}}`:
 //! 400 malformed JSON or a field of the wrong type, 401 a missing or wrong
 //! API key (`/v1/*` only), 404 an unknown model or path, 405 a wrong method,
-//! 408 a body that does not arrive in 30 s, 413 a body over 1 MiB, 429 the
-//! engine's queue is full, 503 loading or a server lost.
+//! 408 a body that does not arrive in time ([`HttpLimits::body_timeout`]),
+//! 413 a body over 1 MiB, 429 the engine's queue is full, 503 loading, a
+//! server lost, or a connection past [`HttpLimits::max_connections`].
+//!
+//! A connection whose request head does not arrive within
+//! [`HttpLimits::header_timeout`] is closed without an answer.
 //!
 //! The listener is bound before the model loads, so `/health` can report
 //! progress; a streamed answer owns its [`crate::engine::TokenStream`], so a
 //! client that disconnects frees its sequence at once.
 
+mod auth;
 mod error;
+mod limits;
+mod listen;
 mod request;
 mod respond;
 mod routes;
@@ -35,7 +42,12 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+pub use auth::{read_api_key_file, ApiKeyFileError};
 pub use error::ApiError;
+pub use limits::{
+    parse_duration, DurationError, HttpLimits, LimitsError, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+};
 pub use state::{AppState, Status};
 
 use crate::engine::{Engine, EngineError, EngineOptions};
@@ -56,6 +68,8 @@ pub struct ServeOptions {
     pub port: u16,
     /// When set, `/v1/*` wants `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Timeouts and the connection cap.
+    pub limits: HttpLimits,
 }
 
 impl Default for ServeOptions {
@@ -65,6 +79,7 @@ impl Default for ServeOptions {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 8080,
             api_key: None,
+            limits: HttpLimits::default(),
         }
     }
 }
@@ -76,6 +91,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -91,15 +107,15 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// A timeout or the connection cap cannot work.
+    #[error("HTTP limits")]
+    Limits(#[from] LimitsError),
     /// Signal handlers could not be installed.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
     /// The model could not be loaded.
     #[error("loading the model")]
     Load(#[from] EngineError),
-    /// The HTTP server failed.
-    #[error("HTTP server")]
-    Http(#[source] std::io::Error),
     /// A task of the server panicked or was cancelled.
     #[error("internal error: {0}")]
     Task(String),
@@ -113,7 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
         .route("/v1/models/{model}", get(routes::model))
-        .route_layer(from_fn_with_state(state.clone(), routes::auth))
+        .route_layer(from_fn_with_state(state.clone(), auth::auth))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::no_route)
@@ -161,8 +177,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         host,
         port,
         api_key,
+        limits,
     } = opts;
     // Options that cannot work fail before the port is bound.
+    limits.check()?;
     engine_opts
         .check()
         .map_err(|e| ServeError::Load(e.into()))?;
@@ -175,7 +193,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
 
-    let state = AppState::new(api_key);
+    let state = AppState::new(api_key, limits.body_timeout);
     let progress_state = state.clone();
     let chained = engine_opts.on_progress.take();
     engine_opts.on_progress = Some(Arc::new(move |p| {
@@ -185,15 +203,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         }
     }));
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = router(state.clone());
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let mut server = tokio::spawn(listen::run(listener, app, limits, state.clone(), stop_rx));
     print_line(&format!(
         "shardline serve listening: http://{local} (loading {})",
         engine_opts.model.display()
@@ -205,7 +217,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             Ok(Ok(engine)) => engine,
             Ok(Err(e)) => {
                 state.set_failed(e.to_string());
-                let _ = stop_tx.send(());
+                let _ = stop_tx.send(true);
                 let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
                 return Err(ServeError::Load(e));
             }
@@ -214,7 +226,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         sig = signals.recv() => {
             tracing::info!(signal = sig, "stopping while loading");
             load.abort();
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(true);
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
             return Ok(());
         }
@@ -235,11 +247,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         sig = signals.recv() => tracing::info!(signal = sig, "stopping"),
         r = &mut server => return Err(server_ended(r)),
     }
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
         Ok(r) => match r {
-            Ok(Ok(())) => Ok(()),
-            other => Err(server_ended(other)),
+            Ok(()) => Ok(()),
+            Err(e) => Err(ServeError::Task(format!("HTTP server: {e}"))),
         },
         Err(_) => {
             // Streams still open: end them (dropping their token streams
@@ -250,10 +262,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
 }
 
-fn server_ended(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> ServeError {
+fn server_ended(r: Result<(), tokio::task::JoinError>) -> ServeError {
     match r {
-        Ok(Ok(())) => ServeError::Task("the HTTP server stopped".into()),
-        Ok(Err(e)) => ServeError::Http(e),
+        Ok(()) => ServeError::Task("the HTTP server stopped".into()),
         Err(e) => ServeError::Task(format!("HTTP server: {e}")),
     }
 }

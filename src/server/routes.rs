@@ -1,7 +1,5 @@
 //! The handlers and the middleware around them.
 
-use std::time::Duration;
-
 use crate::engine::Status as EngineStatus;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -19,8 +17,6 @@ use super::state::{AppState, Status};
 use super::BODY_LIMIT;
 use crate::engine::{Engine, GenerateRequest, Prompt, SubmitError};
 
-/// How long a request body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// `max_tokens` of a text completion that gives none (OpenAI's default).
 const COMPLETION_DEFAULT_MAX_TOKENS: usize = 16;
 
@@ -31,7 +27,7 @@ fn unix_now() -> u64 {
 }
 
 /// Reads the body (size limit, time limit) as a JSON object.
-async fn read_json(req: Request) -> Result<Map<String, Value>, ApiError> {
+async fn read_json(state: &AppState, req: Request) -> Result<Map<String, Value>, ApiError> {
     // A declared length over the limit is refused before reading anything.
     let declared = req
         .headers()
@@ -41,7 +37,7 @@ async fn read_json(req: Request) -> Result<Map<String, Value>, ApiError> {
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
         return Err(ApiError::too_large(BODY_LIMIT));
     }
-    let body = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, &()))
+    let body = tokio::time::timeout(state.body_timeout(), Bytes::from_request(req, &()))
         .await
         .map_err(|_| ApiError::body_timeout())?
         .map_err(body_error)?;
@@ -123,7 +119,7 @@ async fn submit(
 
 /// `POST /v1/chat/completions`.
 pub async fn chat(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let body = read_json(req).await?;
+    let body = read_json(&state, req).await?;
     let r = ChatRequest::parse(&body)?;
     let engine = state.engine()?;
     check_model(&engine, r.common.model.as_deref())?;
@@ -150,7 +146,7 @@ pub async fn completions(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let body = read_json(req).await?;
+    let body = read_json(&state, req).await?;
     let r = CompletionRequest::parse(&body)?;
     let engine = state.engine()?;
     check_model(&engine, r.common.model.as_deref())?;
@@ -263,42 +259,6 @@ pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     ApiError::method_not_allowed(method.as_str(), uri.path())
 }
 
-/// Checks `Authorization: Bearer <key>` when the server has a key.
-pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(key) = state.api_key() else {
-        return next.run(req).await;
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match given {
-        None => ApiError::unauthorized(
-            "You didn't provide an API key. Pass it in the Authorization header: 'Authorization: Bearer YOUR_KEY'.",
-        )
-        .into_response(),
-        Some(g) if !same(g.as_bytes(), key.as_bytes()) => {
-            ApiError::unauthorized("Incorrect API key provided.").into_response()
-        }
-        Some(_) => next.run(req).await,
-    }
-}
-
-/// Comparison whose time does not depend on where the inputs differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, &x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
-    }
-    diff == 0
-}
-
 /// Counts answers by route and status for `/metrics`.
 pub async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
@@ -308,18 +268,4 @@ pub async fn count(State(state): State<AppState>, req: Request, next: Next) -> R
     let resp = next.run(req).await;
     state.count_request(&route, resp.status().as_u16());
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same;
-
-    #[test]
-    fn key_comparison() {
-        assert!(same(b"secret", b"secret"));
-        assert!(!same(b"secret", b"secreT"));
-        assert!(!same(b"secret", b"secret2"));
-        assert!(!same(b"", b"x"));
-        assert!(!same(b"x", b""));
-    }
 }

@@ -1,10 +1,11 @@
 //! What the handlers share: the engine (once loaded), load progress, the API
-//! key and the HTTP counters.
+//! key, the body timeout and the HTTP counters.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use super::error::ApiError;
 use crate::engine::{Engine, LoadProgress};
@@ -25,9 +26,14 @@ struct Shared {
     bytes_sent: AtomicU64,
     bytes_cached: AtomicU64,
     api_key: Option<String>,
+    body_timeout: Duration,
     next_id: AtomicU64,
     /// Requests answered, by (route, status).
     requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Connections being served now.
+    connections: AtomicU64,
+    /// Connections turned away because `--max-connections` were open.
+    connections_refused: AtomicU64,
 }
 
 /// Handle to the server's shared state (cheap to clone).
@@ -58,8 +64,9 @@ pub enum Status {
 
 impl AppState {
     /// A server whose model is still loading. With `api_key`, the `/v1`
-    /// routes want `Authorization: Bearer <api_key>`.
-    pub fn new(api_key: Option<String>) -> AppState {
+    /// routes want `Authorization: Bearer <api_key>`; a request body that
+    /// takes longer than `body_timeout` to arrive gets 408.
+    pub fn new(api_key: Option<String>, body_timeout: Duration) -> AppState {
         AppState {
             shared: Arc::new(Shared {
                 slot: RwLock::new(Slot::Loading),
@@ -68,15 +75,18 @@ impl AppState {
                 bytes_sent: AtomicU64::new(0),
                 bytes_cached: AtomicU64::new(0),
                 api_key: api_key.filter(|k| !k.is_empty()),
+                body_timeout,
                 next_id: AtomicU64::new(0),
                 requests: Mutex::new(BTreeMap::new()),
+                connections: AtomicU64::new(0),
+                connections_refused: AtomicU64::new(0),
             }),
         }
     }
 
     /// A server for an engine already loaded.
-    pub fn ready(engine: Engine, api_key: Option<String>) -> AppState {
-        let s = AppState::new(api_key);
+    pub fn ready(engine: Engine, api_key: Option<String>, body_timeout: Duration) -> AppState {
+        let s = AppState::new(api_key, body_timeout);
         s.set_ready(engine);
         s
     }
@@ -150,6 +160,24 @@ impl AppState {
         self.shared.api_key.as_deref()
     }
 
+    pub(crate) fn body_timeout(&self) -> Duration {
+        self.shared.body_timeout
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub(crate) fn connection_opened(&self) -> ConnectionGuard {
+        self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.shared
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A fresh response id: `{prefix}-` plus time and a counter in hex.
     pub(crate) fn next_id(&self, prefix: &str) -> String {
         let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -185,6 +213,16 @@ impl AppState {
                 "shardline_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP shardline_http_connections HTTP connections open now.\n# TYPE shardline_http_connections gauge\nshardline_http_connections {}",
+            self.shared.connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shardline_http_connections_refused_total Connections turned away because --max-connections were open.\n# TYPE shardline_http_connections_refused_total counter\nshardline_http_connections_refused_total {}",
+            self.shared.connections_refused.load(Ordering::Relaxed)
+        );
         let status = self.status();
         let (loaded, p) = match &status {
             Status::Ready(_) => (1, self.progress()),
@@ -218,5 +256,17 @@ impl AppState {
             out.push_str(&engine.metrics_text());
         }
         out
+    }
+}
+
+/// One open connection in `/metrics`, for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
