@@ -256,7 +256,7 @@ async fn a_load_over_a_far_link_takes_a_few_round_trips() {
     let spec = LinkSpec::parse("delay=10ms").unwrap();
     let relays: Vec<Relay> = workers
         .iter()
-        .map(|w| Relay::start(w.endpoint, spec.clone()).unwrap())
+        .map(|w| Relay::start(w.endpoint, spec).unwrap())
         .collect();
     let e = Engine::load(EngineOptions {
         model: model_path(),
