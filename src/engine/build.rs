@@ -73,6 +73,10 @@ impl Builder {
                 ..LoadProgress::default()
             });
         }
+        // The embedding table is copied on the coordinator while the
+        // servers are busy with their weights.
+        let (g, cfg, threads) = (self.gguf.clone(), self.cfg.clone(), self.threads);
+        let embedder = tokio::task::spawn_blocking(move || Embedder::new(&g, &cfg, threads));
         let mut uploads = JoinSet::new();
         let last = self.plan.stages.len() - 1;
         for (i, s) in self.plan.stages.iter().enumerate() {
@@ -194,7 +198,12 @@ impl Builder {
                 ))),
             }
         }
-        let embedder = crate::exec::blocking(|| Embedder::new(&self.gguf, &self.cfg, self.threads))?;
+        let embedder = embedder
+            .await
+            .map_err(|e| EngineError::Internal {
+                what: "building the embedder",
+                detail: e.to_string(),
+            })??;
         let pipeline = Pipeline::new(self.cfg.clone(), embedder, stages, self.n_ctx);
         Ok((pipeline, load_stats))
     }

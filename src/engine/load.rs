@@ -59,6 +59,14 @@ pub enum EngineError {
     /// Setting up a stage failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// A task of the load stopped unexpectedly (a bug).
+    #[error("{what} failed unexpectedly: {detail}")]
+    Internal {
+        /// What the task was doing.
+        what: &'static str,
+        /// The task's end (a panic message).
+        detail: String,
+    },
     /// The options cannot work together (nothing was started).
     #[error(transparent)]
     Options(#[from] OptionsError),
