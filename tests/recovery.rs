@@ -210,7 +210,10 @@ async fn stopped_worker_is_detected_in_seconds_and_serving_resumes() {
         greedy(&e, 4).await;
     }
     let (err, after) = fail_midstream(&e, || w2.signal("-STOP")).await;
-    assert!(after < Duration::from_secs(5), "hang noticed after {after:?}");
+    assert!(
+        after < Duration::from_secs(5),
+        "hang noticed after {after:?}"
+    );
     assert!(err.contains(&w2.endpoint()), "{err}");
     wait_status(&e, Status::Recovering, Duration::from_secs(5)).await;
     w2.signal("-CONT");
@@ -235,5 +238,8 @@ async fn an_idle_worker_that_dies_shows_in_health() {
         .find(|s| s.endpoint == w2.endpoint())
         .unwrap();
     assert!(!dead.ok, "{h:?}");
-    assert!(h.servers.iter().any(|s| s.ok), "the other server is fine: {h:?}");
+    assert!(
+        h.servers.iter().any(|s| s.ok),
+        "the other server is fine: {h:?}"
+    );
 }

@@ -228,7 +228,10 @@ async fn server_dying_mid_generation_is_a_clear_error() {
     let h = e.health();
     assert_eq!(h.status, shardline::engine::Status::Recovering, "{h:?}");
     let lost = h.servers.iter().find(|s| s.endpoint == victim).unwrap();
-    assert!(!lost.ok && lost.error.as_deref().unwrap_or("").contains(&victim), "{h:?}");
+    assert!(
+        !lost.ok && lost.error.as_deref().unwrap_or("").contains(&victim),
+        "{h:?}"
+    );
 }
 
 #[test]

@@ -88,7 +88,11 @@ impl Builder {
             };
             let (endpoint, device, layers) = (endpoint.clone(), *device, s.layers.clone());
             let (g, cfg, bar) = (self.gguf.clone(), self.cfg.clone(), bar.clone());
-            let (counters, cb, hashes) = (counters.clone(), self.on_progress.clone(), self.hashes.clone());
+            let (counters, cb, hashes) = (
+                counters.clone(),
+                self.on_progress.clone(),
+                self.hashes.clone(),
+            );
             let (n_ctx, n_batch) = (self.n_ctx, self.n_batch);
             let client = clients[&endpoint].clone();
             uploads.spawn(async move {
@@ -135,7 +139,8 @@ impl Builder {
                 Ok::<_, EngineError>((i, stage))
             });
         }
-        let mut remote: Vec<Option<RemoteStage>> = (0..self.plan.stages.len()).map(|_| None).collect();
+        let mut remote: Vec<Option<RemoteStage>> =
+            (0..self.plan.stages.len()).map(|_| None).collect();
         let mut weights = UploadStats::default();
         while let Some(r) = uploads.join_next().await {
             let (i, stage) =
@@ -198,12 +203,10 @@ impl Builder {
                 ))),
             }
         }
-        let embedder = embedder
-            .await
-            .map_err(|e| EngineError::Internal {
-                what: "building the embedder",
-                detail: e.to_string(),
-            })??;
+        let embedder = embedder.await.map_err(|e| EngineError::Internal {
+            what: "building the embedder",
+            detail: e.to_string(),
+        })??;
         let pipeline = Pipeline::new(self.cfg.clone(), embedder, stages, self.n_ctx);
         Ok((pipeline, load_stats))
     }
@@ -262,4 +265,3 @@ fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
     );
     bar
 }
-

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use super::build::Builder;
 use super::health::HealthState;
 use super::scheduler::{slot_size, Scheduler};
-use super::{
-    Engine, EngineOptions, HashMemo, Metrics, Shared,
-};
+use super::{Engine, EngineOptions, HashMemo, Metrics, Shared};
 use crate::chat::ChatTemplate;
 use crate::cluster::{devices_from_reports, probe_all, ServerReport};
 use crate::exec::local::stage_weight_names;

@@ -413,7 +413,10 @@ impl Scheduler {
         self.health.failed(endpoint.as_deref(), &message);
         self.metrics.failure();
         for s in slots.iter_mut().filter_map(Option::take) {
-            let _ = s.job.tx.send(Event::Error(format!("server failed: {message}")));
+            let _ = s
+                .job
+                .tx
+                .send(Event::Error(format!("server failed: {message}")));
         }
         self.metrics.set_active(0);
         // Close every connection before reconnecting.

@@ -77,7 +77,9 @@ impl StepClock {
         }
         let slowest = seen.iter().copied().max()?;
         Some((
-            slowest.saturating_mul(DEADLINE_FACTOR).max(MIN_STEP_DEADLINE),
+            slowest
+                .saturating_mul(DEADLINE_FACTOR)
+                .max(MIN_STEP_DEADLINE),
             slowest,
         ))
     }
@@ -255,8 +257,7 @@ impl Pipeline {
                         Some((after, typical)) => {
                             // Dropping the step mid-call leaves the session
                             // poisoned: recovery reconnects anyway.
-                            match tokio::time::timeout(after, s.run(&self.cfg, step, &hidden))
-                                .await
+                            match tokio::time::timeout(after, s.run(&self.cfg, step, &hidden)).await
                             {
                                 Ok(r) => r?,
                                 Err(_) => {

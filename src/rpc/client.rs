@@ -259,6 +259,23 @@ impl RpcClient {
 
     // ------------------------------------------------------------ transport
 
+    /// When a call moving `moved` bytes must be done: counted from the end
+    /// of the work already pipelined (`start`), the call timeout plus the
+    /// bytes' `transfer` time at the slowest tolerated rate. Also how long
+    /// that is from now (`allowed`).
+    fn deadline(&self, moved: u64) -> (Instant, Duration, Instant, Duration) {
+        let transfer = transfer_time(moved, self.opts.min_throughput);
+        let now = Instant::now();
+        let start = self.backlog_until.filter(|&t| t > now).unwrap_or(now);
+        let deadline = later(start, self.opts.call_timeout.saturating_add(transfer));
+        (
+            start,
+            transfer,
+            deadline,
+            deadline.saturating_duration_since(now),
+        )
+    }
+
     /// Sends the frame in `self.scratch` followed by `data`, then, if
     /// `reply` is given, reads a response whose payload must be exactly
     /// `reply.len()` bytes into it. `work` is server time the command queues
@@ -278,11 +295,7 @@ impl RpcClient {
         let moved = len64(self.scratch.len())
             .saturating_add(len64(data.len()))
             .saturating_add(len64(reply_len));
-        let transfer = transfer_time(moved, self.opts.min_throughput);
-        let now = Instant::now();
-        let start = self.backlog_until.filter(|&t| t > now).unwrap_or(now);
-        let deadline = later(start, self.opts.call_timeout.saturating_add(transfer));
-        let allowed = deadline.saturating_duration_since(now);
+        let (start, transfer, deadline, allowed) = self.deadline(moved);
 
         self.poisoned_by = Some(cmd);
         let io = Self::io(&mut self.stream, &self.scratch, data, reply);
@@ -400,11 +413,7 @@ impl RpcClient {
         let moved = len64(self.scratch.len())
             .saturating_add(replies)
             .saturating_add(work_bytes);
-        let transfer = transfer_time(moved, self.opts.min_throughput);
-        let now = Instant::now();
-        let start = self.backlog_until.filter(|&t| t > now).unwrap_or(now);
-        let deadline = later(start, self.opts.call_timeout.saturating_add(transfer));
-        let allowed = deadline.saturating_duration_since(now);
+        let (_, _, deadline, allowed) = self.deadline(moved);
 
         self.poisoned_by = Some(cmd);
         let (mut rd, mut wr) = self.stream.split();
