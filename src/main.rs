@@ -470,9 +470,17 @@ fn run_generate(
     let opts = engine_options(&cluster)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let engine = shardline::engine::Engine::load(opts)
-            .await
-            .context("loading the model")?;
+        // A server that failed during the load (dropped, restarted) gets
+        // one more chance; a model or plan that cannot work does not.
+        let engine = match shardline::engine::Engine::load(opts.clone()).await {
+            Err(e) if e.is_transient() => {
+                tracing::warn!("loading failed ({e}); trying once more");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                shardline::engine::Engine::load(opts).await
+            }
+            r => r,
+        }
+        .context("loading the model")?;
         let text = if chat {
             engine
                 .render_chat(&[shardline::chat::ChatMessage::new("user", prompt)])

@@ -105,6 +105,19 @@ pub enum OptionsError {
     },
 }
 
+impl EngineError {
+    /// Whether trying again may help: a server failed or went away, as
+    /// opposed to a model, plan or setting that cannot work.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Server { .. } | EngineError::Workers(_) => true,
+            EngineError::Upload(UploadError::Rpc { .. }) => true,
+            EngineError::Exec(e) => e.endpoint().is_some(),
+            _ => false,
+        }
+    }
+}
+
 impl EngineOptions {
     /// Checks that the context, batch and parallel settings can work
     /// together; [`Engine::load`] calls it before opening anything.
@@ -291,6 +304,19 @@ mod tests {
             parallel,
             ..EngineOptions::default()
         }
+    }
+
+    #[test]
+    fn only_server_failures_are_worth_a_retry() {
+        let lost = EngineError::Server {
+            endpoint: "127.0.0.1:1".into(),
+            source: RpcError::Poisoned {
+                during: crate::rpc::Command::Hello,
+            },
+        };
+        assert!(lost.is_transient());
+        assert!(!EngineError::Options(OptionsError::ZeroBatch).is_transient());
+        assert!(!EngineError::Unsupported(ModelError::Architecture("gpt2".into())).is_transient());
     }
 
     #[test]
