@@ -75,6 +75,7 @@ impl Drop for PortWorker {
         // A stopped process must be continued to die cleanly.
         let _ = Command::new("kill")
             .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         self.kill();
     }
@@ -95,6 +96,10 @@ fn expected(n: usize) -> Vec<i32> {
 }
 
 async fn engine(workers: &[&PortWorker]) -> Engine {
+    engine_with(workers, Duration::from_secs(10)).await
+}
+
+async fn engine_with(workers: &[&PortWorker], replan_after: Duration) -> Engine {
     let memo = std::env::temp_dir().join(format!("shardline-recovery-{}", std::process::id()));
     Engine::load(EngineOptions {
         model: model_path(),
@@ -105,6 +110,7 @@ async fn engine(workers: &[&PortWorker]) -> Engine {
         threads: 1,
         progress: false,
         hash_memo: HashMemo::Dir(memo),
+        replan_after,
         ..EngineOptions::default()
     })
     .await
@@ -242,4 +248,32 @@ async fn an_idle_worker_that_dies_shows_in_health() {
         h.servers.iter().any(|s| s.ok),
         "the other server is fine: {h:?}"
     );
+}
+
+/// Three workers where two suffice: one dies for good, and serving goes on
+/// over the other two after the model is planned again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_worker_is_planned_around_when_the_others_suffice() {
+    let want = expected(12);
+    let w1 = PortWorker::start(free_port());
+    let mut w2 = PortWorker::start(free_port());
+    let w3 = PortWorker::start(free_port());
+    let e = engine_with(&[&w1, &w2, &w3], Duration::from_secs(1)).await;
+    assert_eq!(e.current_plan().stages.len(), 3);
+    let victim = w2.endpoint();
+    let (err, _) = fail_midstream(&e, || w2.kill()).await;
+    assert!(err.contains(&victim), "{err}");
+    wait_status(&e, Status::Degraded, Duration::from_secs(30)).await;
+    let h = e.health();
+    assert!(h.ok, "a degraded engine serves: {h:?}");
+    let lost = h.servers.iter().find(|s| s.endpoint == victim).unwrap();
+    assert!(!lost.ok, "{h:?}");
+    let plan = e.current_plan();
+    assert_eq!(plan.stages.len(), 2, "{plan}");
+    assert!(!plan.to_string().contains(&victim), "{plan}");
+    assert_eq!(
+        plan.stages.iter().map(|s| s.layers.len()).sum::<usize>(),
+        30
+    );
+    assert_eq!(greedy(&e, 12).await, want);
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::{LoadProgress, LoadStats, ProgressFn, ServerLoad};
+use crate::cluster::{devices_from_reports, probe_all};
 use crate::exec::local::LocalStage;
 use crate::exec::pipeline::{Pipeline, StageRunner};
 use crate::exec::remote::{RemoteStage, SharedClient};
@@ -15,12 +16,13 @@ use crate::exec::{Embedder, ExecError};
 use crate::gguf::Gguf;
 use crate::load::{TensorHashes, UploadStats};
 use crate::model::LlamaConfig;
-use crate::plan::{Plan, Target};
+use crate::plan::{plan, ModelCost, Plan, PlanOptions, Target};
 use crate::rpc::{ClientOptions, RpcClient, Upload};
 
 use super::load::EngineError;
 
 /// Everything needed to (re)build the pipeline of one plan.
+#[derive(Clone)]
 pub(crate) struct Builder {
     pub gguf: Gguf,
     pub cfg: LlamaConfig,
@@ -31,6 +33,38 @@ pub(crate) struct Builder {
     pub hashes: Arc<TensorHashes>,
     pub progress: bool,
     pub on_progress: Option<ProgressFn>,
+}
+
+/// What is needed to plan the model again over fewer servers.
+#[derive(Debug, Clone)]
+pub(crate) struct Replanner {
+    pub cost: ModelCost,
+    pub popts: PlanOptions,
+    /// Every server the engine was given (or started).
+    pub servers: Vec<String>,
+}
+
+impl Replanner {
+    /// A plan over the servers not in `lost`, if the model fits them.
+    pub async fn without(
+        &self,
+        lost: &std::collections::BTreeSet<String>,
+    ) -> Result<Plan, EngineError> {
+        let left: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|s| !lost.contains(*s))
+            .cloned()
+            .collect();
+        let reports = probe_all(&left, ClientOptions::default())
+            .await
+            .map_err(|(endpoint, source)| EngineError::Server { endpoint, source })?;
+        Ok(plan(
+            &self.cost,
+            &devices_from_reports(&reports),
+            &self.popts,
+        )?)
+    }
 }
 
 impl Builder {
@@ -209,6 +243,15 @@ impl Builder {
         })??;
         let pipeline = Pipeline::new(self.cfg.clone(), embedder, stages, self.n_ctx);
         Ok((pipeline, load_stats))
+    }
+
+    /// The same model and settings on another plan.
+    pub fn with_plan(&self, plan: Plan) -> Builder {
+        Builder {
+            plan,
+            progress: false,
+            ..self.clone()
+        }
     }
 
     /// The servers of the plan.

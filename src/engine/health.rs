@@ -14,6 +14,9 @@ use serde::Serialize;
 pub enum Status {
     /// Every server answers; requests are served.
     Ok,
+    /// Requests are served by fewer servers than the engine was given: a
+    /// lost one was planned around.
+    Degraded,
     /// A server failed: in-flight requests were ended, new ones wait while
     /// the engine reconnects and reloads.
     Recovering,
@@ -51,7 +54,7 @@ pub struct Recovery {
 pub struct Health {
     /// Whether requests are being served now.
     pub ok: bool,
-    /// ok, recovering or unavailable.
+    /// ok, degraded, recovering or unavailable.
     pub status: Status,
     /// Each server.
     pub servers: Vec<ServerHealth>,
@@ -65,6 +68,8 @@ pub struct Health {
 struct ServerState {
     error: Option<String>,
     last_ok: Option<Instant>,
+    /// Left out of the plan after it failed.
+    excluded: bool,
 }
 
 #[derive(Debug)]
@@ -99,6 +104,7 @@ impl HealthState {
                             ServerState {
                                 error: None,
                                 last_ok: Some(now),
+                                excluded: false,
                             },
                         )
                     })
@@ -124,7 +130,7 @@ impl HealthState {
     pub fn all_ok(&self) {
         let now = Instant::now();
         self.with(|i| {
-            for s in i.servers.values_mut() {
+            for s in i.servers.values_mut().filter(|s| !s.excluded) {
                 s.error = None;
                 s.last_ok = Some(now);
             }
@@ -156,7 +162,34 @@ impl HealthState {
     /// Serving again; returns how long the engine was recovering.
     pub fn recovered(&self) -> Option<std::time::Duration> {
         let took = self.with(|i| {
-            i.status = Status::Ok;
+            i.status = if i.servers.values().any(|s| s.excluded) {
+                Status::Degraded
+            } else {
+                Status::Ok
+            };
+            i.error = None;
+            i.attempts = 0;
+            i.failed_at.take().map(|t| t.elapsed())
+        });
+        self.all_ok();
+        took.flatten()
+    }
+
+    /// Serving again over a plan without `lost`; returns how long the
+    /// engine was recovering.
+    pub fn degraded(
+        &self,
+        lost: &std::collections::BTreeSet<String>,
+    ) -> Option<std::time::Duration> {
+        let took = self.with(|i| {
+            for (e, s) in i.servers.iter_mut() {
+                if lost.contains(e) {
+                    s.excluded = true;
+                    let why = s.error.take().unwrap_or_else(|| "failed".into());
+                    s.error = Some(format!("left out of the plan: {why}"));
+                }
+            }
+            i.status = Status::Degraded;
             i.error = None;
             i.attempts = 0;
             i.failed_at.take().map(|t| t.elapsed())
@@ -177,7 +210,7 @@ impl HealthState {
         let now = Instant::now();
         let ms = |t: Instant| u64::try_from(now.duration_since(t).as_millis()).unwrap_or(u64::MAX);
         self.with(|i| Health {
-            ok: i.status == Status::Ok,
+            ok: matches!(i.status, Status::Ok | Status::Degraded),
             status: i.status,
             servers: i
                 .servers

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use super::build::Builder;
+use super::build::{Builder, Replanner};
 use super::health::HealthState;
 use super::scheduler::{slot_size, Scheduler};
 use super::{Engine, EngineOptions, HashMemo, Metrics, Shared};
@@ -106,6 +106,17 @@ pub enum OptionsError {
 }
 
 impl EngineError {
+    /// The server at fault, when one is.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            EngineError::Server { endpoint, .. }
+            | EngineError::Upload(UploadError::Rpc { endpoint, .. })
+            | EngineError::Upload(UploadError::TooLarge { endpoint, .. }) => Some(endpoint),
+            EngineError::Exec(e) => e.endpoint(),
+            _ => None,
+        }
+    }
+
     /// Whether trying again may help: a server failed or went away, as
     /// opposed to a model, plan or setting that cannot work.
     pub fn is_transient(&self) -> bool {
@@ -248,6 +259,12 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     let tokenizer = Arc::new(tokenizer);
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(HealthState::new(&builder.endpoints()));
+    let replanner = Replanner {
+        cost,
+        popts,
+        servers,
+    };
+    let plan_now = Arc::new(std::sync::Mutex::new(the_plan.clone()));
     let (tx, rx) = tokio::sync::mpsc::channel(opts.queue.max(1));
     let scheduler = Scheduler {
         pipeline: Some(pipeline),
@@ -255,7 +272,10 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         jobs: rx,
         metrics: metrics.clone(),
         health: health.clone(),
-        builder,
+        builder: (*builder).clone(),
+        replanner,
+        replan_after: opts.replan_after,
+        plan_now: plan_now.clone(),
         parallel,
         slot_size: ctx_per_seq as u32,
         n_batch: n_batch as usize,
@@ -288,6 +308,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             jobs: tx,
             metrics,
             health,
+            plan_now,
             _workers: workers,
         }),
     })

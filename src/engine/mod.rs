@@ -143,6 +143,9 @@ pub struct EngineOptions {
     pub on_progress: Option<ProgressFn>,
     /// Where tensor hashes are remembered between loads.
     pub hash_memo: HashMemo,
+    /// How long a lost server may take to come back before the model is
+    /// planned again over the servers left (when it fits them).
+    pub replan_after: Duration,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -177,6 +180,7 @@ impl Default for EngineOptions {
             queue: 64,
             on_progress: None,
             hash_memo: HashMemo::Default,
+            replan_after: Duration::from_secs(10),
         }
     }
 }
@@ -472,6 +476,7 @@ struct Shared {
     jobs: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
     health: Arc<health::HealthState>,
+    plan_now: Arc<Mutex<Plan>>,
     // Last: workers this engine started stop when the last handle goes.
     _workers: Vec<LocalWorker>,
 }
@@ -520,6 +525,16 @@ impl Engine {
     /// The plan the model was loaded with.
     pub fn plan(&self) -> &Plan {
         &self.shared.plan
+    }
+
+    /// The plan the engine runs now: the one it was loaded with, or, after
+    /// a server was lost for good, the plan over the servers left.
+    pub fn current_plan(&self) -> Plan {
+        self.shared
+            .plan_now
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| self.shared.plan.clone())
     }
 
     /// Time spent loading.

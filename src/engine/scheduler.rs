@@ -7,13 +7,13 @@
 //! tokens, and each sequence owns a fixed, 64-cell-aligned slot of the KV
 //! cache, so ggml's attention groups its cells the same way in both cases.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::build::Builder;
+use super::build::{Builder, Replanner};
 use super::health::HealthState;
 use super::metrics::Metrics;
 use super::{Event, Finish, Job, Usage};
@@ -79,7 +79,14 @@ pub(crate) struct Scheduler {
     pub jobs: mpsc::Receiver<Job>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthState>,
-    pub builder: Arc<Builder>,
+    /// Builds the pipeline of the plan in use.
+    pub builder: Builder,
+    /// Plans again over fewer servers.
+    pub replanner: Replanner,
+    /// How long a lost server may take to return before re-planning.
+    pub replan_after: Duration,
+    /// The plan in use, for the engine's handles.
+    pub plan_now: Arc<std::sync::Mutex<crate::plan::Plan>>,
     pub parallel: usize,
     pub slot_size: u32,
     pub n_batch: usize,
@@ -421,15 +428,45 @@ impl Scheduler {
         self.metrics.set_active(0);
         // Close every connection before reconnecting.
         self.pipeline = None;
+        let failed_at = Instant::now();
+        let mut lost: BTreeSet<String> = endpoint.into_iter().collect();
         let mut pause = Duration::from_millis(250);
         loop {
             if !self.hold_waiting() {
                 return false;
             }
-            match self.builder.build().await {
+            // A server gone for longer than `replan_after` is planned
+            // around, if the model fits the others.
+            let on_lost = self.builder.endpoints().iter().any(|e| lost.contains(e));
+            let replanned = if on_lost && failed_at.elapsed() >= self.replan_after {
+                match self.replanner.without(&lost).await {
+                    Ok(plan) => {
+                        tracing::warn!(lost = ?lost, "planning again over the servers left:\n{plan}");
+                        Some(self.builder.with_plan(plan))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the servers left cannot take the model; waiting for the lost one");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let builder = replanned.as_ref().unwrap_or(&self.builder);
+            match builder.build().await {
                 Ok((pipeline, stats)) => {
                     self.pipeline = Some(pipeline);
-                    let took = self.health.recovered().unwrap_or_default();
+                    let took = match replanned {
+                        Some(b) => {
+                            if let Ok(mut p) = self.plan_now.lock() {
+                                *p = b.plan.clone();
+                            }
+                            self.builder = b;
+                            self.health.degraded(&lost)
+                        }
+                        None => self.health.recovered(),
+                    }
+                    .unwrap_or_default();
                     self.metrics.recovered(took.as_secs_f64());
                     tracing::info!(
                         secs = took.as_secs_f64(),
@@ -440,6 +477,9 @@ impl Scheduler {
                     return true;
                 }
                 Err(e) => {
+                    if let Some(ep) = e.endpoint() {
+                        lost.insert(ep.to_string());
+                    }
                     let e = e.to_string();
                     tracing::warn!(error = %e, retry_in = ?pause, "recovery attempt failed");
                     self.health.attempt_failed(&e);

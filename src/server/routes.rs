@@ -219,6 +219,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
             let h = engine.health();
             let (code, status) = match h.status {
                 EngineStatus::Ok => (StatusCode::OK, "ok"),
+                EngineStatus::Degraded => (StatusCode::OK, "degraded"),
                 EngineStatus::Recovering => (StatusCode::SERVICE_UNAVAILABLE, "recovering"),
                 EngineStatus::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             };
