@@ -46,12 +46,15 @@ impl Response {
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
-    let s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect to the server");
-    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
+    try_connect(addr).expect("connect to the server")
+}
+
+fn try_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(READ_TIMEOUT))?;
+    s.set_write_timeout(Some(READ_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 fn request_head(
@@ -73,27 +76,46 @@ fn request_head(
 
 /// Reads the status line and headers.
 fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+    try_read_head(r).unwrap_or_else(|e| panic!("read the response head: {e}"))
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+/// [`read_head`] that returns errors (a closed connection, a bad line).
+fn try_read_head(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
     let mut line = String::new();
-    r.read_line(&mut line).expect("read the status line");
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before the status line",
+        ));
+    }
     let status = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        .ok_or_else(|| invalid(format!("bad status line {line:?}")))?;
     let mut headers = Vec::new();
     loop {
         line.clear();
-        r.read_line(&mut line).expect("read a header");
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed in the headers",
+            ));
+        }
         let l = line.trim_end();
         if l.is_empty() {
             break;
         }
         let (k, v) = l
             .split_once(':')
-            .unwrap_or_else(|| panic!("bad header {l:?}"));
+            .ok_or_else(|| invalid(format!("bad header {l:?}")))?;
         headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
     }
-    (status, headers)
+    Ok((status, headers))
 }
 
 /// A response body: chunked, sized, or up to the end of the connection.
@@ -272,41 +294,56 @@ pub struct Sse {
 impl Sse {
     /// POSTs `body` and returns once the response head arrived.
     pub fn open(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Sse {
+        Sse::try_open(addr, path, body).unwrap_or_else(|e| panic!("open {path}: {e}"))
+    }
+
+    /// [`Sse::open`] that returns errors (connect, send, a bad head) instead
+    /// of panicking, for tests that count them.
+    pub fn try_open(
+        addr: SocketAddr,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> std::io::Result<Sse> {
         let body = body.to_string();
-        let mut s = connect(addr);
+        let mut s = try_connect(addr)?;
         let head = request_head(
             "POST",
             path,
             &[("Content-Type", "application/json")],
             Some(body.len()),
         );
-        s.write_all(head.as_bytes())
-            .and_then(|_| s.write_all(body.as_bytes()))
-            .expect("send");
+        s.write_all(head.as_bytes())?;
+        s.write_all(body.as_bytes())?;
         let mut r = BufReader::new(s);
-        let (status, headers) = read_head(&mut r);
+        let (status, headers) = try_read_head(&mut r)?;
         let lines = BufReader::new(Body::new(r, &headers));
-        Sse {
+        Ok(Sse {
             status,
             headers,
             lines,
-        }
+        })
     }
 
     /// The next event's `data`, or `None` at the end of the stream.
     pub fn next_data(&mut self) -> Option<String> {
+        self.try_next_data()
+            .unwrap_or_else(|e| panic!("read an event: {e}"))
+    }
+
+    /// [`Sse::next_data`] that returns read errors instead of panicking.
+    pub fn try_next_data(&mut self) -> std::io::Result<Option<String>> {
         let mut data: Option<String> = None;
         let mut line = String::new();
         loop {
             line.clear();
-            let n = self.lines.read_line(&mut line).expect("read an event");
+            let n = self.lines.read_line(&mut line)?;
             if n == 0 {
-                return data;
+                return Ok(data);
             }
             let l = line.trim_end_matches(['\r', '\n']);
             if l.is_empty() {
                 if data.is_some() {
-                    return data;
+                    return Ok(data);
                 }
                 continue;
             }
@@ -328,6 +365,12 @@ impl Sse {
         let mut s = String::new();
         self.lines.read_to_string(&mut s).expect("read the body");
         s
+    }
+
+    /// The connection (e.g. to `try_clone` it and shut it down from another
+    /// thread).
+    pub fn socket(&self) -> &TcpStream {
+        self.lines.get_ref().socket()
     }
 
     /// Closes the connection now, as a client that goes away.
