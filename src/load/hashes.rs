@@ -319,7 +319,14 @@ fn write_memo(dir: &Path, key: FileKey, names: &[String], inner: &Inner) {
     let result = std::fs::create_dir_all(dir).and_then(|()| {
         let json = serde_json::to_vec(&memo).map_err(std::io::Error::other)?;
         // Write then rename, so a concurrent reader never sees half a memo.
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per process and per engine: two loads of one file at once
+        // must not write into the same temporary file.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let tmp = file.with_extension(format!(
+            "tmp{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::write(&tmp, json)?;
         std::fs::rename(&tmp, &file)
     });
