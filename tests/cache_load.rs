@@ -283,3 +283,63 @@ async fn a_load_over_a_far_link_takes_a_few_round_trips() {
     drop(e);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Bad input to the cache commands: one line on stderr, exit 1.
+#[test]
+fn cache_commands_refuse_bad_input_with_one_line() {
+    let dir = tmp("bad");
+    let not_gguf = dir.join("not.gguf");
+    std::fs::write(&not_gguf, b"hello").unwrap();
+    let exe = env!("CARGO_BIN_EXE_shardline");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "worker".into(),
+                "--port".into(),
+                "0".into(),
+                "--seed".into(),
+                model_path().display().to_string(),
+            ],
+            "--seed needs --cache",
+        ),
+        (
+            vec![
+                "seed".into(),
+                "--cache".into(),
+                dir.join("c").display().to_string(),
+                not_gguf.display().to_string(),
+            ],
+            "not.gguf",
+        ),
+        (
+            vec![
+                "worker".into(),
+                "--port".into(),
+                "0".into(),
+                "--cache".into(),
+                dir.join("c").display().to_string(),
+                "--seed".into(),
+                not_gguf.display().to_string(),
+            ],
+            "not.gguf",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = std::process::Command::new(exe)
+            .args(&args)
+            .env("SHARDLINE_LOG", "off")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let out = std::process::Command::new(exe)
+        .args(["worker", "--cache", "x", "--verify-cache", "fast"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cache check 'fast'"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

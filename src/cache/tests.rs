@@ -124,6 +124,16 @@ fn verification_moves_damaged_files_aside() {
     assert_eq!(clean.rehashed, 0);
     assert_eq!(clean.files, 2);
 
+    // A link named like a cache file is checked through (ggml reads the
+    // target); a dangling one is ignored.
+    let target = root.join("elsewhere");
+    std::fs::write(&target, b"not what the name says").unwrap();
+    std::os::unix::fs::symlink(&target, cache.join("1111111111111111")).unwrap();
+    std::os::unix::fs::symlink(root.join("missing"), cache.join("2222222222222222")).unwrap();
+    let linked = verify(&cache, VerifyMode::Full, &HashSet::new(), 1).unwrap();
+    assert_eq!(linked.bad.len(), 1, "{linked:?}");
+    assert_eq!(linked.bad[0].name, "1111111111111111");
+
     // Off checks nothing.
     std::fs::write(cache.join(&all[2]), b"x").unwrap();
     assert!(verify(&cache, VerifyMode::Off, &HashSet::new(), 1)
