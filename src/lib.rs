@@ -20,6 +20,7 @@ pub mod kv;
 pub mod load;
 pub mod model;
 pub mod plan;
+pub mod progress;
 pub mod relay;
 pub mod rpc;
 pub mod sample;

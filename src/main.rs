@@ -405,15 +405,7 @@ fn run_seed(cache: &std::path::Path, models: &[PathBuf], threads: usize) -> anyh
         let g =
             shardline::gguf::Gguf::open(m).with_context(|| format!("reading {}", m.display()))?;
         let total: u64 = g.tensors().iter().map(|t| t.n_bytes()).sum();
-        let bar = if std::io::stderr().is_terminal() {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(indicatif::ProgressStyle::with_template(
-                "seeding {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-            )?);
-            bar
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let bar = shardline::progress::byte_bar("seeding", total, true);
         let started = std::time::Instant::now();
         let r = shardline::cache::seed(cache, &g, threads, &|n| bar.inc(n))
             .with_context(|| format!("seeding {}", cache.display()))?;

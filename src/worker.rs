@@ -167,7 +167,7 @@ fn prepare_cache(
         let g = crate::gguf::Gguf::open(m).map_err(|e| WorkerError::Seed(m.clone(), e))?;
         let started = Instant::now();
         let total: u64 = g.tensors().iter().map(|t| t.n_bytes()).sum();
-        let bar = terminal_bar(total, "seeding");
+        let bar = crate::progress::byte_bar("seeding", total, true);
         let r = crate::cache::seed(dir, &g, threads, &|n| bar.inc(n))?;
         bar.finish_and_clear();
         tracing::info!(
@@ -203,20 +203,6 @@ fn prepare_cache(
     Ok(())
 }
 
-/// A progress bar on stderr when it is a terminal, else a hidden one.
-fn terminal_bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
-        "{what} {{bar:40}} {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} ETA {{eta}}"
-    )) {
-        bar.set_style(style);
-    }
-    bar
-}
 
 /// Starts ggml's RPC server on a background thread and returns once it accepts
 /// connections. The returned receiver yields the server's error if it stops.

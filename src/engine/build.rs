@@ -99,7 +99,7 @@ impl Builder {
             .filter(|s| !s.is_local())
             .map(|s| s.weight_bytes + s.output_bytes)
             .sum();
-        let bar = progress_bar(self.progress, total);
+        let bar = crate::progress::byte_bar("uploading", total, self.progress);
         let counters = Arc::new(ProgressCounters::default());
         if let Some(cb) = &self.on_progress {
             cb(LoadProgress {
@@ -294,17 +294,3 @@ impl ProgressCounters {
     }
 }
 
-fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !enabled || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar
-}
