@@ -53,16 +53,24 @@ impl LlamaConfig {
     /// Reads the configuration and checks every weight's presence and shape.
     pub fn from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
         let hp = LlamaHparams::from_metadata(g.metadata_map())?;
-        hp.check_tensors(g.tensors())?;
         let arch = hp.architecture.clone();
         if !matches!(arch.as_str(), "llama" | "mistral") {
             return Err(ModelError::Architecture(arch));
         }
+        hp.check_tensors(g.tensors())?;
         let key = |s: &str| keys::arch_key(&arch, s);
         if hp.n_rot != hp.head_dim {
             return Err(ModelError::Unsupported(format!(
                 "rope dimension count {} differs from head size {}",
                 hp.n_rot, hp.head_dim
+            )));
+        }
+        // ggml's RoPE rotates pairs and aborts the process (coordinator or
+        // worker) on an odd count.
+        if hp.n_rot % 2 != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "rope dimension count {} is odd (RoPE rotates pairs of dimensions)",
+                hp.n_rot
             )));
         }
         let scaling = g

@@ -239,11 +239,47 @@ fn hostile_files_fail_with_one_line_and_exit_1() {
     }
 }
 
+/// A consistent model whose heads are 3 wide: every shape agrees, but
+/// ggml's RoPE would abort the process on the odd dimension count.
+fn odd_rope_model() -> Vec<u8> {
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", "llama")
+        .add_kv("llama.block_count", 1u32)
+        .add_kv("llama.context_length", 256u32)
+        .add_kv("llama.embedding_length", 6u32)
+        .add_kv("llama.feed_forward_length", 16u32)
+        .add_kv("llama.attention.head_count", 2u32)
+        .add_kv("llama.attention.head_count_kv", 1u32)
+        .add_kv("tokenizer.ggml.model", "llama")
+        .add_kv("tokenizer.ggml.tokens", vec!["<unk>", "<s>", "</s>", "a"])
+        .add_kv("tokenizer.ggml.scores", vec![0f32; 4])
+        .add_kv("tokenizer.ggml.token_type", vec![2i32, 3, 3, 1]);
+    let mut add = |name: &str, dims: &[u64]| {
+        let n: u64 = dims.iter().product();
+        w.add_tensor(name, GgmlType::F32, dims, vec![0u8; 4 * n as usize])
+            .unwrap();
+    };
+    add("token_embd.weight", &[6, 4]);
+    add("output_norm.weight", &[6]);
+    add("blk.0.attn_norm.weight", &[6]);
+    add("blk.0.attn_q.weight", &[6, 6]);
+    add("blk.0.attn_k.weight", &[6, 3]);
+    add("blk.0.attn_v.weight", &[6, 3]);
+    add("blk.0.attn_output.weight", &[6, 6]);
+    add("blk.0.ffn_norm.weight", &[6]);
+    add("blk.0.ffn_gate.weight", &[6, 16]);
+    add("blk.0.ffn_up.weight", &[6, 16]);
+    add("blk.0.ffn_down.weight", &[16, 6]);
+    w.to_bytes().unwrap().0
+}
+
 #[test]
-fn the_two_billion_layer_file_is_4_kb() {
-    let c = cases().into_iter().next().unwrap();
-    assert_eq!(c.name, "two-billion-layers");
-    assert_eq!(c.bytes.len(), 4096);
+fn an_odd_rope_dimension_count_is_refused_before_any_graph() {
+    let dir = temp_dir("hostile_gguf_odd_rope");
+    let path = write(&dir, "odd-rope", &odd_rope_model());
+    let p = path.to_str().unwrap();
+    let o = shardline(&["run", "--model", p, "--prompt", "hi", "--max-tokens", "1"]);
+    assert_one_line_error("odd rope run", &o, &["rope dimension count 3", "odd"]);
 }
 
 #[test]

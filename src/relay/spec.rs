@@ -38,7 +38,11 @@ impl LinkSpec {
         let buffer = match rate {
             None => UNLIMITED_DEFAULT_BUFFER,
             Some(r) => {
-                let bdp = u128::from(r) * 2 * delay.as_nanos() / 1_000_000_000;
+                // Saturating: a spec built by hand may hold any delay.
+                let bdp = u128::from(r)
+                    .saturating_mul(2)
+                    .saturating_mul(delay.as_nanos())
+                    / 1_000_000_000;
                 usize::try_from(bdp)
                     .unwrap_or(MAX_BUFFER)
                     .clamp(MIN_DEFAULT_BUFFER, MAX_BUFFER)
@@ -225,7 +229,11 @@ fn parse_rate(v: &str) -> Result<Option<u64>, RelayError> {
     if v == "unlimited" {
         return Ok(None);
     }
-    let ok = |bits: u128| u64::try_from((bits + 4) / 8).ok().filter(|b| *b > 0);
+    let ok = |bits: u128| {
+        u64::try_from(bits / 8 + u128::from(bits % 8 >= 4))
+            .ok()
+            .filter(|b| *b > 0)
+    };
     let why = "expected 'unlimited' or a number with bit, kbit, mbit, gbit (bits/s) \
                or b, kb, mb, gb, kib, mib, gib (bytes/s), at least 1 byte/s";
     quantity("rate", v, RATE_UNITS, ok, why).map(Some)
@@ -305,6 +313,14 @@ mod tests {
             LinkSpec::parse("wifi,delay=1s").unwrap().rate,
             LinkSpec::wifi().rate
         );
+    }
+
+    #[test]
+    fn extreme_values_are_errors_or_clamped_never_panics() {
+        let max = format!("rate={}bit", u128::MAX);
+        assert!(LinkSpec::parse(&max).is_err());
+        let s = LinkSpec::new(Duration::MAX, Some(u64::MAX));
+        assert!(s.buffer >= MIN_DEFAULT_BUFFER);
     }
 
     #[test]

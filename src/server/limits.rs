@@ -55,7 +55,20 @@ pub enum LimitsError {
     /// No connection could ever be served.
     #[error("max-connections must be at least 1")]
     NoConnections,
+    /// More connections than the server can count (or a machine can hold).
+    #[error("max-connections must be at most {max}, not {value}")]
+    TooManyConnections {
+        /// Asked for.
+        value: usize,
+        /// The largest allowed.
+        max: usize,
+    },
 }
+
+/// The most connections `--max-connections` may allow: far beyond what a
+/// machine's file descriptors hold, and well inside what the counting
+/// semaphore can represent.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
 
 impl HttpLimits {
     /// Refuses limits that cannot work.
@@ -70,6 +83,12 @@ impl HttpLimits {
         }
         if self.max_connections == 0 {
             return Err(LimitsError::NoConnections);
+        }
+        if self.max_connections > MAX_CONNECTIONS {
+            return Err(LimitsError::TooManyConnections {
+                value: self.max_connections,
+                max: MAX_CONNECTIONS,
+            });
         }
         Ok(())
     }
@@ -171,5 +190,13 @@ mod tests {
             ..HttpLimits::default()
         };
         assert_eq!(none.check(), Err(LimitsError::NoConnections));
+        let absurd = HttpLimits {
+            max_connections: usize::MAX,
+            ..HttpLimits::default()
+        };
+        assert!(matches!(
+            absurd.check(),
+            Err(LimitsError::TooManyConnections { .. })
+        ));
     }
 }

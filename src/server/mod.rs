@@ -218,7 +218,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             Ok(Err(e)) => {
                 state.set_failed(e.to_string());
                 let _ = stop_tx.send(true);
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+                // On timeout, end the listener rather than detach it.
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+                server.abort();
                 return Err(ServeError::Load(e));
             }
             Err(e) => return Err(ServeError::Task(format!("loading: {e}"))),
@@ -227,7 +229,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             tracing::info!(signal = sig, "stopping while loading");
             load.abort();
             let _ = stop_tx.send(true);
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+            server.abort();
             return Ok(());
         }
         r = &mut server => {
