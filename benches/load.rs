@@ -29,7 +29,7 @@ use shardline::relay::{LinkSpec, Relay};
 use shardline::sample::SamplerConfig;
 use shardline::worker::LocalWorker;
 
-use common::{env_or, model_path};
+use common::{env_or, median, model_path};
 
 const N_CTX: u32 = 512;
 const N_GEN: usize = 4;
@@ -266,11 +266,6 @@ struct Row {
     tokens: Vec<i32>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn worker_args(cache: Option<&Path>, seed: Option<&Path>) -> Vec<String> {
     let mut a = vec!["--threads".to_string(), "1".to_string()];
     if let Some(c) = cache {
@@ -342,7 +337,7 @@ fn shardline_load(
     }
 }
 
-/// The four configurations over one link, each on fresh workers (llama.cpp's
+/// The five configurations over one link, each on fresh workers (llama.cpp's
 /// keep theirs, and their connections, until the process ends: `keep`).
 fn run_link(
     rt: &tokio::runtime::Runtime,
@@ -479,7 +474,7 @@ fn main() {
     );
     println!("2 workers, 1 thread each, each behind its own emulated link; context {N_CTX}; {rounds} round(s), median load time");
 
-    // (link label, cold target vs llama.cpp)
+    // (what, ratio to llama.cpp, met)
     let mut checks: Vec<(String, f64, bool)> = Vec::new();
     for link in links.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (label, spec, cold_target) = match link {

@@ -19,18 +19,13 @@ use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
 use shardline::worker::LocalWorker;
 
-use common::{env_or, model_path};
+use common::{env_or, median, model_path};
 
 #[derive(Default, Clone, Copy)]
 struct Round {
     load_s: f64,
     prompt_tok_s: f64,
     gen_tok_s: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn summarize(rounds: &[Round]) -> Round {

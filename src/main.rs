@@ -352,7 +352,7 @@ fn run() -> anyhow::Result<()> {
             // Read before anything starts, so a bad file costs no load.
             let api_key = match api_key_file {
                 Some(path) => Some(shardline::server::read_api_key_file(&path)?),
-                None => api_key,
+                None => api_key.map(|k| checked_api_key(&k)).transpose()?,
             };
             let serve = shardline::server::ServeOptions {
                 engine: engine_options(&cluster)?,
@@ -398,6 +398,22 @@ fn clock_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A key from `--api-key` or `SHARDLINE_API_KEY`, held to the rules of a
+/// key file: an empty one would silently turn authentication off, and one
+/// with control characters could never be sent.
+fn checked_api_key(key: &str) -> anyhow::Result<String> {
+    let key = key.trim();
+    anyhow::ensure!(
+        !key.is_empty(),
+        "the API key (--api-key or SHARDLINE_API_KEY) is empty: leave it unset to serve without one"
+    );
+    anyhow::ensure!(
+        key.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+        "the API key (--api-key or SHARDLINE_API_KEY) must be printable ASCII"
+    );
+    Ok(key.to_string())
 }
 
 fn run_seed(cache: &std::path::Path, models: &[PathBuf], threads: usize) -> anyhow::Result<()> {

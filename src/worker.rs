@@ -203,7 +203,6 @@ fn prepare_cache(
     Ok(())
 }
 
-
 /// Starts ggml's RPC server on a background thread and returns once it accepts
 /// connections. The returned receiver yields the server's error if it stops.
 pub fn start(opts: &WorkerOptions) -> Result<(Ready, mpsc::Receiver<WorkerError>), WorkerError> {

@@ -381,11 +381,16 @@ fn bad_api_key_files_are_one_line_errors() {
     ]);
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("cannot be used with"), "{err}");
+    // An empty key would turn authentication off: refused.
+    let (code, err) = serve_fails(&["--model", model, "--port", "0", "--api-key", " "]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("API key") && err.contains("empty"), "{err}");
     // Limits that cannot work are refused before anything starts.
     for args in [
         ["--header-timeout", "0s"],
         ["--body-timeout", "soon"],
         ["--max-connections", "0"],
+        ["--max-connections", "99999999999"],
     ] {
         let mut all = vec!["--model", model, "--port", "0"];
         all.extend_from_slice(&args);

@@ -1,4 +1,5 @@
 //! Shared by the benchmarks: settings from the environment and the test model.
+#![allow(dead_code)] // each bench uses a different part
 
 use std::path::{Path, PathBuf};
 
@@ -19,4 +20,10 @@ pub fn model_path() -> PathBuf {
             Path::new(&std::env::var_os("HOME").expect("HOME"))
                 .join(".cache/shardline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
         })
+}
+
+/// The middle value (the upper one of an even count); `v` must not be empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
