@@ -114,9 +114,10 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
     }
 }
 
-/// Whether `given` equals `key`, in a time that depends on neither where
-/// they differ nor how long `given` is, so that timing answers cannot be
-/// used to guess the key a byte at a time (or its length).
+/// Whether `given` equals `key`, in a time that does not depend on where
+/// they differ, so that timing answers cannot be used to guess the key a
+/// byte at a time. (Copying `given` takes time in proportion to the shorter
+/// of the two lengths, which in principle hints at the key's length.)
 pub(crate) fn same_key(given: &[u8], key: &[u8]) -> bool {
     // `ct_eq` on slices returns early when the lengths differ; compare a
     // copy of `given` cut or padded to the key's length instead, and the
