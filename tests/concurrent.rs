@@ -69,6 +69,7 @@ async fn concurrent_sequences_match_their_solo_runs() {
         alone.push(run(&engine, p, 24).await);
     }
     // All at once, and staggered so some join while others decode.
+    engine.step_trace().clear();
     let mut tasks = Vec::new();
     for (i, p) in PROMPTS.iter().enumerate() {
         let e = engine.clone();
@@ -87,6 +88,21 @@ async fn concurrent_sequences_match_their_solo_runs() {
         assert_eq!(got.0, alone[i].0);
     }
     assert_eq!(engine.metrics().active_sequences(), 0);
+    // Pipelined: while one server computed a micro-batch, the other
+    // computed another one.
+    let spans = engine.step_trace().spans();
+    let servers: std::collections::BTreeSet<&str> =
+        spans.iter().map(|s| s.endpoint.as_str()).collect();
+    assert_eq!(servers.len(), 2, "both servers ran steps: {servers:?}");
+    let overlap = engine.step_trace().max_overlap();
+    eprintln!(
+        "{} step spans, longest overlap of two stages {overlap:?}",
+        spans.len()
+    );
+    assert!(
+        overlap > Duration::ZERO,
+        "the two stages never computed at the same time"
+    );
 }
 
 #[tokio::test]

@@ -33,6 +33,8 @@ pub(crate) struct Builder {
     pub hashes: Arc<TensorHashes>,
     pub progress: bool,
     pub on_progress: Option<ProgressFn>,
+    /// Where every pipeline built records its step spans.
+    pub trace: Arc<crate::exec::stage_task::StepTrace>,
 }
 
 /// What is needed to plan the model again over fewer servers.
@@ -241,7 +243,13 @@ impl Builder {
             what: "building the embedder",
             detail: e.to_string(),
         })??;
-        let pipeline = Pipeline::new(self.cfg.clone(), embedder, stages, self.n_ctx);
+        let pipeline = Pipeline::with_trace(
+            self.cfg.clone(),
+            embedder,
+            stages,
+            self.n_ctx,
+            self.trace.clone(),
+        );
         Ok((pipeline, load_stats))
     }
 

@@ -233,6 +233,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         opts.threads,
     ));
 
+    let trace = Arc::new(crate::exec::stage_task::StepTrace::default());
     let builder = Arc::new(Builder {
         gguf: gguf.clone(),
         cfg: cfg.clone(),
@@ -243,6 +244,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         hashes,
         progress: opts.progress,
         on_progress: opts.on_progress.clone(),
+        trace: trace.clone(),
     });
     let (pipeline, load_stats) = builder.build().await?;
     let parallel = opts.parallel;
@@ -280,6 +282,9 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         slot_size: ctx_per_seq as u32,
         n_batch: n_batch as usize,
         waiting: std::collections::VecDeque::new(),
+        micro_batches: opts.micro_batches,
+        flights: std::collections::HashMap::new(),
+        prompt_turn: true,
     };
     // A panicking scheduler must not leave the engine looking healthy.
     let task = tokio::spawn(scheduler.run());
@@ -309,6 +314,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             metrics,
             health,
             plan_now,
+            trace,
             _workers: workers,
         }),
     })

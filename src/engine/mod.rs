@@ -146,6 +146,9 @@ pub struct EngineOptions {
     /// How long a lost server may take to come back before the model is
     /// planned again over the servers left (when it fits them).
     pub replan_after: Duration,
+    /// Micro-batches kept in the pipeline at once; 0 (the default) keeps
+    /// one per stage, so every stage has work while the others compute.
+    pub micro_batches: usize,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -181,6 +184,7 @@ impl Default for EngineOptions {
             on_progress: None,
             hash_memo: HashMemo::Default,
             replan_after: Duration::from_secs(10),
+            micro_batches: 0,
         }
     }
 }
@@ -477,6 +481,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     health: Arc<health::HealthState>,
     plan_now: Arc<Mutex<Plan>>,
+    trace: Arc<crate::exec::stage_task::StepTrace>,
     // Last: workers this engine started stop when the last handle goes.
     _workers: Vec<LocalWorker>,
 }
@@ -525,6 +530,13 @@ impl Engine {
     /// The plan the model was loaded with.
     pub fn plan(&self) -> &Plan {
         &self.shared.plan
+    }
+
+    /// When each stage ran its recent micro-batches (the last few
+    /// thousand), as the coordinator saw it: shows whether the stages
+    /// compute at the same time.
+    pub fn step_trace(&self) -> &crate::exec::stage_task::StepTrace {
+        &self.shared.trace
     }
 
     /// The plan the engine runs now: the one it was loaded with, or, after

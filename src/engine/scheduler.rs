@@ -7,7 +7,7 @@
 //! tokens, and each sequence owns a fixed, 64-cell-aligned slot of the KV
 //! cache, so ggml's attention groups its cells the same way in both cases.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,11 +50,28 @@ struct Seq {
     prompt_end: Option<Instant>,
     gen_steps: usize,
     order: u64,
+    /// Prompt tokens handed to the pipeline (`prompt_done` counts those
+    /// whose chunk came back).
+    prompt_sent: usize,
+    /// Micro-batches of this sequence in the pipeline.
+    in_flight: usize,
+    /// Its client went away while it had work in flight: the slot is freed
+    /// when that work comes back.
+    dropped: bool,
 }
 
 impl Seq {
     fn prompt_left(&self) -> bool {
         self.prompt_done < self.job.tokens.len()
+    }
+
+    fn prompt_unsent(&self) -> bool {
+        self.prompt_sent < self.job.tokens.len()
+    }
+
+    /// Past its prompt and generating (in flight or with a token to feed).
+    fn decoding(&self) -> bool {
+        !self.dropped && !self.prompt_left() && (self.next.is_some() || self.in_flight > 0)
     }
 
     fn usage(&self, finish: Finish) -> Usage {
@@ -92,6 +109,21 @@ pub(crate) struct Scheduler {
     pub n_batch: usize,
     /// Requests taken off the queue while recovering, with when they came.
     pub waiting: VecDeque<(Job, Instant)>,
+    /// Micro-batches kept in the pipeline at once (0: one per stage).
+    pub micro_batches: usize,
+    /// What each micro-batch in the pipeline is, by tag.
+    pub flights: HashMap<u64, Flight>,
+    /// Whether the next free place in the pipeline goes to a prompt chunk
+    /// when decode steps are also waiting.
+    pub prompt_turn: bool,
+}
+
+/// What a micro-batch in the pipeline carries.
+pub(crate) enum Flight {
+    /// Prompt tokens of one sequence, up to `end`.
+    Prompt { slot: usize, n: usize, end: usize },
+    /// One token of each of these sequences.
+    Decode { slots: Vec<usize>, sent: Instant },
 }
 
 /// An idle engine checks its servers this often.
@@ -142,11 +174,16 @@ impl Scheduler {
             if std::env::var_os("SHARDLINE_TEST_SCHEDULER_PANIC").is_some() {
                 panic!("scheduler panic injected by SHARDLINE_TEST_SCHEDULER_PANIC");
             }
-            // Requests whose client went away free their slot at once.
+            // Requests whose client went away free their slot at once, or
+            // when their work in the pipeline comes back.
             for (i, s) in slots.iter_mut().enumerate() {
-                if s.as_ref().is_some_and(|s| s.job.tx.is_closed()) {
-                    *s = None;
-                    self.pipe().remove_seq(i as SeqId);
+                if let Some(seq) = s.as_mut().filter(|s| s.job.tx.is_closed()) {
+                    if seq.in_flight == 0 {
+                        *s = None;
+                        self.pipe().remove_seq(i as SeqId);
+                    } else {
+                        seq.dropped = true;
+                    }
                 }
             }
             // Admit waiting requests into free slots: first those that
@@ -200,39 +237,51 @@ impl Scheduler {
                 }
             }
 
-            // One prompt chunk of the oldest sequence still reading its prompt.
-            let reading = slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.as_ref().filter(|s| s.prompt_left()).map(|s| (s.order, i)))
-                .min();
-            if let Some((_, i)) = reading {
-                if let Err(e) = self.prompt_chunk(&mut slots, i).await {
-                    if !self.recover(&mut slots, e).await {
-                        return;
+            // Keep the pipeline full: prompt chunks and decode micro-batches
+            // take turns for the free places.
+            let depth = self.depth();
+            let mut failed = None;
+            while self.pipe().in_flight() < depth {
+                match self.submit_next(&mut slots) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
                     }
-                    continue;
                 }
             }
-
-            // One decode step for every sequence with a token to feed.
-            let ready: Vec<usize> = slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.as_ref().is_some_and(|s| s.next.is_some()))
-                .map(|(i, _)| i)
-                .collect();
-            if !ready.is_empty() {
-                if let Err(e) = self.decode_step(&mut slots, &ready).await {
-                    if !self.recover(&mut slots, e).await {
-                        return;
-                    }
-                    continue;
+            if let Some(e) = failed {
+                if !self.recover(&mut slots, e).await {
+                    return;
                 }
-                self.health.all_ok();
+                continue;
+            }
+            // Then take the oldest micro-batch's result.
+            match self.pipe().next_done().await {
+                Some((tag, result)) => {
+                    if let Err(e) = self.collect(&mut slots, tag, result) {
+                        if !self.recover(&mut slots, e).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                // Every busy slot has work it can submit or work in flight;
+                // this only passes while a dropped one drains.
+                None => tokio::task::yield_now().await,
             }
             let stats = self.pipe().stage_stats();
             self.metrics.set_stages(stats);
+        }
+    }
+
+    /// Micro-batches to keep in the pipeline: one per stage unless set.
+    fn depth(&mut self) -> usize {
+        if self.micro_batches > 0 {
+            self.micro_batches
+        } else {
+            self.pipe().stage_endpoints().len().max(1)
         }
     }
 
@@ -265,6 +314,9 @@ impl Scheduler {
             prompt_end: None,
             gen_steps: 0,
             order,
+            prompt_sent: 0,
+            in_flight: 0,
+            dropped: false,
         })
     }
 
@@ -272,13 +324,56 @@ impl Scheduler {
         slot * self.slot_size as usize + pos
     }
 
-    async fn prompt_chunk(
+    /// Puts the next piece of work into the pipeline: a prompt chunk of
+    /// the oldest sequence still sending its prompt, or one token of each
+    /// sequence ready to decode (at most an equal share of the decoding
+    /// sequences, so that several micro-batches fill the stages). False when
+    /// there is nothing to send.
+    fn submit_next(&mut self, slots: &mut [Option<Seq>]) -> Result<bool, StepFailure> {
+        let prompt = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.as_ref()
+                    .filter(|s| !s.dropped && s.prompt_unsent())
+                    .map(|s| (s.order, i))
+            })
+            .min()
+            .map(|(_, i)| i);
+        let ready: Vec<usize> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.as_ref()
+                    .is_some_and(|s| !s.dropped && s.in_flight == 0 && s.next.is_some())
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let take_prompt = match (prompt, ready.is_empty()) {
+            (None, true) => return Ok(false),
+            (Some(_), true) => true,
+            (None, false) => false,
+            (Some(_), false) => self.prompt_turn,
+        };
+        if let (Some(i), true) = (prompt, take_prompt) {
+            self.prompt_turn = false;
+            self.send_prompt_chunk(slots, i)?;
+        } else {
+            self.prompt_turn = true;
+            let decoding = slots.iter().flatten().filter(|s| s.decoding()).count();
+            let share = decoding.div_ceil(self.depth()).max(1);
+            self.send_decode(slots, &ready[..share.min(ready.len())])?;
+        }
+        Ok(true)
+    }
+
+    fn send_prompt_chunk(
         &mut self,
         slots: &mut [Option<Seq>],
         i: usize,
     ) -> Result<(), StepFailure> {
         let seq = slots[i].as_mut().expect("chosen slot is busy");
-        let start = seq.prompt_done;
+        let start = seq.prompt_sent;
         let end = (start + self.n_batch.max(1)).min(seq.job.tokens.len());
         let part = seq.job.tokens[start..end].to_vec();
         let cells: Vec<Cell> = (start..end)
@@ -288,25 +383,24 @@ impl Scheduler {
             })
             .collect();
         let idx: Vec<usize> = (start..end).map(|p| self.cell_index(i, p)).collect();
-        let logits = self
+        let tag = self
             .pipe()
-            .decode_at(&part, &cells, &idx, &[part.len() - 1])
-            .await?;
-        self.metrics.prompt(part.len());
+            .submit_at(&part, &cells, &idx, &[part.len() - 1])?;
         let seq = slots[i].as_mut().expect("still busy");
-        seq.prompt_done = end;
-        if !seq.prompt_left() {
-            seq.prompt_end = Some(Instant::now());
-            let tok = seq.sampler.sample(&logits, &seq.history);
-            if let After::Finished = self.take_token(seq, tok) {
-                slots[i] = None;
-                self.pipe().remove_seq(i as SeqId);
-            }
-        }
+        seq.prompt_sent = end;
+        seq.in_flight += 1;
+        self.flights.insert(
+            tag,
+            Flight::Prompt {
+                slot: i,
+                n: part.len(),
+                end,
+            },
+        );
         Ok(())
     }
 
-    async fn decode_step(
+    fn send_decode(
         &mut self,
         slots: &mut [Option<Seq>],
         ready: &[usize],
@@ -325,25 +419,86 @@ impl Scheduler {
             idx.push(self.cell_index(i, pos));
         }
         let outputs: Vec<usize> = (0..ready.len()).collect();
-        let started = Instant::now();
-        let logits = self
-            .pipe()
-            .decode_at(&tokens, &cells, &idx, &outputs)
-            .await?;
-        self.metrics
-            .generated(ready.len(), started.elapsed().as_secs_f64());
-        let n_vocab = logits.len() / ready.len();
-        for (k, &i) in ready.iter().enumerate() {
-            let seq = slots[i].as_mut().expect("ready slots are busy");
-            seq.gen_steps += 1;
-            let row = &logits[k * n_vocab..(k + 1) * n_vocab];
-            let tok = seq.sampler.sample(row, &seq.history);
-            if let After::Finished = self.take_token(seq, tok) {
-                slots[i] = None;
-                self.pipe().remove_seq(i as SeqId);
+        let tag = self.pipe().submit_at(&tokens, &cells, &idx, &outputs)?;
+        for &i in ready {
+            if let Some(s) = slots[i].as_mut() {
+                s.in_flight += 1;
+                s.next = None;
             }
         }
+        self.flights.insert(
+            tag,
+            Flight::Decode {
+                slots: ready.to_vec(),
+                sent: Instant::now(),
+            },
+        );
         Ok(())
+    }
+
+    /// Takes the result of micro-batch `tag`: samples the next token of each
+    /// sequence that has logits in it.
+    fn collect(
+        &mut self,
+        slots: &mut [Option<Seq>],
+        tag: u64,
+        result: Result<Vec<f32>, crate::exec::pipeline::DecodeError>,
+    ) -> Result<(), StepFailure> {
+        let flight = self.flights.remove(&tag);
+        let logits = result?;
+        match flight {
+            Some(Flight::Prompt { slot, n, end }) => {
+                self.metrics.prompt(n);
+                let Some(seq) = slots[slot].as_mut() else {
+                    return Ok(());
+                };
+                seq.in_flight -= 1;
+                seq.prompt_done = end;
+                if seq.dropped {
+                    self.free_if_drained(slots, slot);
+                } else if !seq.prompt_left() {
+                    seq.prompt_end = Some(Instant::now());
+                    let tok = seq.sampler.sample(&logits, &seq.history);
+                    if let After::Finished = self.take_token(seq, tok) {
+                        slots[slot] = None;
+                        self.pipe().remove_seq(slot as SeqId);
+                    }
+                }
+            }
+            Some(Flight::Decode { slots: ready, sent }) => {
+                self.metrics
+                    .generated(ready.len(), sent.elapsed().as_secs_f64());
+                let n_vocab = logits.len() / ready.len().max(1);
+                for (k, &i) in ready.iter().enumerate() {
+                    let Some(seq) = slots[i].as_mut() else {
+                        continue;
+                    };
+                    seq.in_flight -= 1;
+                    if seq.dropped {
+                        self.free_if_drained(slots, i);
+                        continue;
+                    }
+                    seq.gen_steps += 1;
+                    let row = &logits[k * n_vocab..(k + 1) * n_vocab];
+                    let tok = seq.sampler.sample(row, &seq.history);
+                    if let After::Finished = self.take_token(seq, tok) {
+                        slots[i] = None;
+                        self.pipe().remove_seq(i as SeqId);
+                    }
+                }
+                self.health.all_ok();
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Frees a dropped sequence's slot once nothing of it is in flight.
+    fn free_if_drained(&mut self, slots: &mut [Option<Seq>], i: usize) {
+        if slots[i].as_ref().is_some_and(|s| s.in_flight == 0) {
+            slots[i] = None;
+            self.pipe().remove_seq(i as SeqId);
+        }
     }
 
     /// Handles a sampled token: stop conditions, text out, next input.
@@ -426,6 +581,7 @@ impl Scheduler {
                 .send(Event::Error(format!("server failed: {message}")));
         }
         self.metrics.set_active(0);
+        self.flights.clear();
         // Close every connection before reconnecting.
         self.pipeline = None;
         let failed_at = Instant::now();

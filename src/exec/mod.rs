@@ -5,6 +5,7 @@
 pub mod local;
 pub mod pipeline;
 pub mod remote;
+pub mod stage_task;
 
 use ggml_sys::{ty, Context, CpuBackend, GgmlError};
 

@@ -1,21 +1,29 @@
 //! The whole model as a pipeline of stages over one KV cell table.
+//!
+//! Each stage runs in its own task ([`super::stage_task`]); hidden states go
+//! from one to the next through channels. The caller submits micro-batches
+//! ([`Pipeline::submit_at`]) and collects their logits in submission order
+//! ([`Pipeline::next_done`]); while stage k computes one micro-batch, stage
+//! k+1 computes the one submitted before it. Every stage handles its
+//! micro-batches in order, so a sequence's next micro-batch may be submitted
+//! before the previous one is out: each stage has written the earlier
+//! tokens' K/V by the time it reaches the later ones.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::local::LocalStage;
-use super::remote::RemoteStage;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::remote::SharedClient;
+use super::stage_task::{run_stage, StageShared, StepTrace, Work};
 use super::{Embedder, ExecError, Step};
+use crate::engine::metrics::StageStat;
 use crate::kv::{CacheFull, Cell, KvCells};
 use crate::model::LlamaConfig;
 
-/// One stage of the pipeline.
-#[derive(Debug)]
-pub enum StageRunner {
-    /// On the coordinator's CPU.
-    Local(LocalStage),
-    /// On a server.
-    Remote(Box<RemoteStage>),
-}
+pub use super::stage_task::{StageRunner, StepSpan, MIN_STEP_DEADLINE};
 
 /// Errors of a decode call.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +37,9 @@ pub enum DecodeError {
     /// A stage failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// A stage failed on an earlier micro-batch, so this one was dropped.
+    #[error("the pipeline stopped after a stage failed")]
+    Stopped,
 }
 
 impl DecodeError {
@@ -41,83 +52,103 @@ impl DecodeError {
     }
 }
 
-/// Step deadlines learnt from measured step times.
-///
-/// A hung server (a stopped process, a saturated link) would otherwise be
-/// noticed only when the RPC client's per-call timeout passes, which has to
-/// allow for the slowest prompt a server may ever compute. Steps of the same
-/// size take about the same time, so once a few have been seen, a step that
-/// takes ten times the slowest recent one is called hung.
-#[derive(Debug, Default)]
-struct StepClock {
-    /// Recent durations by step size (tokens, rounded up to a power of 2).
-    recent: std::collections::HashMap<u32, std::collections::VecDeque<Duration>>,
+/// A submitted micro-batch: its tag and the KV cells it claimed.
+#[derive(Debug)]
+struct Flight {
+    tag: u64,
+    idx: Vec<usize>,
 }
 
-/// Steps remembered per size.
-const CLOCK_WINDOW: usize = 32;
-/// Steps of a size to see before their deadline applies.
-const CLOCK_WARMUP: usize = 3;
-/// No deadline is shorter than this.
-pub const MIN_STEP_DEADLINE: Duration = Duration::from_secs(2);
-/// A deadline is this many times the slowest recent step.
-const DEADLINE_FACTOR: u32 = 10;
-
-impl StepClock {
-    fn bucket(n_tokens: usize) -> u32 {
-        u32::try_from(n_tokens.max(1).next_power_of_two()).unwrap_or(u32::MAX)
-    }
-
-    /// The deadline for a step of `n_tokens`, once enough are known, with
-    /// the slowest recent one.
-    fn deadline(&self, n_tokens: usize) -> Option<(Duration, Duration)> {
-        let seen = self.recent.get(&Self::bucket(n_tokens))?;
-        if seen.len() < CLOCK_WARMUP {
-            return None;
-        }
-        let slowest = seen.iter().copied().max()?;
-        Some((
-            slowest
-                .saturating_mul(DEADLINE_FACTOR)
-                .max(MIN_STEP_DEADLINE),
-            slowest,
-        ))
-    }
-
-    fn record(&mut self, n_tokens: usize, took: Duration) {
-        let q = self.recent.entry(Self::bucket(n_tokens)).or_default();
-        if q.len() == CLOCK_WINDOW {
-            q.pop_front();
-        }
-        q.push_back(took);
-    }
-}
-
-/// Embedding, stages, and the KV cell table they share.
+/// Embedding, stage tasks, and the KV cell table they share.
 #[derive(Debug)]
 pub struct Pipeline {
     cfg: LlamaConfig,
     embedder: Embedder,
-    stages: Vec<StageRunner>,
     kv: KvCells,
-    clocks: Vec<StepClock>,
+    head: mpsc::UnboundedSender<Work>,
+    tail: mpsc::UnboundedReceiver<Work>,
+    flights: VecDeque<Flight>,
+    next_tag: u64,
+    /// Each server's connection, for probes while idle.
+    servers: Vec<(String, SharedClient)>,
+    stats: Vec<Arc<Mutex<StageStat>>>,
+    endpoints: Vec<String>,
+    trace: Arc<StepTrace>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // Stages hold the connections: ending their tasks closes them, so
+        // that a reconnect does not wait behind the old session.
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl Pipeline {
     /// A pipeline over `stages` (in layer order, the last holding the head)
-    /// with a KV cache of `kv_size` cells.
+    /// with a KV cache of `kv_size` cells. Starts one task per stage, so it
+    /// must be called inside a tokio runtime.
     pub fn new(
         cfg: LlamaConfig,
         embedder: Embedder,
         stages: Vec<StageRunner>,
         kv_size: u32,
     ) -> Self {
+        Self::with_trace(cfg, embedder, stages, kv_size, Arc::default())
+    }
+
+    /// Like [`Pipeline::new`], recording step spans into `trace`.
+    pub fn with_trace(
+        cfg: LlamaConfig,
+        embedder: Embedder,
+        stages: Vec<StageRunner>,
+        kv_size: u32,
+        trace: Arc<StepTrace>,
+    ) -> Self {
+        let shared_cfg = Arc::new(cfg.clone());
+        let mut servers: Vec<(String, SharedClient)> = Vec::new();
+        let mut stats = Vec::new();
+        let mut endpoints = Vec::new();
+        let mut tasks = Vec::new();
+        let (head, mut rx) = mpsc::unbounded_channel();
+        for (index, stage) in stages.into_iter().enumerate() {
+            if let StageRunner::Remote(r) = &stage {
+                if !servers.iter().any(|(e, _)| e == r.endpoint()) {
+                    servers.push((r.endpoint().to_string(), r.client()));
+                }
+            }
+            endpoints.push(stage.endpoint().to_string());
+            let stat = Arc::new(Mutex::new(StageStat {
+                server: stage.endpoint().to_string(),
+                ..StageStat::default()
+            }));
+            stats.push(stat.clone());
+            let (tx, next_rx) = mpsc::unbounded_channel();
+            let shared = StageShared {
+                index,
+                cfg: shared_cfg.clone(),
+                stat,
+                trace: trace.clone(),
+            };
+            tasks.push(tokio::spawn(run_stage(stage, shared, rx, tx)));
+            rx = next_rx;
+        }
         Pipeline {
             cfg,
             embedder,
-            clocks: stages.iter().map(|_| StepClock::default()).collect(),
-            stages,
             kv: KvCells::new(kv_size as usize),
+            head,
+            tail: rx,
+            flights: VecDeque::new(),
+            next_tag: 0,
+            servers,
+            stats,
+            endpoints,
+            trace,
+            tasks,
         }
     }
 
@@ -136,14 +167,25 @@ impl Pipeline {
         self.kv.remove_seq(seq);
     }
 
-    /// The stages.
-    pub fn stages(&self) -> &[StageRunner] {
-        &self.stages
+    /// Where each stage runs, in order: `host:port`, or `local`.
+    pub fn stage_endpoints(&self) -> &[String] {
+        &self.endpoints
     }
 
-    /// Runs one batch: `tokens[i]` is at `cells[i]` (sequence, position); the
-    /// logits of the tokens at indices `outputs` come back, `n_vocab` each,
-    /// in that order.
+    /// The step spans recorded so far.
+    pub fn trace(&self) -> &Arc<StepTrace> {
+        &self.trace
+    }
+
+    /// Micro-batches submitted and not yet collected.
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// Runs one batch and waits for it: `tokens[i]` is at `cells[i]`
+    /// (sequence, position); the logits of the tokens at indices `outputs`
+    /// come back, `n_vocab` each, in that order. Nothing else may be in
+    /// flight.
     pub async fn decode(
         &mut self,
         tokens: &[u32],
@@ -152,7 +194,7 @@ impl Pipeline {
     ) -> Result<Vec<f32>, DecodeError> {
         self.check_batch(tokens, cells, outputs)?;
         let idx = self.kv.claim(cells)?;
-        self.decode_claimed(tokens, cells, idx, outputs).await
+        self.wait_alone(tokens, cells, idx, outputs).await
     }
 
     /// Like [`Pipeline::decode`], with the KV cell of each token chosen by the
@@ -166,8 +208,67 @@ impl Pipeline {
     ) -> Result<Vec<f32>, DecodeError> {
         self.check_batch(tokens, cells, outputs)?;
         self.kv.place(idx, cells)?;
-        self.decode_claimed(tokens, cells, idx.to_vec(), outputs)
-            .await
+        self.wait_alone(tokens, cells, idx.to_vec(), outputs).await
+    }
+
+    async fn wait_alone(
+        &mut self,
+        tokens: &[u32],
+        cells: &[Cell],
+        idx: Vec<usize>,
+        outputs: &[usize],
+    ) -> Result<Vec<f32>, DecodeError> {
+        if !self.flights.is_empty() {
+            self.release(&idx);
+            return Err(DecodeError::BadBatch(format!(
+                "{} micro-batches are still in flight",
+                self.flights.len()
+            )));
+        }
+        let tag = self.send(tokens, cells, idx, outputs)?;
+        match self.next_done().await {
+            Some((t, r)) if t == tag => r,
+            _ => Err(DecodeError::Stopped),
+        }
+    }
+
+    /// Submits a micro-batch without waiting for it, the KV cell of each
+    /// token chosen by the caller (`idx`, free cells). Returns its tag;
+    /// [`Pipeline::next_done`] gives results back in submission order.
+    pub fn submit_at(
+        &mut self,
+        tokens: &[u32],
+        cells: &[Cell],
+        idx: &[usize],
+        outputs: &[usize],
+    ) -> Result<u64, DecodeError> {
+        self.check_batch(tokens, cells, outputs)?;
+        self.kv.place(idx, cells)?;
+        self.send(tokens, cells, idx.to_vec(), outputs)
+    }
+
+    /// The oldest micro-batch still in flight, once its logits are out;
+    /// `None` when nothing is in flight. After a failure every later
+    /// micro-batch ends with [`DecodeError::Stopped`].
+    pub async fn next_done(&mut self) -> Option<(u64, Result<Vec<f32>, DecodeError>)> {
+        let flight = self.flights.pop_front()?;
+        let result = match self.tail.recv().await {
+            Some(Work::Step { tag, hidden, .. }) if tag == flight.tag => Ok(hidden),
+            Some(Work::Failed { tag, error }) if tag == flight.tag => Err(error.into()),
+            Some(Work::Failed { error, .. }) => Err(error.into()),
+            _ => Err(DecodeError::Stopped),
+        };
+        if result.is_err() {
+            // The cells were claimed but their K/V may not have been written.
+            self.release(&flight.idx);
+        }
+        Some((flight.tag, result))
+    }
+
+    fn release(&mut self, idx: &[usize]) {
+        for &i in idx {
+            self.kv.release(i);
+        }
     }
 
     /// Checks that every server answers (a cheap round trip each, within
@@ -175,22 +276,17 @@ impl Pipeline {
     /// connections, which would otherwise hide a dead server until the next
     /// request.
     pub async fn probe(&mut self, within: Duration) -> Result<(), ExecError> {
-        for s in &mut self.stages {
-            if let StageRunner::Remote(r) = s {
-                r.probe(within).await?;
-            }
+        for (endpoint, client) in &self.servers {
+            super::remote::probe(endpoint, client, within).await?;
         }
         Ok(())
     }
 
     /// Cumulative step numbers of every stage.
-    pub fn stage_stats(&self) -> Vec<crate::engine::metrics::StageStat> {
-        self.stages
+    pub fn stage_stats(&self) -> Vec<StageStat> {
+        self.stats
             .iter()
-            .map(|s| match s {
-                StageRunner::Local(l) => l.stat(),
-                StageRunner::Remote(r) => r.stat(),
-            })
+            .map(|s| s.lock().map(|s| s.clone()).unwrap_or_default())
             .collect()
     }
 
@@ -216,13 +312,15 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn decode_claimed(
+    /// Embeds the tokens and hands them to the first stage; the cells at
+    /// `idx` are already claimed.
+    fn send(
         &mut self,
         tokens: &[u32],
         cells: &[Cell],
         idx: Vec<usize>,
         outputs: &[usize],
-    ) -> Result<Vec<f32>, DecodeError> {
+    ) -> Result<u64, DecodeError> {
         let n = tokens.len();
         let n_kv = self.kv.attention_window();
         let step = Step {
@@ -234,76 +332,26 @@ impl Pipeline {
             out_ids: outputs.iter().map(|&o| o as i32).collect(),
         };
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let result = self.run(&step, &ids).await;
-        if result.is_err() {
-            // The cells were claimed but their K/V may not have been written.
-            for &i in &idx {
-                self.kv.release(i);
-            }
-        }
-        Ok(result?)
-    }
-
-    async fn run(&mut self, step: &Step, ids: &[i32]) -> Result<Vec<f32>, ExecError> {
         let embedder = &mut self.embedder;
-        let mut hidden = super::blocking(|| embedder.embed(ids))?;
-        for (stage, clock) in self.stages.iter_mut().zip(&mut self.clocks) {
-            hidden = match stage {
-                StageRunner::Local(s) => super::blocking(|| s.run(&self.cfg, step, &hidden))?,
-                StageRunner::Remote(s) => {
-                    let started = std::time::Instant::now();
-                    let out = match clock.deadline(step.n_tokens) {
-                        None => s.run(&self.cfg, step, &hidden).await?,
-                        Some((after, typical)) => {
-                            // Dropping the step mid-call leaves the session
-                            // poisoned: recovery reconnects anyway.
-                            match tokio::time::timeout(after, s.run(&self.cfg, step, &hidden)).await
-                            {
-                                Ok(r) => r?,
-                                Err(_) => {
-                                    return Err(ExecError::Deadline {
-                                        endpoint: s.endpoint().to_string(),
-                                        after,
-                                        typical,
-                                    })
-                                }
-                            }
-                        }
-                    };
-                    clock.record(step.n_tokens, started.elapsed());
-                    out
-                }
-            };
+        let hidden = match super::blocking(|| embedder.embed(&ids)) {
+            Ok(h) => h,
+            Err(e) => {
+                self.release(&idx);
+                return Err(e.into());
+            }
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let work = Work::Step {
+            tag,
+            step: Arc::new(step),
+            hidden,
+        };
+        if self.head.send(work).is_err() {
+            self.release(&idx);
+            return Err(DecodeError::Stopped);
         }
-        Ok(hidden)
-    }
-}
-
-#[cfg(test)]
-mod clock_tests {
-    use super::*;
-
-    #[test]
-    fn deadlines_follow_recent_steps_of_the_same_size() {
-        let mut c = StepClock::default();
-        assert_eq!(c.deadline(1), None);
-        for ms in [10, 30, 20] {
-            c.record(1, Duration::from_millis(ms));
-        }
-        // Ten times 30 ms is under the floor.
-        assert_eq!(
-            c.deadline(1),
-            Some((MIN_STEP_DEADLINE, Duration::from_millis(30)))
-        );
-        assert_eq!(c.deadline(2), None, "other sizes are not known yet");
-        for _ in 0..3 {
-            c.record(300, Duration::from_millis(900));
-        }
-        assert_eq!(c.deadline(400).unwrap().0, Duration::from_secs(9));
-        // Old steps leave the window.
-        for _ in 0..CLOCK_WINDOW {
-            c.record(1, Duration::from_millis(1));
-        }
-        assert_eq!(c.deadline(1).unwrap().1, Duration::from_millis(1));
+        self.flights.push_back(Flight { tag, idx });
+        Ok(tag)
     }
 }

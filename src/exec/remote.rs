@@ -193,22 +193,14 @@ impl RemoteStage {
         self.layers.clone()
     }
 
+    /// The connection the stage uses.
+    pub fn client(&self) -> SharedClient {
+        self.client.clone()
+    }
+
     /// A cheap round trip to the server within `within`.
     pub async fn probe(&mut self, within: std::time::Duration) -> Result<(), ExecError> {
-        let endpoint = self.endpoint.clone();
-        let probe = async {
-            let mut c = self.client.lock().await;
-            c.sync().await
-        };
-        match tokio::time::timeout(within, probe).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(ExecError::Rpc { endpoint, source }),
-            Err(_) => Err(ExecError::Deadline {
-                endpoint,
-                after: within,
-                typical: std::time::Duration::ZERO,
-            }),
-        }
+        probe(&self.endpoint, &self.client, within).await
     }
 
     /// Cumulative step numbers.
@@ -483,6 +475,30 @@ impl RemoteStage {
         self.stat.bytes_received += n;
         self.stored = Some(stored);
         Ok(f32s(&bytes?))
+    }
+}
+
+/// A cheap round trip to the server behind `client` within `within`.
+pub async fn probe(
+    endpoint: &str,
+    client: &SharedClient,
+    within: std::time::Duration,
+) -> Result<(), ExecError> {
+    let probe = async {
+        let mut c = client.lock().await;
+        c.sync().await
+    };
+    match tokio::time::timeout(within, probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(ExecError::Rpc {
+            endpoint: endpoint.to_string(),
+            source,
+        }),
+        Err(_) => Err(ExecError::Deadline {
+            endpoint: endpoint.to_string(),
+            after: within,
+            typical: std::time::Duration::ZERO,
+        }),
     }
 }
 
