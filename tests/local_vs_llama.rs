@@ -18,7 +18,7 @@ async fn all_layers_on_the_coordinator_match_llama_cpp() {
     let cfg = LlamaConfig::from_gguf(&g).unwrap();
     let n_layer = cfg.hp.n_layer;
     let stage = LocalStage::new(&g, &cfg, 0..n_layer, true, 256, 2).unwrap();
-    let embedder = Embedder::new(&g, &cfg, 1).unwrap();
+    let embedder = Embedder::new(&g, &cfg).unwrap();
     let mut p = Pipeline::new(cfg, embedder, vec![StageRunner::Local(stage)], 256);
 
     let mut reference = LlamaRef::load(&model_path(), &[], 256);

@@ -42,7 +42,7 @@ async fn split_on_workers_matches_llama_cpp() {
         .unwrap();
         stages.push(StageRunner::Remote(Box::new(s)));
     }
-    let embedder = Embedder::new(&g, &cfg, 1).unwrap();
+    let embedder = Embedder::new(&g, &cfg).unwrap();
     let mut p = Pipeline::new(cfg, embedder, stages, 256);
     let mut reference = LlamaRef::load(&model_path(), &[], 256);
     for prompt in ["The capital of France is", "def fibonacci(n):"] {

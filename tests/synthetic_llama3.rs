@@ -485,7 +485,7 @@ async fn worker_matches_llama_cpp() {
         StageRunner::Local(LocalStage::new(&g, &cfg, 0..1, false, N_CTX, 1).unwrap()),
         StageRunner::Remote(remote.into()),
     ];
-    let embedder = Embedder::new(&g, &cfg, 1).unwrap();
+    let embedder = Embedder::new(&g, &cfg).unwrap();
     let mut p = Pipeline::new(cfg.clone(), embedder, stages, N_CTX);
     check_against(&mut p, &want, "layer 0 local, layer 1 + head on a worker").await;
 
@@ -507,7 +507,7 @@ async fn worker_matches_llama_cpp() {
     )
     .await
     .unwrap();
-    let embedder = Embedder::new(&g, &cfg, 1).unwrap();
+    let embedder = Embedder::new(&g, &cfg).unwrap();
     let mut p = Pipeline::new(
         cfg,
         embedder,
@@ -524,7 +524,7 @@ async fn check_on_coordinator(name: &str, variant: Variant) {
     let g = Gguf::open(&m.0).unwrap();
     let cfg = LlamaConfig::from_gguf(&g).unwrap();
     let stage = LocalStage::new(&g, &cfg, 0..N_LAYER, true, N_CTX, 2).unwrap();
-    let embedder = Embedder::new(&g, &cfg, 1).unwrap();
+    let embedder = Embedder::new(&g, &cfg).unwrap();
     let mut p = Pipeline::new(cfg, embedder, vec![StageRunner::Local(stage)], N_CTX);
     check_against(&mut p, &want, name).await;
 }

@@ -24,7 +24,9 @@ pub use graph::Graph;
 pub use log::{set_log_handler, LogHandler, LogLevel};
 pub use ops::RopeParams;
 pub use rpc_server::{rpc_start_server, RPC_PROTO_MAJOR, RPC_PROTO_MINOR, RPC_PROTO_PATCH};
-pub use types::{op, op_count, op_name, ty, type_blck_size, type_name, type_size, GgmlType};
+pub use types::{
+    op, op_count, op_name, to_f32, ty, type_blck_size, type_name, type_size, GgmlType,
+};
 
 /// Errors from the safe ggml layer. Each names the precondition ggml would
 /// otherwise have aborted on.

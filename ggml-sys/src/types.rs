@@ -58,6 +58,48 @@ pub fn type_blck_size(ty: GgmlType) -> Option<usize> {
     usize::try_from(b).ok()
 }
 
+/// Converts `out.len()` elements of type `ty` stored in `src` to f32 with
+/// ggml's own conversion (what its `get_rows` does on the CPU, so a row
+/// comes out bit for bit as a server would produce it). `out.len()` must be
+/// a whole number of blocks and `src` exactly their size.
+pub fn to_f32(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), crate::GgmlError> {
+    let bad = |why: String| crate::GgmlError::Backend(why);
+    let (Some(bs), Some(ts)) = (type_blck_size(ty), type_size(ty)) else {
+        return Err(bad(format!("unknown ggml type {ty}")));
+    };
+    let n = out.len();
+    if bs == 0 || n % bs != 0 || src.len() != n / bs * ts {
+        return Err(bad(format!(
+            "{} elements of {} take {} bytes, not {}",
+            n,
+            type_name(ty).unwrap_or("?"),
+            n / bs.max(1) * ts,
+            src.len()
+        )));
+    }
+    // SAFETY: `ty` is a known type, so ggml returns its static traits entry.
+    let traits = unsafe { sys::ggml_get_type_traits(ty) };
+    // SAFETY: non-null pointers from ggml point at its static table.
+    let to_float = unsafe { traits.as_ref() }.and_then(|t| t.to_float);
+    if ty == sys::GGML_TYPE_F32 {
+        for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        return Ok(());
+    }
+    let Some(f) = to_float else {
+        return Err(bad(format!(
+            "ggml cannot convert {} to f32",
+            type_name(ty).unwrap_or("?")
+        )));
+    };
+    let n64 = i64::try_from(n).map_err(|_| bad("row too long".into()))?;
+    // SAFETY: `src` holds exactly n/bs blocks of `ty` and `out` has room for
+    // n floats (both checked above); the function reads and writes only those.
+    unsafe { f(src.as_ptr().cast(), out.as_mut_ptr(), n64) };
+    Ok(())
+}
+
 /// ggml's name of `ty` (e.g. `q4_1`), or `None` for an unknown type.
 pub fn type_name(ty: GgmlType) -> Option<&'static str> {
     if !is_known_type(ty) {

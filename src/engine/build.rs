@@ -111,8 +111,8 @@ impl Builder {
         }
         // The embedding table is copied on the coordinator while the
         // servers are busy with their weights.
-        let (g, cfg, threads) = (self.gguf.clone(), self.cfg.clone(), self.threads);
-        let embedder = tokio::task::spawn_blocking(move || Embedder::new(&g, &cfg, threads));
+        let (g, cfg) = (self.gguf.clone(), self.cfg.clone());
+        let embedder = tokio::task::spawn_blocking(move || Embedder::new(&g, &cfg));
         let mut uploads = JoinSet::new();
         let last = self.plan.stages.len() - 1;
         for (i, s) in self.plan.stages.iter().enumerate() {

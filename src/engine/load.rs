@@ -285,6 +285,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         micro_batches: opts.micro_batches,
         flights: std::collections::HashMap::new(),
         prompt_turn: true,
+        turn_run: 0,
     };
     // A panicking scheduler must not leave the engine looking healthy.
     let task = tokio::spawn(scheduler.run());

@@ -116,6 +116,11 @@ pub(crate) struct Scheduler {
     /// Whether the next free place in the pipeline goes to a prompt chunk
     /// when decode steps are also waiting.
     pub prompt_turn: bool,
+    /// Submissions of the current turn's kind so far: turns last one
+    /// pipeline's worth, so that a stage switches graphs (and the server is
+    /// sent the other one: it stores one per device) once per turn, not once
+    /// per step.
+    pub turn_run: usize,
 }
 
 /// What a micro-batch in the pipeline carries.
@@ -355,13 +360,17 @@ impl Scheduler {
             (None, false) => false,
             (Some(_), false) => self.prompt_turn,
         };
+        let depth = self.depth();
+        self.turn_run += 1;
+        if self.turn_run >= depth || take_prompt != self.prompt_turn {
+            self.prompt_turn = !take_prompt;
+            self.turn_run = 0;
+        }
         if let (Some(i), true) = (prompt, take_prompt) {
-            self.prompt_turn = false;
             self.send_prompt_chunk(slots, i)?;
         } else {
-            self.prompt_turn = true;
             let decoding = slots.iter().flatten().filter(|s| s.decoding()).count();
-            let share = decoding.div_ceil(self.depth()).max(1);
+            let share = decoding.div_ceil(depth).max(1);
             self.send_decode(slots, &ready[..share.min(ready.len())])?;
         }
         Ok(true)

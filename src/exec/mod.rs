@@ -7,7 +7,7 @@ pub mod pipeline;
 pub mod remote;
 pub mod stage_task;
 
-use ggml_sys::{ty, Context, CpuBackend, GgmlError};
+use ggml_sys::GgmlError;
 
 use crate::gguf::Gguf;
 use crate::model::{LlamaConfig, TOKEN_EMBD};
@@ -127,51 +127,73 @@ pub(crate) fn f32s(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// Token embedding lookup on the coordinator's CPU (ggml `get_rows`, which
-/// dequantizes exactly as a server would).
+/// Token embedding lookup on the coordinator's CPU: each token's row of the
+/// table converted to f32 by ggml's own conversion for the table's type,
+/// which is what ggml's `get_rows` does, so the result is bit for bit what a
+/// graph would give, without building one per step.
 #[derive(Debug)]
 pub struct Embedder {
-    ctx: Context,
-    backend: CpuBackend,
-    n_embd: i64,
+    table: Vec<u8>,
+    ty: ggml_sys::GgmlType,
+    n_embd: usize,
+    row_bytes: usize,
+    n_rows: usize,
 }
 
 impl Embedder {
     /// Copies the token embedding out of the model into CPU memory.
-    pub fn new(g: &Gguf, cfg: &LlamaConfig, threads: usize) -> Result<Self, ExecError> {
+    pub fn new(g: &Gguf, cfg: &LlamaConfig) -> Result<Self, ExecError> {
         let info = g
             .tensor(TOKEN_EMBD)
             .ok_or_else(|| ExecError::Weight(TOKEN_EMBD.into(), "missing".into()))?;
-        let ctx = Context::new(Context::tensor_overhead() * 2, true)?;
-        let ne: Vec<i64> = info.dims().iter().map(|&d| d as i64).collect();
-        let t = ctx.new_tensor(info.ty().id(), &ne)?.set_name(TOKEN_EMBD);
-        let backend = CpuBackend::new(threads)?;
-        backend.alloc_context(&ctx)?;
-        t.write_bytes(0, g.tensor_data(info))?;
+        let bad = |why: String| ExecError::Weight(TOKEN_EMBD.into(), why);
+        let n_embd = cfg.hp.n_embd as usize;
+        let dims = info.dims();
+        if dims.first().copied() != Some(n_embd as u64) {
+            return Err(bad(format!(
+                "shape {dims:?} does not start with n_embd {n_embd}"
+            )));
+        }
+        let (Some(bs), Some(ts)) = (
+            ggml_sys::type_blck_size(info.ty().id()),
+            ggml_sys::type_size(info.ty().id()),
+        ) else {
+            return Err(bad(format!("unknown type {:?}", info.ty())));
+        };
+        if bs == 0 || n_embd % bs != 0 {
+            return Err(bad(format!(
+                "rows of {n_embd} are not whole blocks of {bs}"
+            )));
+        }
+        let row_bytes = n_embd / bs * ts;
+        let table = g.tensor_data(info).to_vec();
+        let n_rows = table.len() / row_bytes.max(1);
         Ok(Embedder {
-            ctx,
-            backend,
-            n_embd: i64::from(cfg.hp.n_embd),
+            table,
+            ty: info.ty().id(),
+            n_embd,
+            row_bytes,
+            n_rows,
         })
     }
 
     /// F32 `[n_embd, tokens.len()]` embeddings of `tokens`.
     pub fn embed(&mut self, tokens: &[i32]) -> Result<Vec<f32>, ExecError> {
-        let table = self.ctx.tensors()[0];
-        let n = tokens.len() as i64;
-        let step = Context::new(
-            Context::tensor_overhead() * 4 + Context::graph_overhead(8),
-            true,
-        )?;
-        let ids = step.new_tensor(ty::I32, &[n])?.set_input();
-        let rows = step.get_rows(table, ids)?.set_output();
-        let mut graph = step.new_graph(8)?;
-        graph.build_forward(rows)?;
-        self.backend.alloc_context(&step)?;
-        ids.write_bytes(0, &le_bytes_i32(tokens))?;
-        self.backend.compute(&graph)?;
-        debug_assert_eq!(rows.ne()[0], self.n_embd);
-        Ok(rows.read_f32()?)
+        let mut out = vec![0f32; self.n_embd * tokens.len()];
+        for (&t, row) in tokens.iter().zip(out.chunks_exact_mut(self.n_embd)) {
+            let i = usize::try_from(t)
+                .ok()
+                .filter(|&i| i < self.n_rows)
+                .ok_or_else(|| {
+                    ExecError::Weight(
+                        TOKEN_EMBD.into(),
+                        format!("token {t} is outside the table of {}", self.n_rows),
+                    )
+                })?;
+            let src = &self.table[i * self.row_bytes..(i + 1) * self.row_bytes];
+            ggml_sys::to_f32(self.ty, src, row)?;
+        }
+        Ok(out)
     }
 }
 

@@ -22,7 +22,7 @@ use crate::rpc::{RemoteBuffer, RpcClient, RpcError};
 pub type SharedClient = std::sync::Arc<tokio::sync::Mutex<RpcClient>>;
 
 /// Shape of the step a stored graph was built for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct GraphKey {
     n_tokens: usize,
     n_outputs: usize,
@@ -31,7 +31,7 @@ struct GraphKey {
 
 /// The graph the server holds for GRAPH_RECOMPUTE, with the wire form of
 /// its inputs and output.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct StoredGraph {
     key: GraphKey,
     inputs: Vec<(Input, RpcTensor, u64)>,
@@ -106,6 +106,10 @@ pub struct RemoteStage {
     inputs: InputLayout,
     compute_buf: Option<RemoteBuffer>,
     stored: Option<StoredGraph>,
+    /// Graphs already built for this compute buffer, by shape: switching
+    /// between a prompt chunk and a decode step sends the graph again (a
+    /// server stores one per device) but does not build it again.
+    built: HashMap<GraphKey, BuiltGraph>,
     upload: UploadStats,
     stat: crate::engine::metrics::StageStat,
 }
@@ -175,6 +179,7 @@ impl RemoteStage {
             inputs,
             compute_buf: None,
             stored: None,
+            built: HashMap::new(),
             upload,
             stat: crate::engine::metrics::StageStat {
                 server: endpoint.clone(),
@@ -358,6 +363,38 @@ impl RemoteStage {
         Ok(Built::Ready(Box::new((stored, wire.msg, wire.nbytes))))
     }
 
+    /// Builds the graph for `key`, first growing the compute buffer when
+    /// it needs more (which makes every graph built before it stale).
+    async fn build_graph(
+        &mut self,
+        c: &mut RpcClient,
+        cfg: &LlamaConfig,
+        key: GraphKey,
+    ) -> Result<BuiltGraph, ExecError> {
+        let mut built = self.build_wire(cfg, key, self.compute_buf)?;
+        if let Built::NeedCompute(size) = built {
+            self.built.clear();
+            if let Some(old) = self.compute_buf.take() {
+                c.free_buffer(old.remote_ptr)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+            let buf = c
+                .alloc_buffer(self.device, size)
+                .await
+                .map_err(|e| self.err(e))?;
+            self.compute_buf = Some(buf);
+            built = self.build_wire(cfg, key, self.compute_buf)?;
+        }
+        match built {
+            Built::Ready(ready) => Ok(ready),
+            Built::NeedCompute(_) => Err(ExecError::Memory {
+                endpoint: self.endpoint().to_string(),
+                detail: "compute buffer still too small after reallocation".into(),
+            }),
+        }
+    }
+
     async fn upload_inputs(
         &mut self,
         c: &mut RpcClient,
@@ -433,6 +470,8 @@ impl RemoteStage {
             // A FREE_BUFFER on this connection (by any stage) drops the
             // server's stored graphs: then the graph is sent again.
             Some(s) if s.key == key && c.has_stored_graph(self.device) => {
+                // Inputs, rerun and the read of the output: one write.
+                c.cork();
                 self.upload_inputs(c, &s, step, hidden).await?;
                 c.graph_recompute(self.device)
                     .await
@@ -440,27 +479,19 @@ impl RemoteStage {
                 s
             }
             _ => {
-                let mut built = self.build_wire(cfg, key, self.compute_buf)?;
-                if let Built::NeedCompute(size) = built {
-                    if let Some(old) = self.compute_buf.take() {
-                        c.free_buffer(old.remote_ptr)
-                            .await
-                            .map_err(|e| self.err(e))?;
+                let ready = match self.built.get(&key) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = self.build_graph(c, cfg, key).await?;
+                        if self.built.len() >= MAX_BUILT_GRAPHS {
+                            self.built.clear();
+                        }
+                        self.built.insert(key, b.clone());
+                        b
                     }
-                    let buf = c
-                        .alloc_buffer(self.device, size)
-                        .await
-                        .map_err(|e| self.err(e))?;
-                    self.compute_buf = Some(buf);
-                    built = self.build_wire(cfg, key, self.compute_buf)?;
-                }
-                let Built::Ready(ready) = built else {
-                    return Err(ExecError::Memory {
-                        endpoint: self.endpoint().to_string(),
-                        detail: "compute buffer still too small after reallocation".into(),
-                    });
                 };
                 let (stored, msg, nbytes) = *ready;
+                c.cork();
                 self.upload_inputs(c, &stored, step, hidden).await?;
                 c.graph_compute_sized(self.device, &msg.nodes, &msg.tensors, &nbytes)
                     .await
@@ -502,8 +533,15 @@ pub async fn probe(
     }
 }
 
+/// A graph ready to send: what the server will store, the message, and each
+/// wire tensor's byte size.
+type BuiltGraph = Box<(StoredGraph, shardline_protocol::GraphCompute, Vec<u64>)>;
+
+/// Built graphs a stage keeps (shapes seen recently).
+const MAX_BUILT_GRAPHS: usize = 8;
+
 /// Result of [`RemoteStage::build_wire`].
 enum Built {
-    Ready(Box<(StoredGraph, shardline_protocol::GraphCompute, Vec<u64>)>),
+    Ready(BuiltGraph),
     NeedCompute(u64),
 }

@@ -127,6 +127,11 @@ pub struct RpcClient {
     scratch: Vec<u8>,
     /// Counted traffic.
     traffic: Traffic,
+    /// Pipelined commands held back by [`RpcClient::cork`], written with
+    /// the next round trip in one write.
+    corked: Option<Vec<u8>>,
+    /// Server work (graph computations) among the held-back commands.
+    corked_work: Duration,
 }
 
 /// Time `bytes` take at `rate` bytes per second (0: no time).
@@ -197,6 +202,8 @@ impl RpcClient {
             poisoned_by: None,
             scratch: Vec::with_capacity(4096),
             traffic: Traffic::default(),
+            corked: None,
+            corked_work: Duration::ZERO,
         };
         client.hello = client.hello().await?;
         client.device_count = client.query_device_count().await?;
@@ -290,6 +297,26 @@ impl RpcClient {
         if let Some(during) = self.poisoned_by {
             return Err(RpcError::Poisoned { during });
         }
+        let mut data = data;
+        if let Some(held) = self.corked.as_mut() {
+            if reply.is_none() {
+                held.extend_from_slice(&self.scratch);
+                held.extend_from_slice(data);
+                self.corked_work = self.corked_work.saturating_add(work);
+                self.last_pipelined = Some(cmd);
+                return Ok(());
+            }
+        }
+        // Commands held back go first, in the same write.
+        if let Some(mut held) = self.corked.take().filter(|h| !h.is_empty()) {
+            held.extend_from_slice(&self.scratch);
+            held.extend_from_slice(data);
+            self.scratch = held;
+            data = &[];
+            let now = Instant::now();
+            let from = self.backlog_until.filter(|&t| t > now).unwrap_or(now);
+            self.backlog_until = Some(later(from, std::mem::take(&mut self.corked_work)));
+        }
         let round_trip = reply.is_some();
         let reply_len = reply.as_ref().map_or(0, |r| r.len());
         let moved = len64(self.scratch.len())
@@ -323,6 +350,32 @@ impl RpcClient {
             self.backlog_until = Some(later(start, transfer.saturating_add(work)));
         }
         Ok(())
+    }
+
+    /// Holds back pipelined commands (SET_TENSOR, GRAPH_RECOMPUTE, ...)
+    /// until the next command with a response, then writes them all in one
+    /// write: a step's inputs, its graph run and the read of its output go
+    /// out as one burst. [`RpcClient::uncork`] writes them without a
+    /// round trip.
+    pub fn cork(&mut self) {
+        if self.corked.is_none() {
+            self.corked = Some(Vec::new());
+        }
+    }
+
+    /// Writes the commands held back by [`RpcClient::cork`] now and stops
+    /// holding them back.
+    pub async fn uncork(&mut self) -> Result<(), RpcError> {
+        let Some(held) = self.corked.take() else {
+            return Ok(());
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let cmd = self.last_pipelined.unwrap_or(Command::SetTensor);
+        self.scratch = held;
+        let work = std::mem::take(&mut self.corked_work);
+        self.exchange(cmd, &[], None, work).await
     }
 
     async fn io(
@@ -405,6 +458,13 @@ impl RpcClient {
         if n == 0 {
             return Ok(Vec::new());
         }
+        if self.corked.as_ref().is_some_and(|h| !h.is_empty()) {
+            // The batch is in `scratch`: send what was held back first.
+            let batch = std::mem::take(&mut self.scratch);
+            self.uncork().await?;
+            self.scratch = batch;
+        }
+        self.corked = None;
         let len = ExpectedResponse::fixed(cmd)
             .and_then(|e| usize::try_from(e.len).ok())
             .unwrap_or(0)
@@ -953,6 +1013,7 @@ impl RpcClient {
     /// session). Pipelined requests are not confirmed: call
     /// [`RpcClient::sync`] first to know they succeeded.
     pub async fn close(mut self) -> Result<(), RpcError> {
+        self.uncork().await?;
         let cmd = self.last_pipelined.unwrap_or(Command::DeviceCount);
         self.stream
             .shutdown()

@@ -36,6 +36,8 @@ pub(super) struct Log {
     pub frames: Vec<Vec<u8>>,
     /// A script violation (unexpected command, undecodable bytes).
     pub error: Option<String>,
+    /// Bytes of each read from the socket, in order.
+    pub reads: Vec<usize>,
 }
 
 impl Log {
@@ -103,7 +105,10 @@ async fn next_frame(stream: &mut TcpStream, buf: &mut Vec<u8>, log: &mut Log) ->
         let mut chunk = [0u8; 64 * 1024];
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                log.reads.push(n);
+                buf.extend_from_slice(&chunk[..n]);
+            }
         }
     }
 }

@@ -672,6 +672,43 @@ async fn every_call_sends_the_expected_request() {
 }
 
 #[tokio::test]
+async fn corked_commands_go_out_with_the_next_round_trip_in_one_write() {
+    let mut script = alloc(PTR, SIZE, BASE);
+    script.push(Step::Expect(Command::SetTensor, vec![]));
+    script.push(Step::Expect(Command::SetTensor, vec![]));
+    script.push(Step::Expect(
+        Command::GetTensor,
+        reply(Response::GetTensor(&[7, 8, 9, 10])),
+    ));
+    script.push(Step::Expect(Command::SetTensor, vec![]));
+    script.push(Step::Expect(
+        Command::GetTensor,
+        reply(Response::GetTensor(&[1, 2, 3, 4])),
+    ));
+    let (mut c, server) = session(script).await;
+    let buf = c.alloc_buffer(0, SIZE).await.unwrap();
+    let t = tensor_at(&buf, 1, 0);
+    c.cork();
+    c.set_tensor(&t, 64, 0, &[1u8; 64]).await.unwrap();
+    c.set_tensor(&t, 64, 0, &[2u8; 64]).await.unwrap();
+    assert_eq!(c.get_tensor(&t, 64, 0, 4).await.unwrap(), [7, 8, 9, 10]);
+    // The round trip ended the burst: this one goes out alone.
+    c.set_tensor(&t, 64, 0, &[3u8; 64]).await.unwrap();
+    assert_eq!(c.get_tensor(&t, 64, 0, 4).await.unwrap(), [1, 2, 3, 4]);
+    drop(c);
+    let log = server.finish().await;
+    assert_eq!(log.error, None);
+    let n = log.frames.len();
+    let size = |i: usize| log.frames[i].len();
+    let burst = size(n - 5) + size(n - 4) + size(n - 3);
+    assert!(
+        log.reads.contains(&burst),
+        "no single read of the {burst}-byte burst: {:?}",
+        log.reads
+    );
+}
+
+#[tokio::test]
 async fn wrong_get_tensor_length_is_a_bad_response() {
     let mut script = alloc(PTR, SIZE, BASE);
     script.push(Step::Expect(

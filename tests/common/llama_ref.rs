@@ -64,6 +64,17 @@ pub struct LlamaRef {
 impl LlamaRef {
     /// Loads `path` with every layer offloaded to `devices` (empty: CPU only).
     pub fn load(path: &Path, devices: &[sys::ggml_backend_dev_t], n_ctx: u32) -> LlamaRef {
+        Self::load_seqs(path, devices, n_ctx, 1)
+    }
+
+    /// Like [`LlamaRef::load`], with a context for `n_seq` sequences that
+    /// share one KV cache of `n_ctx` cells (llama.cpp's unified cache).
+    pub fn load_seqs(
+        path: &Path,
+        devices: &[sys::ggml_backend_dev_t],
+        n_ctx: u32,
+        n_seq: u32,
+    ) -> LlamaRef {
         init();
         let mut devs: Vec<sys::ggml_backend_dev_t> = devices.to_vec();
         devs.push(std::ptr::null_mut());
@@ -90,6 +101,8 @@ impl LlamaRef {
             cp.n_ubatch = n_ctx;
             cp.n_threads = 1;
             cp.n_threads_batch = 1;
+            cp.n_seq_max = n_seq.max(1);
+            cp.kv_unified = true;
             let ctx = sys::llama_init_from_model(model, cp);
             assert!(!ctx.is_null(), "llama.cpp failed to create a context");
             let vocab = sys::llama_model_get_vocab(model);
@@ -183,6 +196,87 @@ impl LlamaRef {
         // The last sampled token is never decoded: n-1 decode steps.
         let decode_s = started.elapsed().as_secs_f64() - prompt_s;
         (out, prompt_s, decode_s)
+    }
+}
+
+impl LlamaRef {
+    /// Greedy generation for several sequences at once, as llama.cpp's
+    /// batched clients do: every prompt in one batch (sequence `i` for
+    /// `prompts[i]`), then one batch per step with one token of each
+    /// sequence. Returns each sequence's `n` tokens, the seconds of the
+    /// prompt batch and of the decode steps. Needs a context from
+    /// [`LlamaRef::load_seqs`] with at least `prompts.len()` sequences.
+    pub fn greedy_batch_timed(
+        &mut self,
+        prompts: &[Vec<i32>],
+        n: usize,
+    ) -> (Vec<Vec<i32>>, f64, f64) {
+        let total: usize = prompts.iter().map(Vec::len).sum();
+        let mut outs: Vec<Vec<i32>> = vec![Vec::new(); prompts.len()];
+        let started = std::time::Instant::now();
+        let mut prompt_s = 0.0;
+        // SAFETY: valid context; the batch from llama_batch_init has room for
+        // `total` tokens with one sequence id each, is filled within those
+        // bounds, and is freed once at the end; logits are read only for
+        // positions marked as outputs.
+        unsafe {
+            let mem = sys::llama_get_memory(self.ctx);
+            sys::llama_memory_clear(mem, true);
+            let n_vocab = sys::llama_vocab_n_tokens(self.vocab) as usize;
+            let batch = sys::llama_batch_init(total.max(prompts.len()) as i32, 0, 1);
+            let mut b = batch;
+            let mut pos: Vec<i32> = vec![0; prompts.len()];
+            let mut next: Vec<i32> = Vec::new();
+            for step in 0..n {
+                let mut k = 0usize;
+                let mut out_at = Vec::new();
+                for (s, p) in prompts.iter().enumerate() {
+                    let toks: &[i32] = if step == 0 {
+                        p
+                    } else {
+                        std::slice::from_ref(&next[s])
+                    };
+                    for (j, &t) in toks.iter().enumerate() {
+                        *b.token.add(k) = t;
+                        *b.pos.add(k) = pos[s];
+                        *b.n_seq_id.add(k) = 1;
+                        *(*b.seq_id.add(k)) = s as i32;
+                        let last = j + 1 == toks.len();
+                        *b.logits.add(k) = i8::from(last);
+                        if last {
+                            out_at.push(k);
+                        }
+                        pos[s] += 1;
+                        k += 1;
+                    }
+                }
+                b.n_tokens = k as i32;
+                let rc = sys::llama_decode(self.ctx, b);
+                assert_eq!(rc, 0, "llama_decode failed");
+                sys::llama_synchronize(self.ctx);
+                if step == 0 {
+                    prompt_s = started.elapsed().as_secs_f64();
+                }
+                next.clear();
+                for (s, &at) in out_at.iter().enumerate() {
+                    let logits = std::slice::from_raw_parts(
+                        sys::llama_get_logits_ith(self.ctx, at as i32),
+                        n_vocab,
+                    );
+                    let mut best = 0usize;
+                    for (i, &l) in logits.iter().enumerate() {
+                        if l > logits[best] {
+                            best = i;
+                        }
+                    }
+                    outs[s].push(best as i32);
+                    next.push(best as i32);
+                }
+            }
+            sys::llama_batch_free(batch);
+        }
+        let decode_s = started.elapsed().as_secs_f64() - prompt_s;
+        (outs, prompt_s, decode_s)
     }
 }
 
