@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use ggml_sys::{ty, Context, CpuBackend, Tensor};
 
-use super::{le_bytes_f32, le_bytes_i32, le_bytes_i64, le_bytes_u16, ExecError, Step};
+use super::{ExecError, Step};
 use crate::gguf::Gguf;
 use crate::graph::llama::{build_stage, HeadTensors, LayerTensors, StageInputs, StageTensors};
 use crate::model::{LayerRole, LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
@@ -163,13 +163,14 @@ impl LocalStage {
         self.stat.clone()
     }
 
-    /// Runs the stage on `hidden` (`[n_embd, n_tokens]`); returns its output.
+    /// Runs the stage on `hidden` (F32 `[n_embd, n_tokens]`, little-endian
+    /// bytes); returns its output in the same form.
     pub fn run(
         &mut self,
         cfg: &LlamaConfig,
         step: &Step,
-        hidden: &[f32],
-    ) -> Result<Vec<f32>, ExecError> {
+        hidden: &[u8],
+    ) -> Result<Vec<u8>, ExecError> {
         let started = std::time::Instant::now();
         let out = self.run_inner(cfg, step, hidden);
         self.stat.steps += 1;
@@ -181,8 +182,8 @@ impl LocalStage {
         &mut self,
         cfg: &LlamaConfig,
         step: &Step,
-        hidden: &[f32],
-    ) -> Result<Vec<f32>, ExecError> {
+        hidden: &[u8],
+    ) -> Result<Vec<u8>, ExecError> {
         let by_name: HashMap<String, Tensor<'_>> = self
             .weights
             .tensors()
@@ -197,7 +198,7 @@ impl LocalStage {
         )?;
         let n = step.n_tokens as i64;
         let n_out = if self.layers.contains(&(cfg.hp.n_layer - 1)) {
-            step.out_ids.len() as i64
+            step.n_outputs as i64
         } else {
             0
         };
@@ -205,14 +206,16 @@ impl LocalStage {
         let mut graph = ctx.new_graph(gsize)?;
         let out = build_stage(&ctx, &mut graph, cfg, &st, &inp)?;
         self.backend.alloc_context(&ctx)?;
-        inp.hidden.write_bytes(0, &le_bytes_f32(hidden))?;
-        inp.pos.write_bytes(0, &le_bytes_i32(&step.pos))?;
-        inp.kv_idx.write_bytes(0, &le_bytes_i64(&step.kv_idx))?;
-        inp.mask.write_bytes(0, &le_bytes_u16(&step.mask))?;
+        inp.hidden.write_bytes(0, hidden)?;
+        inp.pos.write_bytes(0, &step.pos)?;
+        inp.kv_idx.write_bytes(0, &step.kv_idx)?;
+        inp.mask.write_bytes(0, &step.mask)?;
         if let Some(ids) = inp.out_ids {
-            ids.write_bytes(0, &le_bytes_i32(&step.out_ids))?;
+            ids.write_bytes(0, &step.out_ids)?;
         }
         self.backend.compute(&graph)?;
-        Ok(out.read_f32()?)
+        let mut bytes = vec![0u8; out.nbytes()];
+        out.read_bytes(0, &mut bytes)?;
+        Ok(bytes)
     }
 }

@@ -75,21 +75,24 @@ impl ExecError {
     }
 }
 
-/// The inputs of one step, shared by every stage.
+/// The inputs of one step, shared by every stage, encoded once as the
+/// little-endian bytes every stage writes into its input tensors.
 #[derive(Debug, Clone)]
 pub struct Step {
     /// Tokens in the batch.
     pub n_tokens: usize,
     /// Position of each token, I32.
-    pub pos: Vec<i32>,
+    pub pos: Vec<u8>,
     /// KV cell of each token, I64.
-    pub kv_idx: Vec<i64>,
+    pub kv_idx: Vec<u8>,
     /// Cells attention looks at: the first `n_kv` of the cache.
     pub n_kv: usize,
-    /// Mask rows, f16 bits, `[n_tokens][n_kv]`.
-    pub mask: Vec<u16>,
+    /// Mask rows, f16, `[n_tokens][n_kv]`.
+    pub mask: Vec<u8>,
     /// Tokens whose logits are wanted (indices into the batch), I32.
-    pub out_ids: Vec<i32>,
+    pub out_ids: Vec<u8>,
+    /// How many tokens' logits are wanted.
+    pub n_outputs: usize,
 }
 
 pub(crate) fn le_bytes_f32(v: &[f32]) -> Vec<u8> {
@@ -175,6 +178,12 @@ impl Embedder {
             row_bytes,
             n_rows,
         })
+    }
+
+    /// F32 `[n_embd, tokens.len()]` embeddings of `tokens`, as
+    /// little-endian bytes (what the first stage's input takes).
+    pub fn embed_bytes(&mut self, tokens: &[i32]) -> Result<Vec<u8>, ExecError> {
+        Ok(le_bytes_f32(&self.embed(tokens)?))
     }
 
     /// F32 `[n_embd, tokens.len()]` embeddings of `tokens`.

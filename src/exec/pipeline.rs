@@ -253,7 +253,7 @@ impl Pipeline {
     pub async fn next_done(&mut self) -> Option<(u64, Result<Vec<f32>, DecodeError>)> {
         let flight = self.flights.pop_front()?;
         let result = match self.tail.recv().await {
-            Some(Work::Step { tag, hidden, .. }) if tag == flight.tag => Ok(hidden),
+            Some(Work::Step { tag, hidden, .. }) if tag == flight.tag => Ok(super::f32s(&hidden)),
             Some(Work::Failed { tag, error }) if tag == flight.tag => Err(error.into()),
             Some(Work::Failed { error, .. }) => Err(error.into()),
             _ => Err(DecodeError::Stopped),
@@ -323,17 +323,20 @@ impl Pipeline {
     ) -> Result<u64, DecodeError> {
         let n = tokens.len();
         let n_kv = self.kv.attention_window();
+        let pos: Vec<i32> = cells.iter().map(|c| c.pos as i32).collect();
+        let kv_idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        let out_ids: Vec<i32> = outputs.iter().map(|&o| o as i32).collect();
         let step = Step {
             n_tokens: n,
-            pos: cells.iter().map(|c| c.pos as i32).collect(),
-            kv_idx: idx.iter().map(|&i| i as i64).collect(),
+            pos: super::le_bytes_i32(&pos),
+            kv_idx: super::le_bytes_i64(&kv_idx),
             n_kv,
-            mask: self.kv.mask_f16(cells, n, n_kv),
-            out_ids: outputs.iter().map(|&o| o as i32).collect(),
+            mask: super::le_bytes_u16(&self.kv.mask_f16(cells, n, n_kv)),
+            out_ids: super::le_bytes_i32(&out_ids),
+            n_outputs: outputs.len(),
         };
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let embedder = &mut self.embedder;
-        let hidden = match super::blocking(|| embedder.embed(&ids)) {
+        let hidden = match self.embedder.embed_bytes(&ids) {
             Ok(h) => h,
             Err(e) => {
                 self.release(&idx);

@@ -9,7 +9,7 @@ use ggml_sys::{ty, Context, Device, Tensor, TensorId};
 use shardline_protocol::RpcTensor;
 
 use super::local::{graph_size, k_cache_name, stage_tensors, stage_weight_names, v_cache_name};
-use super::{f32s, le_bytes_f32, le_bytes_i32, le_bytes_i64, le_bytes_u16, ExecError, Step};
+use super::{ExecError, Step};
 use crate::gguf::Gguf;
 use crate::graph::llama::{build_stage, StageInputs};
 use crate::graph::{layout_nodes, to_wire, RemoteLocation};
@@ -400,15 +400,15 @@ impl RemoteStage {
         c: &mut RpcClient,
         stored: &StoredGraph,
         step: &Step,
-        hidden: &[f32],
+        hidden: &[u8],
     ) -> Result<(), ExecError> {
         for (what, wire, n) in &stored.inputs {
-            let bytes = match what {
-                Input::Hidden => le_bytes_f32(hidden),
-                Input::Pos => le_bytes_i32(&step.pos),
-                Input::KvIdx => le_bytes_i64(&step.kv_idx),
-                Input::Mask => le_bytes_u16(&step.mask),
-                Input::OutIds => le_bytes_i32(&step.out_ids),
+            let bytes: &[u8] = match what {
+                Input::Hidden => hidden,
+                Input::Pos => &step.pos,
+                Input::KvIdx => &step.kv_idx,
+                Input::Mask => &step.mask,
+                Input::OutIds => &step.out_ids,
             };
             if bytes.len() as u64 != *n {
                 return Err(ExecError::Memory {
@@ -419,7 +419,7 @@ impl RemoteStage {
                     ),
                 });
             }
-            c.set_tensor(wire, *n, 0, &bytes)
+            c.set_tensor(wire, *n, 0, bytes)
                 .await
                 .map_err(|e| self.err(e))?;
             self.stat.bytes_sent += *n;
@@ -427,13 +427,14 @@ impl RemoteStage {
         Ok(())
     }
 
-    /// Runs the stage on `hidden` (`[n_embd, n_tokens]`); returns its output.
+    /// Runs the stage on `hidden` (F32 `[n_embd, n_tokens]`, little-endian
+    /// bytes); returns its output in the same form.
     pub async fn run(
         &mut self,
         cfg: &LlamaConfig,
         step: &Step,
-        hidden: &[f32],
-    ) -> Result<Vec<f32>, ExecError> {
+        hidden: &[u8],
+    ) -> Result<Vec<u8>, ExecError> {
         let started = std::time::Instant::now();
         let out = self.run_inner(cfg, step, hidden).await;
         self.stat.steps += 1;
@@ -445,8 +446,8 @@ impl RemoteStage {
         &mut self,
         cfg: &LlamaConfig,
         step: &Step,
-        hidden: &[f32],
-    ) -> Result<Vec<f32>, ExecError> {
+        hidden: &[u8],
+    ) -> Result<Vec<u8>, ExecError> {
         if step.n_tokens > self.n_batch as usize {
             return Err(ExecError::Memory {
                 endpoint: self.endpoint().to_string(),
@@ -463,7 +464,7 @@ impl RemoteStage {
         let has_last = self.layers.contains(&(cfg.hp.n_layer - 1));
         let key = GraphKey {
             n_tokens: step.n_tokens,
-            n_outputs: if has_last { step.out_ids.len() } else { 0 },
+            n_outputs: if has_last { step.n_outputs } else { 0 },
             n_kv: step.n_kv,
         };
         let stored = match self.stored.take() {
@@ -505,7 +506,7 @@ impl RemoteStage {
         let bytes = c.get_tensor(&out, n, 0, n).await.map_err(|e| self.err(e));
         self.stat.bytes_received += n;
         self.stored = Some(stored);
-        Ok(f32s(&bytes?))
+        bytes
     }
 }
 

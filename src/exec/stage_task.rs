@@ -48,7 +48,9 @@ pub(crate) enum Work {
     Step {
         tag: u64,
         step: Arc<Step>,
-        hidden: Vec<f32>,
+        /// F32 `[n_embd, n_tokens]` as little-endian bytes: what one
+        /// server returns is what the next one is sent, unconverted.
+        hidden: Vec<u8>,
     },
     /// A stage failed on micro-batch `tag`; the stages after pass it on.
     Failed { tag: u64, error: ExecError },
@@ -235,8 +237,8 @@ async fn run_once(
     cfg: &LlamaConfig,
     clock: &mut StepClock,
     step: &Step,
-    hidden: &[f32],
-) -> Result<Vec<f32>, ExecError> {
+    hidden: &[u8],
+) -> Result<Vec<u8>, ExecError> {
     match stage {
         StageRunner::Local(s) => super::blocking(|| s.run(cfg, step, hidden)),
         StageRunner::Remote(s) => match clock.deadline(step.n_tokens) {

@@ -331,7 +331,7 @@ fn write_side(mut dst: &TcpStream, pipe: &Pipe, count: &AtomicU64, conn: &Conn) 
                     return conn.abort();
                 }
                 count.fetch_add(data.len() as u64, Ordering::Relaxed);
-                pipe.release(data.len());
+                pipe.release(data);
             }
         }
     }
@@ -347,6 +347,8 @@ struct Pipe {
 #[derive(Debug)]
 struct PipeState {
     chunks: VecDeque<(Instant, Vec<u8>)>,
+    /// Delivered chunks' buffers, for the next reads to fill.
+    spare: Vec<Vec<u8>>,
     /// Bytes read and not yet delivered.
     queued: usize,
     /// When the link finishes serializing what it already holds.
@@ -366,6 +368,7 @@ impl Pipe {
         Pipe {
             state: Mutex::new(PipeState {
                 chunks: VecDeque::new(),
+                spare: Vec::new(),
                 queued: 0,
                 free_at: Instant::now(),
                 eof: false,
@@ -399,7 +402,10 @@ impl Pipe {
         st.free_at = st.free_at.max(now).checked_add(busy).unwrap_or_else(far);
         let due = st.free_at.checked_add(spec.delay).unwrap_or_else(far);
         st.queued += data.len();
-        st.chunks.push_back((due, data.to_vec()));
+        let mut chunk = st.spare.pop().unwrap_or_default();
+        chunk.clear();
+        chunk.extend_from_slice(data);
+        st.chunks.push_back((due, chunk));
         self.changed.notify_all();
     }
 
@@ -432,9 +438,14 @@ impl Pipe {
         }
     }
 
-    fn release(&self, n: usize) {
+    /// A delivered chunk: its bytes leave the link, its buffer is kept.
+    fn release(&self, chunk: Vec<u8>) {
         let mut st = lock(&self.state);
-        st.queued = st.queued.saturating_sub(n);
+        st.queued = st.queued.saturating_sub(chunk.len());
+        // The link never holds more than its buffer's worth of chunks.
+        if st.spare.len() < 64 {
+            st.spare.push(chunk);
+        }
         self.changed.notify_all();
     }
 
