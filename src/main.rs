@@ -43,6 +43,10 @@ struct ClusterArgs {
     /// Keep the first N layers on this machine's CPU.
     #[arg(long, default_value_t = 0)]
     local_layers: u32,
+    /// Micro-batches in the pipeline at once (0: one per stage, so every
+    /// server computes while the others do; 1: one step at a time).
+    #[arg(long, default_value_t = 0)]
+    micro_batches: usize,
 }
 
 impl ClusterArgs {
@@ -449,6 +453,7 @@ fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::EngineOp
         n_batch: c.batch,
         strategy: c.strategy()?,
         local_layers: c.local_layers,
+        micro_batches: c.micro_batches,
         ..Default::default()
     })
 }

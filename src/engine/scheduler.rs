@@ -1,11 +1,16 @@
 //! The scheduler task: admits requests into sequence slots, processes their
-//! prompts in chunks, and decodes every generating sequence together, one
-//! token each per step (continuous batching).
+//! prompts in chunks, and decodes the generating sequences together
+//! (continuous batching), in micro-batches that keep every stage of the
+//! pipeline busy: while one server computes a micro-batch, the next computes
+//! the one before it. Prompt chunks and decode micro-batches take turns for
+//! the places in the pipeline, a pipeline's worth each.
 //!
 //! Two rules keep a sequence's output identical whether it runs alone or
 //! beside others: a prompt chunk is never batched with other sequences'
 //! tokens, and each sequence owns a fixed, 64-cell-aligned slot of the KV
 //! cache, so ggml's attention groups its cells the same way in both cases.
+//! Which micro-batch a decoding sequence lands in does not change its
+//! arithmetic: each token's row is computed on its own.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -58,6 +63,8 @@ struct Seq {
     /// Its client went away while it had work in flight: the slot is freed
     /// when that work comes back.
     dropped: bool,
+    /// When its next token was sampled: the longest waiting go first.
+    ready_at: Instant,
 }
 
 impl Seq {
@@ -322,6 +329,7 @@ impl Scheduler {
             prompt_sent: 0,
             in_flight: 0,
             dropped: false,
+            ready_at: Instant::now(),
         })
     }
 
@@ -345,15 +353,18 @@ impl Scheduler {
             })
             .min()
             .map(|(_, i)| i);
-        let ready: Vec<usize> = slots
+        let mut ready: Vec<(Instant, usize)> = slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| {
+            .filter_map(|(i, s)| {
                 s.as_ref()
-                    .is_some_and(|s| !s.dropped && s.in_flight == 0 && s.next.is_some())
+                    .filter(|s| !s.dropped && s.in_flight == 0 && s.next.is_some())
+                    .map(|s| (s.ready_at, i))
             })
-            .map(|(i, _)| i)
             .collect();
+        // Those waiting longest first, then in slot order within a batch.
+        ready.sort();
+        let ready: Vec<usize> = ready.into_iter().map(|(_, i)| i).collect();
         let take_prompt = match (prompt, ready.is_empty()) {
             (None, true) => return Ok(false),
             (Some(_), true) => true,
@@ -371,7 +382,9 @@ impl Scheduler {
         } else {
             let decoding = slots.iter().flatten().filter(|s| s.decoding()).count();
             let share = decoding.div_ceil(depth).max(1);
-            self.send_decode(slots, &ready[..share.min(ready.len())])?;
+            let mut batch = ready[..share.min(ready.len())].to_vec();
+            batch.sort_unstable();
+            self.send_decode(slots, &batch)?;
         }
         Ok(true)
     }
@@ -558,6 +571,7 @@ impl Scheduler {
             return self.finish(seq, Finish::Length);
         }
         seq.next = Some(tok);
+        seq.ready_at = Instant::now();
         After::Continue
     }
 
