@@ -106,6 +106,36 @@ async fn concurrent_sequences_match_their_solo_runs() {
 }
 
 #[tokio::test]
+async fn pipelined_prompt_chunks_match_the_solo_run() {
+    // Small chunks, so one prompt's chunks follow each other through the
+    // pipeline (several in flight at once) while another sequence decodes.
+    let workers = [start_worker(&[]), start_worker(&[])];
+    let engine = Engine::load(EngineOptions {
+        model: model_path(),
+        servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
+        n_ctx: 1024,
+        n_batch: 32,
+        threads: 1,
+        progress: false,
+        parallel: 2,
+        queue: 4,
+        ..EngineOptions::default()
+    })
+    .await
+    .unwrap();
+    let long = PROMPTS.join(" ").repeat(3);
+    assert!(engine.tokenizer().encode(&long, true, true).len() > 4 * 32);
+    let alone_long = run(&engine, &long, 12).await;
+    let alone_short = run(&engine, PROMPTS[0], 40).await;
+    let e = engine.clone();
+    let short = tokio::spawn(async move { run(&e, PROMPTS[0], 40).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got_long = run(&engine, &long, 12).await;
+    assert_eq!(got_long, alone_long, "the long prompt's output changed");
+    assert_eq!(short.await.unwrap(), alone_short);
+}
+
+#[tokio::test]
 async fn dropped_stream_frees_its_sequence_and_full_queue_refuses() {
     let workers = [start_worker(&[])];
     let engine = load(&workers, 1, 1).await;
