@@ -17,6 +17,10 @@ pub struct StageStat {
     pub bytes_sent: u64,
     /// Bytes received (activations, logits).
     pub bytes_received: u64,
+    /// Bytes of the buffers the coordinator holds on the stage's device
+    /// (weights, KV cache, inputs, compute), as last allocated; 0 for the
+    /// coordinator's CPU.
+    pub allocated_bytes: u64,
 }
 
 /// A per-server family: name, Prometheus type (empty: continues the family
@@ -98,6 +102,11 @@ impl Metrics {
         if let Ok(mut s) = self.stages.lock() {
             *s = stats;
         }
+    }
+
+    /// Each stage's numbers, as of the last step.
+    pub fn stages(&self) -> Vec<StageStat> {
+        self.stages.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Requests accepted so far.

@@ -48,15 +48,16 @@ enum Input {
     OutIds,
 }
 
-/// Offset of input `i` inside the input buffer.
-fn input_offset(layout: &InputLayout, i: Input) -> u64 {
-    match i {
-        Input::Hidden => layout.hidden,
+/// Offset of input `i` inside the input buffer; `None` for the hidden
+/// state, which the graph's layout places in the compute buffer.
+fn input_offset(layout: &InputLayout, i: Input) -> Option<u64> {
+    Some(match i {
+        Input::Hidden => return None,
         Input::Pos => layout.pos,
         Input::KvIdx => layout.kv_idx,
         Input::Mask => layout.mask,
         Input::OutIds => layout.out_ids,
-    }
+    })
 }
 
 /// Layers computed on one device of one server.
@@ -118,17 +119,13 @@ impl RemoteStage {
             .buffer_clear(kv_buf.remote_ptr, 0)
             .await
             .map_err(rpc)?;
-        let inputs = InputLayout::new(
-            u64::from(cfg.hp.n_embd),
-            u64::from(kv_size),
-            u64::from(n_batch),
-            alignment,
-        );
+        let inputs = InputLayout::new(u64::from(kv_size), u64::from(n_batch), alignment);
         let input_buf = client
             .alloc_buffer(device, inputs.size)
             .await
             .map_err(rpc)?;
         client.sync().await.map_err(rpc)?;
+        let allocated_bytes = client.allocated_bytes(device);
         drop(guard);
         Ok(RemoteStage {
             client: shared,
@@ -148,6 +145,7 @@ impl RemoteStage {
             upload,
             stat: crate::engine::metrics::StageStat {
                 server: endpoint.clone(),
+                allocated_bytes,
                 ..Default::default()
             },
         })
@@ -176,6 +174,7 @@ impl RemoteStage {
             .await
             .map_err(|e| self.err(e))?;
         self.compute_buf = Some(buf);
+        self.stat.allocated_bytes = c.allocated_bytes(self.device);
         Ok(())
     }
 
@@ -274,13 +273,15 @@ impl RemoteStage {
         let st = stage_tensors(cfg, &self.layers, self.head, &by_name)?;
         let n = key.n_tokens as i64;
         let mut input = |what: Input, t: Tensor<'_>| {
-            place.insert(
-                t.id(),
-                RemoteLocation {
-                    buffer: self.input_buf.remote_ptr,
-                    data: self.input_buf.base + input_offset(&self.inputs, what),
-                },
-            );
+            if let Some(offset) = input_offset(&self.inputs, what) {
+                place.insert(
+                    t.id(),
+                    RemoteLocation {
+                        buffer: self.input_buf.remote_ptr,
+                        data: self.input_buf.base + offset,
+                    },
+                );
+            }
         };
         let inp = StageInputs::new(
             &ctx,
@@ -456,6 +457,8 @@ impl RemoteStage {
                         .await
                         .map_err(|e| self.err(e))?;
                     self.compute_buf = Some(buf);
+                    self.stat.allocated_bytes = c.allocated_bytes(self.device);
+                    tracing::debug!(endpoint = %self.endpoint, size, "compute buffer allocated for a step");
                     built = self.build_wire(cfg, key, self.compute_buf)?;
                 }
                 let Built::Ready(ready) = built else {

@@ -33,6 +33,10 @@ pub enum MeasureError {
     Overflow,
 }
 
+/// Layers in each measured graph: enough for the allocators' placement to
+/// repeat from layer to layer.
+const MEASURED_LAYERS: u32 = 4;
+
 /// What the model costs at `opts`' context, batch and sequence count, its
 /// compute buffers measured on the stage graphs ([`measure_model`]). Reads
 /// the file's header only: no weight data is touched.
@@ -48,9 +52,11 @@ pub fn measured_cost(g: &Gguf, opts: &PlanOptions) -> Result<ModelCost, MeasureE
 /// and `n_seq_max` output rows (at most `n_batch`) on the one with it: a
 /// prompt chunk asks for one output, a decode step one per sequence.
 ///
-/// Measures two graphs: a middle stage (one layer, no head) and the last
-/// stage (the last layer and the head). A stage of several layers needs no
-/// more, since the allocators reuse one layer's intermediates for the next.
+/// Measures two graphs of a few layers each: a middle stage (no head) and
+/// the last stage (the last layers and the head: the layers before the
+/// last run every token through their feed-forward, the last only the
+/// output rows). A stage of more layers needs no more, since the
+/// allocators reuse one layer's intermediates for the next.
 pub fn measure_model(
     g: &Gguf,
     cfg: &LlamaConfig,
@@ -61,65 +67,81 @@ pub fn measure_model(
     let n_batch = n_batch.min(n_ctx).max(1);
     let last = cfg.hp.n_layer.saturating_sub(1);
     let n_outputs = n_seq_max.clamp(1, n_batch);
-    // With one layer, every stage holds the last layer: measure it twice
-    // rather than special-case it.
-    let stage = measure_stage(g, cfg, 0, false, n_ctx, n_batch, 0)?;
-    let head = measure_stage(g, cfg, last, true, n_ctx, n_batch, n_outputs)?;
+    // Several layers, not one: the residual stream moves between slots
+    // from layer to layer, and a stage of many layers can fragment its
+    // buffer a little past what one layer needs. A model of one layer has
+    // only the last stage: measure it twice rather than special-case it.
+    let span = MEASURED_LAYERS - 1;
+    let middle_end = last.saturating_sub(1).min(span);
+    let stage = measure_stage(g, cfg, 0..=middle_end, false, n_ctx, n_batch, 0)?;
+    let head = measure_stage(
+        g,
+        cfg,
+        last.saturating_sub(span)..=last,
+        true,
+        n_ctx,
+        n_batch,
+        n_outputs,
+    )?;
     Ok(MeasuredCompute { stage, head })
 }
 
-/// One graph of layer `il` (plus the head when `head`), measured.
+/// One graph of layers `layers` (plus the head when `head`), measured.
 fn measure_stage(
     g: &Gguf,
     cfg: &LlamaConfig,
-    il: u32,
+    layers: std::ops::RangeInclusive<u32>,
     head: bool,
     n_ctx: u32,
     n_batch: u32,
     n_outputs: u32,
 ) -> Result<StageCompute, MeasureError> {
     // ~30 nodes per layer; the same headroom the runtime gives a stage.
-    let gsize = 64 + 256;
+    let gsize = 64 * MEASURED_LAYERS as usize + 256;
     let ctx = Context::new(
         Context::tensor_overhead() * gsize + Context::graph_overhead(gsize),
         true,
     )?;
     let mut elsewhere: Vec<Tensor<'_>> = Vec::new();
     let weight = |name: &str| weight(&ctx, g, name);
-    let w = |r: LayerRole| weight(&r.name(il));
     let n_embd_kv = cfg.n_embd_kv() as i64;
-    let cache = |name: &str| -> Result<Tensor<'_>, ggml_sys::GgmlError> {
+    let cache = |name: String| -> Result<Tensor<'_>, ggml_sys::GgmlError> {
         Ok(ctx
             .new_tensor(ty::F16, &[n_embd_kv, i64::from(n_ctx), 1])?
-            .set_name(name))
+            .set_name(&name))
     };
-    let layer = LayerTensors {
-        il,
-        attn_norm: w(LayerRole::AttnNorm)?,
-        wq: w(LayerRole::Q)?,
-        wk: w(LayerRole::K)?,
-        wv: w(LayerRole::V)?,
-        wo: w(LayerRole::Out)?,
-        ffn_norm: w(LayerRole::FfnNorm)?,
-        gate: w(LayerRole::Gate)?,
-        up: w(LayerRole::Up)?,
-        down: w(LayerRole::Down)?,
-        k_cache: cache("cache_k")?,
-        v_cache: cache("cache_v")?,
-    };
-    elsewhere.extend([
-        layer.attn_norm,
-        layer.wq,
-        layer.wk,
-        layer.wv,
-        layer.wo,
-        layer.ffn_norm,
-        layer.gate,
-        layer.up,
-        layer.down,
-        layer.k_cache,
-        layer.v_cache,
-    ]);
+    let mut stage_layers = Vec::new();
+    for il in layers.clone() {
+        let w = |r: LayerRole| weight(&r.name(il));
+        let layer = LayerTensors {
+            il,
+            attn_norm: w(LayerRole::AttnNorm)?,
+            wq: w(LayerRole::Q)?,
+            wk: w(LayerRole::K)?,
+            wv: w(LayerRole::V)?,
+            wo: w(LayerRole::Out)?,
+            ffn_norm: w(LayerRole::FfnNorm)?,
+            gate: w(LayerRole::Gate)?,
+            up: w(LayerRole::Up)?,
+            down: w(LayerRole::Down)?,
+            k_cache: cache(format!("cache_k_l{il}"))?,
+            v_cache: cache(format!("cache_v_l{il}"))?,
+        };
+        elsewhere.extend([
+            layer.attn_norm,
+            layer.wq,
+            layer.wk,
+            layer.wv,
+            layer.wo,
+            layer.ffn_norm,
+            layer.gate,
+            layer.up,
+            layer.down,
+            layer.k_cache,
+            layer.v_cache,
+        ]);
+        stage_layers.push(layer);
+    }
     let head = if head {
         let h = HeadTensors {
             output_norm: weight(OUTPUT_NORM)?,
@@ -137,7 +159,7 @@ fn measure_stage(
     } else {
         None
     };
-    let is_last = il + 1 == cfg.hp.n_layer;
+    let is_last = *layers.end() + 1 == cfg.hp.n_layer;
     let inp = StageInputs::new(
         &ctx,
         i64::from(cfg.hp.n_embd),
@@ -145,11 +167,13 @@ fn measure_stage(
         i64::from(n_ctx),
         if is_last { i64::from(n_outputs) } else { 0 },
     )?;
-    // The inputs live in the stage's input buffer, counted apart.
-    elsewhere.extend([inp.hidden, inp.pos, inp.kv_idx, inp.mask]);
+    // The small inputs and the mask live in the stage's input buffer,
+    // counted apart; the hidden state comes first in the compute buffer, as
+    // in llama.cpp's, and its room serves later nodes once it is read.
+    elsewhere.extend([inp.pos, inp.kv_idx, inp.mask]);
     elsewhere.extend(inp.out_ids);
     let st = StageTensors {
-        layers: vec![layer],
+        layers: stage_layers,
         head,
         rope_freqs,
     };

@@ -235,14 +235,12 @@ pub struct MeasuredCompute {
     pub head: StageCompute,
 }
 
-/// Byte offsets of a remote stage's inputs inside its input buffer, sized
-/// for the largest step: hidden state F32 `[n_embd, n_batch]`, positions
-/// I32, KV cells I64, mask F16 `[n_ctx, n_batch]`, output rows I32, each
-/// starting at the device's alignment.
+/// Byte offsets of a remote stage's small inputs inside its input buffer,
+/// sized for the largest step: positions I32, KV cells I64, mask F16
+/// `[n_ctx, n_batch]`, output rows I32, each starting at the device's
+/// alignment. The hidden state is not here: it opens the compute buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputLayout {
-    /// Offset of the hidden state.
-    pub hidden: u64,
     /// Offset of the positions.
     pub pos: u64,
     /// Offset of the KV cell indices.
@@ -256,19 +254,17 @@ pub struct InputLayout {
 }
 
 impl InputLayout {
-    /// The layout for `n_embd` wide hidden states, `kv_size` cells and
-    /// `n_batch` tokens on a device with `align` (0 is taken as 1).
-    pub fn new(n_embd: u64, kv_size: u64, n_batch: u64, align: u64) -> Self {
+    /// The layout for `kv_size` cells and `n_batch` tokens on a device with
+    /// `align` (0 is taken as 1).
+    pub fn new(kv_size: u64, n_batch: u64, align: u64) -> Self {
         let align = align.max(1);
         let up = |n: u64| n.saturating_add(align - 1) / align * align;
-        let hidden = 0;
-        let pos = up(hidden + 4 * n_embd * n_batch);
+        let pos = 0;
         let kv_idx = up(pos + 4 * n_batch);
         let mask = up(kv_idx + 8 * n_batch);
         let out_ids = up(mask + 2 * kv_size * n_batch);
         let size = up(out_ids + 4 * n_batch);
         InputLayout {
-            hidden,
             pos,
             kv_idx,
             mask,
@@ -343,12 +339,8 @@ impl ModelCost {
         match &self.measured {
             Some(m) => {
                 let graph = if last { m.head } else { m.stage };
-                let inputs = InputLayout::new(
-                    u64::from(self.shape.n_embd),
-                    u64::from(self.n_ctx),
-                    u64::from(self.n_batch),
-                    alignment,
-                );
+                let inputs =
+                    InputLayout::new(u64::from(self.n_ctx), u64::from(self.n_batch), alignment);
                 graph.bytes_at(alignment).saturating_add(inputs.size)
             }
             None => {
