@@ -249,6 +249,7 @@ mod tests {
             seconds: 0.25,
             bytes_sent: 100,
             bytes_received: 200,
+            ..StageStat::default()
         }]);
         let text = m.render();
         assert!(text.contains("shardline_requests_total 3"));
