@@ -20,7 +20,7 @@ mod ops;
 mod rpc_server;
 mod types;
 
-pub use alloc::{measure_compute, CPU_BUFFER_ALIGNMENT};
+pub use alloc::{measure_compute, CpuGraphAllocator, CPU_BUFFER_ALIGNMENT};
 pub use backend::{CpuBackend, Device, DeviceKind};
 pub use context::{Context, Tensor, TensorId, TensorInfo};
 pub use graph::Graph;

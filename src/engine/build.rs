@@ -247,14 +247,17 @@ impl Builder {
         for (i, s) in self.plan.stages.iter().enumerate() {
             match &s.target {
                 Target::Local => stages.push(StageRunner::Local(crate::exec::blocking(|| {
-                    LocalStage::new(
+                    let mut stage = LocalStage::new(
                         &self.gguf,
                         &self.cfg,
                         s.layers.clone(),
                         i == last,
                         self.n_ctx,
                         self.threads,
-                    )
+                    )?;
+                    // The compute buffer for the largest step, once.
+                    stage.reserve_compute(&self.cfg, self.n_batch, self.plan.n_seq_max)?;
+                    Ok::<_, ExecError>(stage)
                 })?)),
                 Target::Remote { .. } => stages.push(StageRunner::Remote(Box::new(
                     remote[i].take().expect("every remote stage was loaded"),
