@@ -42,10 +42,11 @@ async fn generate(engine: &Engine, prompt: String, max_tokens: usize) {
     }
 }
 
-/// Loads SmolLM2 on `n` workers capped at 1 GiB each, runs a prompt longer
-/// than a batch and two sequences at once, and checks each device: planned
-/// total against what was allocated at load and after the steps.
-async fn planned_vs_allocated(n: usize) {
+/// Loads SmolLM2 on `n` workers capped at 1 GiB each (and `local` layers
+/// on this machine), runs a prompt longer than a batch and two sequences
+/// at once, and checks each device: planned total against what was
+/// allocated at load and after the steps.
+async fn planned_vs_allocated(n: usize, local: u32) {
     let workers: Vec<Worker> = (0..n).map(|_| start_worker(&[])).collect();
     let engine = Engine::load(EngineOptions {
         model: model_path(),
@@ -55,13 +56,14 @@ async fn planned_vs_allocated(n: usize) {
         parallel: 2,
         threads: 1,
         progress: false,
+        local_layers: local,
         mem_caps: vec!["1GiB".parse::<MemCap>().unwrap()],
         ..EngineOptions::default()
     })
     .await
     .unwrap();
     let plan = engine.plan().clone();
-    assert_eq!(plan.stages.len(), n, "{plan}");
+    assert_eq!(plan.stages.len(), n + usize::from(local > 0), "{plan}");
     // Two batches of prompt, then two sequences decoding together.
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(20);
     let (a, b) = tokio::join!(
@@ -76,7 +78,19 @@ async fn planned_vs_allocated(n: usize) {
             endpoint, device, ..
         } = &s.target
         else {
-            panic!("no local stage was asked for");
+            // The coordinator's CPU: weights, KV and compute buffer.
+            let stat = after.iter().find(|st| st.server == "local").unwrap();
+            let planned = s.needed_bytes();
+            eprintln!(
+                "local: planned {planned}, allocated {}",
+                stat.allocated_bytes
+            );
+            assert!(
+                close(planned, stat.allocated_bytes),
+                "local: planned {planned} B, allocated {} B",
+                stat.allocated_bytes
+            );
+            continue;
         };
         // The 1 GiB cap is what the plan saw of each device.
         assert!(
@@ -121,12 +135,17 @@ async fn planned_vs_allocated(n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_matches_allocated_on_two_workers() {
-    planned_vs_allocated(2).await;
+    planned_vs_allocated(2, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_matches_allocated_on_three_workers() {
-    planned_vs_allocated(3).await;
+    planned_vs_allocated(3, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_matches_allocated_with_local_layers() {
+    planned_vs_allocated(1, 4).await;
 }
 
 /// Llama-3-70B's shapes.

@@ -17,9 +17,9 @@ pub struct StageStat {
     pub bytes_sent: u64,
     /// Bytes received (activations, logits).
     pub bytes_received: u64,
-    /// Bytes of the buffers the coordinator holds on the stage's device
-    /// (weights, KV cache, inputs, compute), as last allocated; 0 for the
-    /// coordinator's CPU.
+    /// Bytes of the buffers the stage holds on its device (weights, KV
+    /// cache, inputs, compute), as last allocated; on the coordinator's CPU,
+    /// its weights, KV cache and compute buffer.
     pub allocated_bytes: u64,
 }
 

@@ -208,7 +208,9 @@ impl LocalStage {
             kv_size,
             n_out,
         )?;
-        Ok(self.compute.reserve(&graph)?)
+        let size = self.compute.reserve(&graph)?;
+        self.stat.allocated_bytes = self.weights.buffer_bytes() + size;
+        Ok(size)
     }
 
     fn step_context(&self) -> Result<Context, ExecError> {
@@ -282,6 +284,8 @@ impl LocalStage {
             backend.compute(&graph)?;
             out.read_f32()
         })?;
+        // The buffer grows should a step need more than was reserved.
+        self.stat.allocated_bytes = self.weights.buffer_bytes() + self.compute.buffer_size();
         Ok(result)
     }
 }
