@@ -185,7 +185,8 @@ pub struct ModelCost {
     pub n_seq_max: u32,
     /// One of K or V of one layer: [`kv_tensor_bytes`].
     pub kv_tensor_bytes: u64,
-    /// Compute buffer of one stage: [`compute_estimate`].
+    /// Compute buffer of one stage by the formula, [`compute_estimate`]:
+    /// used only when [`ModelCost::measured`] is `None`.
     pub compute_bytes: u64,
     /// The logits buffer, on the device of the last stage:
     /// `n_vocab * n_batch * 4`. Only used with the formula.

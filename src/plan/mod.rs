@@ -17,7 +17,8 @@
 //!   matrix (`token_embd.weight` again when the file has no `output.weight`)
 //!   and the logits;
 //! - every stage holds its layers' weights and KV cache and one compute
-//!   buffer; see [`cost`] for the formulas.
+//!   buffer, measured on the stage's graph (`graph::measure`) or, for a
+//!   cost built from parts, estimated by a formula; see [`cost`].
 //!
 //! Every tensor is rounded up to its device's alignment, and each device
 //! keeps [`PlanOptions::reserve`] bytes free.
