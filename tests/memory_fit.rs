@@ -327,6 +327,7 @@ fn seventy_b_shaped_matches_llama_cpp() {
     let (n_ctx, n_batch) = (32_768, 512);
     let (log, model_size) =
         simulate_no_alloc(&path, &rpc_devices(&addrs), &[1.0; 4], n_ctx, n_batch, 1);
+    // SHARDLINE_TEST_LLAMA_LOG_TO=FILE keeps llama.cpp's log for a look.
     if let Some(out) = std::env::var_os("SHARDLINE_TEST_LLAMA_LOG_TO") {
         std::fs::write(out, &log).unwrap();
     }
