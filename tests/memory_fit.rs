@@ -412,3 +412,27 @@ fn seventy_b_shaped_matches_llama_cpp() {
         assert!(s.needed_bytes() <= 24 * GIB, "{p}");
     }
 }
+
+/// The tiny two-layer model measures from its bytes alone: the middle
+/// stage is its first layer, the last its two layers and the output.
+#[test]
+fn tiny_model_measures() {
+    let g = Gguf::from_bytes(common::tiny::valid()).unwrap();
+    let opts = PlanOptions {
+        n_ctx: 256,
+        n_batch: 64,
+        n_seq_max: 4,
+        ..PlanOptions::default()
+    };
+    let cost = measured_cost(&g, &opts).unwrap();
+    let m = cost.measured.expect("measured");
+    // F32 [16 (n_ff), 64 tokens]: the up and gate projections at least.
+    for c in [m.stage, m.head] {
+        assert!(c.ggml_bytes >= 2 * 16 * 64 * 4, "{m:?}");
+        assert!(c.layout_bytes > 0 && c.tensors > 0, "{m:?}");
+    }
+    assert!(
+        m.head.tensors > m.stage.tensors,
+        "two layers and the output: {m:?}"
+    );
+}

@@ -42,6 +42,10 @@ const MEASURED_LAYERS: u32 = 4;
 /// the file's header only: no weight data is touched.
 pub fn measured_cost(g: &Gguf, opts: &PlanOptions) -> Result<ModelCost, MeasureError> {
     let cost = ModelCost::from_gguf(g, opts)?;
+    if cost.n_layer() == 0 {
+        // No graph to measure: the planner says what is wrong.
+        return Ok(cost);
+    }
     let cfg = LlamaConfig::from_gguf(g)?;
     let measured = measure_model(g, &cfg, cost.n_ctx, cost.n_batch, cost.n_seq_max)?;
     Ok(cost.with_measured(measured))
