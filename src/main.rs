@@ -47,6 +47,13 @@ struct ClusterArgs {
     /// server computes while the others do; 1: one step at a time).
     #[arg(long, default_value_t = 0)]
     micro_batches: usize,
+    /// Most memory the plan may use on each device of a server:
+    /// HOST:PORT=SIZE for one server, SIZE for all (e.g. 24GiB, 512MiB;
+    /// binary units). Repeat or comma-separate for several servers. ggml's
+    /// server cannot report less than its device has, so this is applied
+    /// here, to keep memory free on a shared machine.
+    #[arg(long, value_delimiter = ',')]
+    mem_cap: Vec<shardline::memcap::MemCap>,
 }
 
 impl ClusterArgs {
@@ -454,6 +461,7 @@ fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::EngineOp
         strategy: c.strategy()?,
         local_layers: c.local_layers,
         micro_batches: c.micro_batches,
+        mem_caps: c.mem_cap.clone(),
         ..Default::default()
     })
 }
@@ -539,6 +547,7 @@ fn run_generate(
                 "cached_bytes": ls.cached_bytes,
                 "hashed_bytes": ls.hashed_bytes,
                 "load_round_trips": ls.servers.iter().map(|s| s.round_trips).max().unwrap_or(0),
+                "devices": memory_stats(engine.plan(), ls),
                 "prompt_tokens": st.prompt_tokens,
                 "prompt_tok_s": rate(st.prompt_tokens, st.prompt_s),
                 "gen_tokens": st.completion_tokens,
@@ -548,6 +557,39 @@ fn run_generate(
         }
         Ok(())
     })
+}
+
+/// Per device of the plan: what the plan counted and what the coordinator
+/// then allocated there.
+fn memory_stats(
+    plan: &shardline::plan::Plan,
+    ls: &shardline::engine::LoadStats,
+) -> Vec<serde_json::Value> {
+    use shardline::plan::Target;
+    plan.stages
+        .iter()
+        .filter_map(|s| match &s.target {
+            Target::Remote {
+                endpoint, device, ..
+            } => {
+                let allocated = ls
+                    .servers
+                    .iter()
+                    .filter(|l| &l.endpoint == endpoint)
+                    .flat_map(|l| &l.allocated)
+                    .filter(|a| a.device == *device)
+                    .map(|a| a.bytes)
+                    .sum::<u64>();
+                Some(serde_json::json!({
+                    "endpoint": endpoint,
+                    "device": device,
+                    "planned_bytes": s.needed_bytes(),
+                    "allocated_bytes": allocated,
+                }))
+            }
+            Target::Local => None,
+        })
+        .collect()
 }
 
 fn run_serve(
@@ -655,7 +697,7 @@ fn run_bench(
 
 fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     use shardline::cluster::devices_from_reports;
-    use shardline::plan::{plan, ModelCost, PlanOptions};
+    use shardline::plan::{plan, PlanOptions};
     let gguf = shardline::gguf::Gguf::open(&cluster.model)
         .with_context(|| format!("reading {}", cluster.model.display()))?;
     let opts = PlanOptions {
@@ -666,10 +708,12 @@ fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
         ..PlanOptions::default()
     };
     // The model and the options are checked before any worker starts.
-    let cost = ModelCost::from_gguf(&gguf, &opts)
+    let cost = shardline::graph::measure::measured_cost(&gguf, &opts)
         .with_context(|| format!("planning {}", cluster.model.display()))?;
     let (_workers, reports) = survey(&cluster.rpc, cluster.local_workers)?;
-    let p = plan(&cost, &devices_from_reports(&reports), &opts)?;
+    let mut devices = devices_from_reports(&reports);
+    shardline::memcap::apply_caps(&mut devices, &cluster.mem_cap);
+    let p = plan(&cost, &devices, &opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&p)?);
     } else {

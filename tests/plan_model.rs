@@ -121,3 +121,40 @@ fn cost_of_smollm2() {
     let msg = err.to_string();
     assert!(msg.starts_with("127.0.0.1:2 device 0 is short by"), "{msg}");
 }
+
+/// The compute buffers measured on SmolLM2's stage graphs: no attention
+/// score matrix (flash attention), but room for what one layer holds at
+/// once: at the SwiGLU, its up and gate projections and its result
+/// (`n_ff x n_batch` F32 each) and the residual stream.
+#[test]
+fn measured_compute_of_smollm2() {
+    let gguf = Gguf::open(model_path()).unwrap();
+    let opts = PlanOptions {
+        n_ctx: 2048,
+        n_batch: 512,
+        ..PlanOptions::default()
+    };
+    let cost = shardline::graph::measure::measured_cost(&gguf, &opts).unwrap();
+    let m = cost.measured.expect("measured");
+    let (b, ff, embd) = (512u64, 1536u64, 576u64);
+    let floor = 4 * b * (3 * ff + embd);
+    for (what, c) in [("middle", m.stage), ("last", m.head)] {
+        assert!(c.ggml_bytes >= floor, "{what}: {c:?} below {floor}");
+        // Our placement needs no more than ggml's for these graphs.
+        assert!(c.layout_bytes <= c.ggml_bytes, "{what}: {c:?}");
+    }
+    // The old formula counted the scores: 2 x 512 x 2048 x 9 heads in F32.
+    assert!(
+        m.stage.bytes() < cost.compute_bytes / 4,
+        "{m:?} vs {}",
+        cost.compute_bytes
+    );
+    // Planned per stage: the measure, plus the input buffer (mask F16
+    // [2048, 512] and the small inputs), at the device's alignment.
+    let devices = [device(1, GIB, 32), device(2, GIB, 32)];
+    let p = plan(&cost, &devices, &opts).unwrap();
+    let inputs = shardline::plan::InputLayout::new(2048, 512, 32).size;
+    assert!(inputs >= 2048 * 512 * 2);
+    assert_eq!(p.stages[0].compute_bytes, m.stage.bytes_at(32) + inputs);
+    assert_eq!(p.stages[1].compute_bytes, m.head.bytes_at(32) + inputs);
+}

@@ -135,6 +135,16 @@ impl Context {
         }
     }
 
+    /// Bytes of the backend buffers this context owns.
+    pub fn buffer_bytes(&self) -> u64 {
+        self.buffers
+            .borrow()
+            .iter()
+            // SAFETY: a live buffer owned by this context.
+            .map(|buf| unsafe { sys::ggml_backend_buffer_get_size(buf.as_ptr()) } as u64)
+            .sum()
+    }
+
     /// Every tensor created in this context, in creation order.
     pub fn tensors(&self) -> Vec<Tensor<'_>> {
         let mut out = Vec::new();

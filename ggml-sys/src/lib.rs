@@ -4,12 +4,14 @@
 //! This crate is the only place in shardline with `unsafe` code. It exposes what
 //! the coordinator needs from ggml: contexts, tensor and graph building
 //! ([`Context`], [`Tensor`], [`Graph`]), the CPU backend ([`CpuBackend`]),
-//! devices ([`Device`]) and ggml's own RPC server ([`rpc_start_server`]).
+//! devices ([`Device`]), ggml's graph allocator as a measure
+//! ([`measure_compute`]) and ggml's own RPC server ([`rpc_start_server`]).
 //!
 //! ggml aborts the process on a failed assertion. Every wrapper here checks the
 //! preconditions it knows of before calling into ggml and returns a
 //! [`GgmlError`] instead.
 
+mod alloc;
 mod backend;
 mod context;
 mod graph;
@@ -18,6 +20,7 @@ mod ops;
 mod rpc_server;
 mod types;
 
+pub use alloc::{measure_compute, CpuGraphAllocator, CPU_BUFFER_ALIGNMENT};
 pub use backend::{CpuBackend, Device, DeviceKind};
 pub use context::{Context, Tensor, TensorId, TensorInfo};
 pub use graph::Graph;

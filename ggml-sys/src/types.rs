@@ -22,6 +22,38 @@ pub mod op {
     pub const TRANSPOSE: u32 = sys::GGML_OP_TRANSPOSE;
     pub const GET_ROWS: u32 = sys::GGML_OP_GET_ROWS;
     pub const CPY: u32 = sys::GGML_OP_CPY;
+
+    /// Whether ggml's graph allocator lets a node of `op` write over a
+    /// source it is the last reader of (same type, shape and strides): the
+    /// element-wise ops, norms, RoPE and softmax (`ggml_op_can_inplace` in
+    /// ggml-alloc.c). Every backend computes these correctly in place.
+    pub fn can_run_in_place(op: u32) -> bool {
+        matches!(
+            op,
+            sys::GGML_OP_FILL
+                | sys::GGML_OP_SCALE
+                | sys::GGML_OP_DIAG_MASK_ZERO
+                | sys::GGML_OP_DIAG_MASK_INF
+                | sys::GGML_OP_ADD
+                | sys::GGML_OP_ADD_ID
+                | sys::GGML_OP_ADD1
+                | sys::GGML_OP_SUB
+                | sys::GGML_OP_MUL
+                | sys::GGML_OP_DIV
+                | sys::GGML_OP_SQR
+                | sys::GGML_OP_SQRT
+                | sys::GGML_OP_LOG
+                | sys::GGML_OP_UNARY
+                | sys::GGML_OP_ROPE
+                | sys::GGML_OP_ROPE_BACK
+                | sys::GGML_OP_SILU_BACK
+                | sys::GGML_OP_RMS_NORM
+                | sys::GGML_OP_RMS_NORM_BACK
+                | sys::GGML_OP_CLAMP
+                | sys::GGML_OP_SOFT_MAX
+                | sys::GGML_OP_SOFT_MAX_BACK
+        )
+    }
 }
 
 /// Number of ops (`GGML_OP_COUNT`) in this ggml build.

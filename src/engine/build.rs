@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use super::{LoadProgress, LoadStats, ProgressFn, ServerLoad};
+use super::{DeviceAllocation, LoadProgress, LoadStats, ProgressFn, ServerLoad};
 use crate::cluster::{devices_from_reports, probe_all};
 use crate::exec::local::LocalStage;
 use crate::exec::pipeline::{Pipeline, StageRunner};
@@ -44,6 +44,8 @@ pub(crate) struct Replanner {
     pub popts: PlanOptions,
     /// Every server the engine was given (or started).
     pub servers: Vec<String>,
+    /// Caps on the servers' memory.
+    pub mem_caps: Vec<crate::memcap::MemCap>,
 }
 
 impl Replanner {
@@ -61,11 +63,9 @@ impl Replanner {
         let reports = probe_all(&left, ClientOptions::default())
             .await
             .map_err(|(endpoint, source)| EngineError::Server { endpoint, source })?;
-        Ok(plan(
-            &self.cost,
-            &devices_from_reports(&reports),
-            &self.popts,
-        )?)
+        let mut devices = devices_from_reports(&reports);
+        crate::memcap::apply_caps(&mut devices, &self.mem_caps);
+        Ok(plan(&self.cost, &devices, &self.popts)?)
     }
 }
 
@@ -130,6 +130,7 @@ impl Builder {
                 self.hashes.clone(),
             );
             let (n_ctx, n_batch) = (self.n_ctx, self.n_batch);
+            let planned_compute = s.compute_bytes;
             let client = clients[&endpoint].clone();
             uploads.spawn(async move {
                 let tick = move |n: u64, how: Upload| {
@@ -159,7 +160,7 @@ impl Builder {
                         cb(p);
                     }
                 };
-                let stage = RemoteStage::load(
+                let mut stage = RemoteStage::load(
                     client,
                     device,
                     &g,
@@ -172,6 +173,7 @@ impl Builder {
                     &tick,
                 )
                 .await?;
+                stage.reserve_compute(planned_compute).await?;
                 Ok::<_, EngineError>((i, stage))
             });
         }
@@ -198,11 +200,33 @@ impl Builder {
         self.hashes.finished().await;
         let mut servers = Vec::new();
         for (endpoint, c) in &clients {
-            let t = c.lock().await.traffic();
+            let c = c.lock().await;
+            let t = c.traffic();
+            let mut devices: Vec<u32> = self
+                .plan
+                .stages
+                .iter()
+                .filter_map(|s| match &s.target {
+                    Target::Remote {
+                        endpoint: e,
+                        device,
+                        ..
+                    } if e == endpoint => Some(*device),
+                    _ => None,
+                })
+                .collect();
+            devices.dedup();
             servers.push(ServerLoad {
                 endpoint: endpoint.clone(),
                 round_trips: t.round_trips,
                 wire_bytes_sent: t.bytes_sent,
+                allocated: devices
+                    .into_iter()
+                    .map(|device| DeviceAllocation {
+                        device,
+                        bytes: c.allocated_bytes(device),
+                    })
+                    .collect(),
             });
         }
         servers.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
@@ -225,14 +249,17 @@ impl Builder {
         for (i, s) in self.plan.stages.iter().enumerate() {
             match &s.target {
                 Target::Local => stages.push(StageRunner::Local(crate::exec::blocking(|| {
-                    LocalStage::new(
+                    let mut stage = LocalStage::new(
                         &self.gguf,
                         &self.cfg,
                         s.layers.clone(),
                         i == last,
                         self.n_ctx,
                         self.threads,
-                    )
+                    )?;
+                    // The compute buffer for the largest step, once.
+                    stage.reserve_compute(&self.cfg, self.n_batch, self.plan.n_seq_max)?;
+                    Ok::<_, ExecError>(stage)
                 })?)),
                 Target::Remote { .. } => stages.push(StageRunner::Remote(Box::new(
                     remote[i].take().expect("every remote stage was loaded"),

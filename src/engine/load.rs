@@ -15,7 +15,7 @@ use crate::exec::ExecError;
 use crate::gguf::{Gguf, GgufError};
 use crate::load::{TensorHashes, UploadError};
 use crate::model::{LlamaConfig, ModelError};
-use crate::plan::{plan, ModelCost, PlanError, PlanOptions};
+use crate::plan::{plan, PlanError, PlanOptions};
 use crate::rpc::{ClientOptions, RpcError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::worker::WorkerError;
@@ -68,6 +68,22 @@ pub enum EngineError {
     /// The options cannot work together (nothing was started).
     #[error(transparent)]
     Options(#[from] OptionsError),
+    /// The stage graphs could not be measured for the plan.
+    #[error(transparent)]
+    Measure(crate::graph::measure::MeasureError),
+}
+
+impl From<crate::graph::measure::MeasureError> for EngineError {
+    fn from(e: crate::graph::measure::MeasureError) -> EngineError {
+        use crate::graph::measure::MeasureError;
+        // The model's own faults keep the variants they had before the
+        // compute buffers were measured.
+        match e {
+            MeasureError::Plan(p) => EngineError::Plan(p),
+            MeasureError::Model(m) => EngineError::Unsupported(m),
+            other => EngineError::Measure(other),
+        }
+    }
 }
 
 /// Engine options that cannot work together, found before anything starts.
@@ -181,7 +197,8 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         local_layers: opts.local_layers,
         ..PlanOptions::default()
     };
-    let cost = ModelCost::from_gguf(&gguf, &popts)?;
+    // Measuring builds two small graphs: off the async runtime's threads.
+    let cost = crate::exec::blocking(|| crate::graph::measure::measured_cost(&gguf, &popts))?;
 
     let mut workers = Vec::new();
     let servers = if opts.servers.is_empty() {
@@ -202,7 +219,8 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     let reports: Vec<ServerReport> = probe_all(&servers, ClientOptions::default())
         .await
         .map_err(|(endpoint, source)| EngineError::Server { endpoint, source })?;
-    let devices = devices_from_reports(&reports);
+    let mut devices = devices_from_reports(&reports);
+    crate::memcap::apply_caps(&mut devices, &opts.mem_caps);
     let the_plan = plan(&cost, &devices, &popts)?;
     tracing::info!("plan:\n{the_plan}");
     let n_batch = cost.n_batch;
@@ -265,6 +283,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         cost,
         popts,
         servers,
+        mem_caps: opts.mem_caps.clone(),
     };
     let plan_now = Arc::new(std::sync::Mutex::new(the_plan.clone()));
     let (tx, rx) = tokio::sync::mpsc::channel(opts.queue.max(1));

@@ -17,6 +17,10 @@ pub struct StageStat {
     pub bytes_sent: u64,
     /// Bytes received (activations, logits).
     pub bytes_received: u64,
+    /// Bytes of the buffers the stage holds on its device (weights, KV
+    /// cache, inputs, compute), as last allocated; on the coordinator's CPU,
+    /// its weights, KV cache and compute buffer.
+    pub allocated_bytes: u64,
 }
 
 /// A per-server family: name, Prometheus type (empty: continues the family
@@ -98,6 +102,11 @@ impl Metrics {
         if let Ok(mut s) = self.stages.lock() {
             *s = stats;
         }
+    }
+
+    /// Each stage's numbers, as of the last step.
+    pub fn stages(&self) -> Vec<StageStat> {
+        self.stages.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Requests accepted so far.
@@ -240,6 +249,7 @@ mod tests {
             seconds: 0.25,
             bytes_sent: 100,
             bytes_received: 200,
+            ..StageStat::default()
         }]);
         let text = m.render();
         assert!(text.contains("shardline_requests_total 3"));

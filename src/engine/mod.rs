@@ -101,6 +101,19 @@ pub struct ServerLoad {
     pub round_trips: u64,
     /// Bytes the coordinator wrote to the connection (frames and data).
     pub wire_bytes_sent: u64,
+    /// Per device of the server that runs a stage: the bytes of the buffers
+    /// the coordinator holds there once loaded (weights, KV cache, inputs,
+    /// compute), to set against the plan's figures.
+    pub allocated: Vec<DeviceAllocation>,
+}
+
+/// What the coordinator holds on one device of a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceAllocation {
+    /// Index of the device on its server.
+    pub device: u32,
+    /// Bytes of the live buffers there.
+    pub bytes: u64,
 }
 
 /// Called as weights are uploaded.
@@ -149,6 +162,8 @@ pub struct EngineOptions {
     /// Micro-batches kept in the pipeline at once; 0 (the default) keeps
     /// one per stage, so every stage has work while the others compute.
     pub micro_batches: usize,
+    /// Caps on the memory the plan may use of each server's devices.
+    pub mem_caps: Vec<crate::memcap::MemCap>,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -162,6 +177,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("local_layers", &self.local_layers)
             .field("parallel", &self.parallel)
             .field("queue", &self.queue)
+            .field("mem_caps", &self.mem_caps)
             .finish_non_exhaustive()
     }
 }
@@ -185,6 +201,7 @@ impl Default for EngineOptions {
             hash_memo: HashMemo::Default,
             replan_after: Duration::from_secs(10),
             micro_batches: 0,
+            mem_caps: Vec::new(),
         }
     }
 }
@@ -250,6 +267,13 @@ impl EngineBuilder {
     /// Sequences decoded together.
     pub fn parallel(mut self, n: usize) -> Self {
         self.opts.parallel = n;
+        self
+    }
+
+    /// Caps what the plan may use of a server's devices (or of every
+    /// server's, for a cap without an endpoint).
+    pub fn mem_cap(mut self, cap: crate::memcap::MemCap) -> Self {
+        self.opts.mem_caps.push(cap);
         self
     }
 

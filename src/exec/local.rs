@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use ggml_sys::{ty, Context, CpuBackend, Tensor};
+use ggml_sys::{ty, Context, CpuBackend, CpuGraphAllocator, Graph, Tensor};
 
 use super::{ExecError, Step};
 use crate::gguf::Gguf;
@@ -105,6 +105,8 @@ pub struct LocalStage {
     head: bool,
     weights: Context,
     backend: CpuBackend,
+    /// The compute buffer, reused by every step.
+    compute: CpuGraphAllocator,
     stat: crate::engine::metrics::StageStat,
 }
 
@@ -151,6 +153,7 @@ impl LocalStage {
             head,
             weights: ctx,
             backend,
+            compute: CpuGraphAllocator::new()?,
             stat: crate::engine::metrics::StageStat {
                 server: "local".into(),
                 ..Default::default()
@@ -178,44 +181,114 @@ impl LocalStage {
         out
     }
 
+    /// Allocates the compute buffer for the largest step, `n_batch` tokens
+    /// over the whole cache with up to `n_outputs` output rows, as the plan
+    /// measured it; returns its size. Steps then reuse it.
+    pub fn reserve_compute(
+        &mut self,
+        cfg: &LlamaConfig,
+        n_batch: u32,
+        n_outputs: u32,
+    ) -> Result<u64, ExecError> {
+        let kv_size = self
+            .weights
+            .tensors()
+            .iter()
+            .find(|t| t.name() == k_cache_name(self.layers.start))
+            .map_or(1, |t| t.ne()[1]);
+        let n_tokens = i64::from(n_batch.max(1)).min(kv_size);
+        let n_out = i64::from(n_outputs.max(1)).min(n_tokens);
+        let ctx = self.step_context()?;
+        let (graph, _, _) = Self::build(
+            &self.weights,
+            &self.layers,
+            self.head,
+            &ctx,
+            cfg,
+            n_tokens,
+            kv_size,
+            n_out,
+        )?;
+        let size = self.compute.reserve(&graph)?;
+        self.stat.allocated_bytes = self.weights.buffer_bytes() + size;
+        Ok(size)
+    }
+
+    fn step_context(&self) -> Result<Context, ExecError> {
+        let gsize = graph_size(self.layers.len());
+        Ok(Context::new(
+            Context::tensor_overhead() * gsize + Context::graph_overhead(gsize),
+            true,
+        )?)
+    }
+
+    /// The stage's graph for a step of `n_tokens` over `n_kv` cells with
+    /// `n_out` output rows (used only when the stage has the last layer).
+    /// (An associated function: the graph borrows the weights, not the
+    /// whole stage, whose backend and buffer the step then uses mutably.)
+    #[allow(clippy::too_many_arguments)]
+    fn build<'c>(
+        weights: &'c Context,
+        layers: &Range<u32>,
+        head: bool,
+        ctx: &'c Context,
+        cfg: &LlamaConfig,
+        n_tokens: i64,
+        n_kv: i64,
+        n_out: i64,
+    ) -> Result<(Graph<'c>, StageInputs<'c>, Tensor<'c>), ExecError> {
+        let by_name: HashMap<String, Tensor<'_>> = weights
+            .tensors()
+            .into_iter()
+            .map(|t| (t.name(), t))
+            .collect();
+        let st = stage_tensors(cfg, layers, head, &by_name)?;
+        let n_out = if layers.contains(&(cfg.hp.n_layer - 1)) {
+            n_out
+        } else {
+            0
+        };
+        let inp = StageInputs::new(ctx, i64::from(cfg.hp.n_embd), n_tokens, n_kv, n_out)?;
+        let mut graph = ctx.new_graph(graph_size(layers.len()))?;
+        let out = build_stage(ctx, &mut graph, cfg, &st, &inp)?;
+        Ok((graph, inp, out))
+    }
+
     fn run_inner(
         &mut self,
         cfg: &LlamaConfig,
         step: &Step,
         hidden: &[u8],
     ) -> Result<Vec<u8>, ExecError> {
-        let by_name: HashMap<String, Tensor<'_>> = self
-            .weights
-            .tensors()
-            .into_iter()
-            .map(|t| (t.name(), t))
-            .collect();
-        let st = stage_tensors(cfg, &self.layers, self.head, &by_name)?;
-        let gsize = graph_size(self.layers.len());
-        let ctx = Context::new(
-            Context::tensor_overhead() * gsize + Context::graph_overhead(gsize),
-            true,
+        let ctx = self.step_context()?;
+        let (graph, inp, out) = Self::build(
+            &self.weights,
+            &self.layers,
+            self.head,
+            &ctx,
+            cfg,
+            step.n_tokens as i64,
+            step.n_kv as i64,
+            step.n_outputs as i64,
         )?;
-        let n = step.n_tokens as i64;
-        let n_out = if self.layers.contains(&(cfg.hp.n_layer - 1)) {
-            step.n_outputs as i64
-        } else {
-            0
-        };
-        let inp = StageInputs::new(&ctx, i64::from(cfg.hp.n_embd), n, step.n_kv as i64, n_out)?;
-        let mut graph = ctx.new_graph(gsize)?;
-        let out = build_stage(&ctx, &mut graph, cfg, &st, &inp)?;
-        self.backend.alloc_context(&ctx)?;
-        inp.hidden.write_bytes(0, hidden)?;
-        inp.pos.write_bytes(0, &step.pos)?;
-        inp.kv_idx.write_bytes(0, &step.kv_idx)?;
-        inp.mask.write_bytes(0, &step.mask)?;
-        if let Some(ids) = inp.out_ids {
-            ids.write_bytes(0, &step.out_ids)?;
-        }
-        self.backend.compute(&graph)?;
-        let mut bytes = vec![0u8; out.nbytes()];
-        out.read_bytes(0, &mut bytes)?;
-        Ok(bytes)
+        // Intermediates go to the reused compute buffer, and come back out
+        // of it before the step context goes.
+        let backend = &mut self.backend;
+        let result = self.compute.with_graph(&graph, || {
+            inp.hidden.write_bytes(0, hidden)?;
+            inp.pos.write_bytes(0, &step.pos)?;
+            inp.kv_idx.write_bytes(0, &step.kv_idx)?;
+            inp.mask.write_bytes(0, &step.mask)?;
+            if let Some(ids) = inp.out_ids {
+                ids.write_bytes(0, &step.out_ids)?;
+            }
+            backend.compute(&graph)?;
+            let mut bytes = vec![0u8; out.nbytes()];
+            out.read_bytes(0, &mut bytes)?;
+            Ok(bytes)
+        })?;
+        // The buffer grows should a step need more than was reserved.
+        self.stat.allocated_bytes = self.weights.buffer_bytes() + self.compute.buffer_size();
+        Ok(result)
     }
 }

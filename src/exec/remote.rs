@@ -15,6 +15,7 @@ use crate::graph::llama::{build_stage, StageInputs};
 use crate::graph::{layout_nodes, to_wire, RemoteLocation};
 use crate::load::{upload_weights, PlacedWeight, TensorHashes, UploadError, UploadStats};
 use crate::model::LlamaConfig;
+use crate::plan::InputLayout;
 use crate::rpc::{RemoteBuffer, RpcClient, RpcError};
 
 /// One connection to a server, shared by the stages on its devices (a server
@@ -47,46 +48,16 @@ enum Input {
     OutIds,
 }
 
-/// Byte offsets of the inputs inside the input buffer, sized for the largest
-/// batch.
-#[derive(Debug, Clone, Copy)]
-struct InputLayout {
-    hidden: u64,
-    pos: u64,
-    kv_idx: u64,
-    mask: u64,
-    out_ids: u64,
-    size: u64,
-}
-
-impl InputLayout {
-    fn new(n_embd: u64, kv_size: u64, n_batch: u64, align: u64) -> Self {
-        let up = |n: u64| n.div_ceil(align.max(1)) * align.max(1);
-        let hidden = 0;
-        let pos = up(hidden + 4 * n_embd * n_batch);
-        let kv_idx = up(pos + 4 * n_batch);
-        let mask = up(kv_idx + 8 * n_batch);
-        let out_ids = up(mask + 2 * kv_size * n_batch);
-        let size = up(out_ids + 4 * n_batch);
-        InputLayout {
-            hidden,
-            pos,
-            kv_idx,
-            mask,
-            out_ids,
-            size,
-        }
-    }
-
-    fn offset(&self, i: Input) -> u64 {
-        match i {
-            Input::Hidden => self.hidden,
-            Input::Pos => self.pos,
-            Input::KvIdx => self.kv_idx,
-            Input::Mask => self.mask,
-            Input::OutIds => self.out_ids,
-        }
-    }
+/// Offset of input `i` inside the input buffer; `None` for the hidden
+/// state, which the graph's layout places in the compute buffer.
+fn input_offset(layout: &InputLayout, i: Input) -> Option<u64> {
+    Some(match i {
+        Input::Hidden => return None,
+        Input::Pos => layout.pos,
+        Input::KvIdx => layout.kv_idx,
+        Input::Mask => layout.mask,
+        Input::OutIds => layout.out_ids,
+    })
 }
 
 /// Layers computed on one device of one server.
@@ -152,17 +123,13 @@ impl RemoteStage {
             .buffer_clear(kv_buf.remote_ptr, 0)
             .await
             .map_err(rpc)?;
-        let inputs = InputLayout::new(
-            u64::from(cfg.hp.n_embd),
-            u64::from(kv_size),
-            u64::from(n_batch),
-            alignment,
-        );
+        let inputs = InputLayout::new(u64::from(kv_size), u64::from(n_batch), alignment);
         let input_buf = client
             .alloc_buffer(device, inputs.size)
             .await
             .map_err(rpc)?;
         client.sync().await.map_err(rpc)?;
+        let allocated_bytes = client.allocated_bytes(device);
         drop(guard);
         Ok(RemoteStage {
             client: shared,
@@ -183,9 +150,39 @@ impl RemoteStage {
             upload,
             stat: crate::engine::metrics::StageStat {
                 server: endpoint.clone(),
+                allocated_bytes,
                 ..Default::default()
             },
         })
+    }
+
+    /// Allocates the compute buffer once, at the size the plan counted for
+    /// this stage (`plan::Stage::compute_bytes`, which includes the input
+    /// buffer already allocated), as llama.cpp reserves its worst case at
+    /// load: the plan's figure is then what the server holds. Should a
+    /// step's layout ever need more, the step still gets a larger buffer
+    /// (a graph outside its buffer would abort the server).
+    pub async fn reserve_compute(&mut self, planned: u64) -> Result<(), ExecError> {
+        let size = planned.saturating_sub(self.inputs.size);
+        if size == 0 || self.compute_buf.is_some_and(|b| b.size >= size) {
+            return Ok(());
+        }
+        let shared = self.client.clone();
+        let mut c = shared.lock().await;
+        // Graphs built so far are placed in the old buffer.
+        self.built.clear();
+        if let Some(old) = self.compute_buf.take() {
+            c.free_buffer(old.remote_ptr)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        let buf = c
+            .alloc_buffer(self.device, size)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.compute_buf = Some(buf);
+        self.stat.allocated_bytes = c.allocated_bytes(self.device);
+        Ok(())
     }
 
     /// The server's address.
@@ -275,13 +272,15 @@ impl RemoteStage {
         let st = stage_tensors(cfg, &self.layers, self.head, &by_name)?;
         let n = key.n_tokens as i64;
         let mut input = |what: Input, t: Tensor<'_>| {
-            place.insert(
-                t.id(),
-                RemoteLocation {
-                    buffer: self.input_buf.remote_ptr,
-                    data: self.input_buf.base + self.inputs.offset(what),
-                },
-            );
+            if let Some(offset) = input_offset(&self.inputs, what) {
+                place.insert(
+                    t.id(),
+                    RemoteLocation {
+                        buffer: self.input_buf.remote_ptr,
+                        data: self.input_buf.base + offset,
+                    },
+                );
+            }
         };
         let inp = StageInputs::new(
             &ctx,
@@ -384,6 +383,8 @@ impl RemoteStage {
                 .await
                 .map_err(|e| self.err(e))?;
             self.compute_buf = Some(buf);
+            self.stat.allocated_bytes = c.allocated_bytes(self.device);
+            tracing::debug!(endpoint = %self.endpoint, size, "compute buffer allocated for a step");
             built = self.build_wire(cfg, key, self.compute_buf)?;
         }
         match built {

@@ -1050,3 +1050,33 @@ fn errors_are_readable() {
         "{msg}"
     );
 }
+
+/// A sparse file holds the bytes a plain write does (zeros read back as
+/// zeros), with the data of zero tensors left as holes.
+#[test]
+fn sparse_file_matches_plain_bytes() {
+    let build = || {
+        let mut w = GgufWriter::new();
+        w.add_kv("general.architecture", "llama");
+        w.add_tensor("zeros", GgmlType::F32, &[1 << 20], TensorData::Zeros)
+            .unwrap();
+        w.add_tensor("data", GgmlType::F32, &[5], pattern(20, 3))
+            .unwrap();
+        w.add_tensor("tail", GgmlType::F16, &[3], TensorData::Zeros)
+            .unwrap();
+        w
+    };
+    let (plain, layout) = build().to_bytes().unwrap();
+    let dir = std::env::temp_dir().join(format!("shardline-gguf-sparse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sparse.gguf");
+    let sparse_layout = build().write_file_sparse(&path).unwrap();
+    let sparse = std::fs::read(&path).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(sparse_layout.len, layout.len);
+    assert_eq!(sparse.len(), plain.len(), "the trailing hole counts");
+    assert!(sparse == plain, "sparse and plain files differ");
+    let g = Gguf::from_bytes(sparse).unwrap();
+    assert_eq!(g.tensor_bytes("data").unwrap(), pattern(20, 3).as_slice());
+    assert!(g.tensor_bytes("zeros").unwrap().iter().all(|&b| b == 0));
+}

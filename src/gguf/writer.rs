@@ -75,6 +75,10 @@ pub enum TensorData<'a> {
     Bytes(Cow<'a, [u8]>),
     /// Produced chunk by chunk while the file is written.
     Generate(ChunkFiller<'a>),
+    /// All zeros: written as zeros, or skipped by
+    /// [`GgufWriter::write_file_sparse`], so a model of tens of gigabytes
+    /// takes no disk space (its shapes are what planner tests need).
+    Zeros,
 }
 
 impl fmt::Debug for TensorData<'_> {
@@ -82,6 +86,7 @@ impl fmt::Debug for TensorData<'_> {
         match self {
             TensorData::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
             TensorData::Generate(_) => f.write_str("Generate(..)"),
+            TensorData::Zeros => f.write_str("Zeros"),
         }
     }
 }
@@ -276,7 +281,32 @@ impl<'a> GgufWriter<'a> {
     }
 
     /// Writes the file. Generated tensor data is produced while writing.
-    pub fn write_to(&mut self, mut out: impl Write) -> Result<Layout, WriteError> {
+    pub fn write_to(&mut self, out: impl Write) -> Result<Layout, WriteError> {
+        self.write_with(out, |out, n| write_zeros(out, n))
+    }
+
+    /// Writes the file to `path`, leaving [`TensorData::Zeros`] data and
+    /// padding as holes: a sparse file on file systems that have them.
+    pub fn write_file_sparse(&mut self, path: impl AsRef<Path>) -> Result<Layout, WriteError> {
+        use std::io::{Seek, SeekFrom};
+        let file = std::fs::File::create(path)?;
+        let mut out = io::BufWriter::new(file);
+        let layout = self.write_with(&mut out, |out, n| {
+            let n = i64::try_from(n).map_err(io::Error::other)?;
+            out.seek(SeekFrom::Current(n)).map(|_| ())
+        })?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        // Holes at the end do not extend a file: set its length.
+        file.set_len(layout.len as u64)?;
+        Ok(layout)
+    }
+
+    /// Writes the file with `skip` writing (or skipping) `n` zero bytes.
+    fn write_with<W: Write>(
+        &mut self,
+        mut out: W,
+        mut skip: impl FnMut(&mut W, u64) -> io::Result<()>,
+    ) -> Result<Layout, WriteError> {
         let align = u64::from(self.alignment);
         let mut head = Vec::new();
         head.extend_from_slice(&GGUF_MAGIC);
@@ -343,9 +373,10 @@ impl<'a> GgufWriter<'a> {
             match &mut t.data {
                 TensorData::Bytes(bytes) => out.write_all(bytes)?,
                 TensorData::Generate(fill) => generate(&mut out, t.n_bytes, fill)?,
+                TensorData::Zeros => skip(&mut out, t.n_bytes)?,
             }
             let padded = t.n_bytes.div_ceil(align) * align;
-            write_zeros(&mut out, padded - t.n_bytes)?;
+            skip(&mut out, padded - t.n_bytes)?;
             written += padded;
         }
         out.flush()?;

@@ -3,6 +3,7 @@
 
 pub mod layout;
 pub mod llama;
+pub mod measure;
 pub mod wire;
 
 pub use layout::{layout_nodes, Layout};

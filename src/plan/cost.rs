@@ -1,5 +1,11 @@
 //! What a model costs in device memory: weights per layer, the KV cache, and
-//! estimates of the compute buffers, for one context size and batch size.
+//! the compute buffers, for one context size and batch size.
+//!
+//! The compute buffers come from the stage graphs themselves, measured by
+//! `graph::measure` and handed in with [`ModelCost::with_measured`] (the
+//! planner stays free of ggml and of I/O). Without a measure, a formula
+//! ([`compute_estimate`]) stands in: an upper bound, kept for costs built
+//! from parts.
 //!
 //! Everything here is counted in bytes before alignment; [`super::plan`]
 //! rounds each tensor up to the alignment of the device it lands on.
@@ -179,11 +185,94 @@ pub struct ModelCost {
     pub n_seq_max: u32,
     /// One of K or V of one layer: [`kv_tensor_bytes`].
     pub kv_tensor_bytes: u64,
-    /// Compute buffer of one stage: [`compute_estimate`].
+    /// Compute buffer of one stage by the formula, [`compute_estimate`]:
+    /// used only when [`ModelCost::measured`] is `None`.
     pub compute_bytes: u64,
     /// The logits buffer, on the device of the last stage:
-    /// `n_vocab * n_batch * 4`.
+    /// `n_vocab * n_batch * 4`. Only used with the formula.
     pub logits_bytes: u64,
+    /// The compute buffers measured on the stage graphs; when present they
+    /// replace [`compute_estimate`] and `logits_bytes`.
+    pub measured: Option<MeasuredCompute>,
+}
+
+/// One stage graph's compute buffer, measured at ggml's CPU alignment
+/// (32 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StageCompute {
+    /// What ggml's graph allocator reserves for it (as llama.cpp would).
+    pub ggml_bytes: u64,
+    /// What our own placement of its intermediates needs (what the stage
+    /// uses at run time).
+    pub layout_bytes: u64,
+    /// Intermediates placed: each may grow by the difference when a
+    /// device aligns more coarsely than 32 bytes.
+    pub tensors: u64,
+}
+
+impl StageCompute {
+    /// The buffer to reserve: enough for both placements, so that the run
+    /// time layout always fits in what the plan counted.
+    pub fn bytes(&self) -> u64 {
+        self.ggml_bytes.max(self.layout_bytes)
+    }
+
+    /// [`StageCompute::bytes`] on a device with `alignment`.
+    pub fn bytes_at(&self, alignment: u64) -> u64 {
+        let extra = alignment.saturating_sub(ggml_sys::CPU_BUFFER_ALIGNMENT);
+        self.bytes()
+            .saturating_add(self.tensors.saturating_mul(extra))
+            .div_ceil(alignment.max(1))
+            .saturating_mul(alignment.max(1))
+    }
+}
+
+/// The compute buffers of the two kinds of stage, at the worst-case step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MeasuredCompute {
+    /// A stage without the model's last layer.
+    pub stage: StageCompute,
+    /// The stage with the last layer and the output (logits included).
+    pub head: StageCompute,
+}
+
+/// Byte offsets of a remote stage's small inputs inside its input buffer,
+/// sized for the largest step: positions I32, KV cells I64, mask F16
+/// `[n_ctx, n_batch]`, output rows I32, each starting at the device's
+/// alignment. The hidden state is not here: it opens the compute buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLayout {
+    /// Offset of the positions.
+    pub pos: u64,
+    /// Offset of the KV cell indices.
+    pub kv_idx: u64,
+    /// Offset of the mask.
+    pub mask: u64,
+    /// Offset of the output rows.
+    pub out_ids: u64,
+    /// Size of the buffer.
+    pub size: u64,
+}
+
+impl InputLayout {
+    /// The layout for `kv_size` cells and `n_batch` tokens on a device with
+    /// `align` (0 is taken as 1).
+    pub fn new(kv_size: u64, n_batch: u64, align: u64) -> Self {
+        let align = align.max(1);
+        let up = |n: u64| n.saturating_add(align - 1) / align * align;
+        let pos = 0;
+        let kv_idx = up(pos + 4 * n_batch);
+        let mask = up(kv_idx + 8 * n_batch);
+        let out_ids = up(mask + 2 * kv_size * n_batch);
+        let size = up(out_ids + 4 * n_batch);
+        InputLayout {
+            pos,
+            kv_idx,
+            mask,
+            out_ids,
+            size,
+        }
+    }
 }
 
 impl ModelCost {
@@ -232,7 +321,34 @@ impl ModelCost {
                 u64::from(n_batch),
                 ACTIVATION_BYTES,
             ]),
+            measured: None,
         })
+    }
+
+    /// The same cost with the compute buffers measured on the stage graphs
+    /// (`graph::measure::measure_model`) instead of the formula.
+    pub fn with_measured(mut self, measured: MeasuredCompute) -> ModelCost {
+        self.measured = Some(measured);
+        self
+    }
+
+    /// Compute buffer and input buffer of one stage on a device with
+    /// `alignment`; `last` for the stage with the output.
+    pub fn stage_compute_bytes(&self, alignment: u64, last: bool) -> u64 {
+        let alignment = alignment.max(1);
+        let align = |b: u64| b.div_ceil(alignment).saturating_mul(alignment);
+        match &self.measured {
+            Some(m) => {
+                let graph = if last { m.head } else { m.stage };
+                let inputs =
+                    InputLayout::new(u64::from(self.n_ctx), u64::from(self.n_batch), alignment);
+                graph.bytes_at(alignment).saturating_add(inputs.size)
+            }
+            None => {
+                let logits = if last { self.logits_bytes } else { 0 };
+                align(self.compute_bytes.saturating_add(logits))
+            }
+        }
     }
 
     /// Number of layers of the model.
@@ -258,8 +374,7 @@ impl ModelCost {
         layers
             .saturating_add(kv)
             .saturating_add(other)
-            .saturating_add(self.compute_bytes)
-            .saturating_add(self.logits_bytes)
+            .saturating_add(self.stage_compute_bytes(1, true))
     }
 }
 

@@ -17,7 +17,8 @@
 //!   matrix (`token_embd.weight` again when the file has no `output.weight`)
 //!   and the logits;
 //! - every stage holds its layers' weights and KV cache and one compute
-//!   buffer; see [`cost`] for the formulas.
+//!   buffer, measured on the stage's graph (`graph::measure`) or, for a
+//!   cost built from parts, estimated by a formula; see [`cost`].
 //!
 //! Every tensor is rounded up to its device's alignment, and each device
 //! keeps [`PlanOptions::reserve`] bytes free.
@@ -39,7 +40,8 @@ use serde::Serialize;
 use crate::gguf::GgufError;
 
 pub use cost::{
-    compute_estimate, kv_tensor_bytes, ModelCost, ModelShape, ModelWeights, TensorCost,
+    compute_estimate, kv_tensor_bytes, InputLayout, MeasuredCompute, ModelCost, ModelShape,
+    ModelWeights, StageCompute, TensorCost,
 };
 pub use display::human_bytes;
 pub use split::parse_split;
@@ -218,7 +220,8 @@ pub struct Stage {
     pub weight_bytes: u64,
     /// K and V of the layers.
     pub kv_bytes: u64,
-    /// The compute buffer; on the last stage the logits too.
+    /// The compute buffer (the logits too on the last stage) and, with a
+    /// measured cost, the input buffer.
     pub compute_bytes: u64,
     /// Output norm and output matrix: non-zero on the last stage only.
     pub output_bytes: u64,

@@ -130,8 +130,7 @@ impl<'a> Placer<'a> {
     }
 
     fn compute(&self, alignment: u64, last: bool) -> u64 {
-        let logits = if last { self.cost.logits_bytes } else { 0 };
-        align(self.cost.compute_bytes.saturating_add(logits), alignment)
+        self.cost.stage_compute_bytes(alignment, last)
     }
 
     fn output(&self, alignment: u64) -> u64 {

@@ -671,6 +671,16 @@ impl RpcClient {
             .await
     }
 
+    /// Bytes of the buffers this connection holds on `device` (allocated
+    /// and not freed): what the coordinator has taken of the device.
+    pub fn allocated_bytes(&self, device: u32) -> u64 {
+        self.buffers
+            .iter()
+            .filter(|b| b.device == device)
+            .map(|b| b.size)
+            .sum()
+    }
+
     /// Fills a whole buffer with `value` (`BUFFER_CLEAR`, pipelined).
     pub async fn buffer_clear(&mut self, remote_ptr: u64, value: u8) -> Result<(), RpcError> {
         self.buffers.get(remote_ptr)?;

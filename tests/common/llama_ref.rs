@@ -500,3 +500,102 @@ impl LlamaRef {
         }
     }
 }
+
+/// Everything llama.cpp logged while loading a model and creating a context
+/// with `no_alloc` (allocations simulated, nothing allocated).
+static SIM_LOG: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+unsafe extern "C" fn capture_log(
+    _level: sys::ggml_log_level,
+    text: *const c_char,
+    _ud: *mut std::ffi::c_void,
+) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: llama.cpp passes a NUL-terminated string valid for the call.
+    let s = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+    if let Ok(mut log) = SIM_LOG.lock() {
+        log.push_str(&s);
+    }
+}
+
+/// What llama.cpp would allocate for `path` with every layer on `devices`,
+/// split by `tensor_split`, at `n_ctx` cells, `n_batch` tokens per step,
+/// one sequence and `n_outputs_max` output rows, flash attention on: loads
+/// with `no_alloc` (its memory-fit mode) and returns its log, where it
+/// prints each buffer, and its weights' size.
+///
+/// Pipeline parallelism stays off, as shardline runs one step at a time
+/// per stage: on (llama.cpp's default on several devices that have
+/// events) it keeps four copies of each device's graph inputs. llama.cpp
+/// turns it off when tensor overrides are given, so one that matches no
+/// tensor is.
+pub fn simulate_no_alloc(
+    path: &Path,
+    devices: &[sys::ggml_backend_dev_t],
+    tensor_split: &[f32],
+    n_ctx: u32,
+    n_batch: u32,
+    n_outputs_max: u32,
+) -> (String, u64) {
+    init();
+    SIM_LOG.lock().unwrap().clear();
+    let mut devs: Vec<sys::ggml_backend_dev_t> = devices.to_vec();
+    devs.push(std::ptr::null_mut());
+    let mut split = tensor_split.to_vec();
+    // SAFETY: llama_max_devices is a pure query.
+    split.resize(unsafe { sys::llama_max_devices() }.max(split.len()), 0.0);
+    let cpath = CString::new(path.to_str().unwrap()).unwrap();
+    let no_match = CString::new("^shardline-matches-no-tensor$").unwrap();
+    // SAFETY: default params then plain field writes; `devs` (null
+    // terminated), `split`, `overrides` (ended by a null pattern) and
+    // `no_match` outlive the calls; the logger is restored to the quiet one
+    // before returning.
+    unsafe {
+        let overrides = [
+            sys::llama_model_tensor_buft_override {
+                pattern: no_match.as_ptr(),
+                buft: sys::ggml_backend_cpu_buffer_type(),
+            },
+            sys::llama_model_tensor_buft_override {
+                pattern: std::ptr::null(),
+                buft: std::ptr::null_mut(),
+            },
+        ];
+        sys::llama_log_set(Some(capture_log), std::ptr::null_mut());
+        let mut mp = sys::llama_model_default_params();
+        mp.devices = devs.as_mut_ptr();
+        mp.n_gpu_layers = 999;
+        mp.tensor_split = split.as_ptr();
+        mp.tensor_buft_overrides = overrides.as_ptr();
+        mp.no_alloc = true;
+        // Its memory-fit pass maps nothing (llama.cpp asserts on no_alloc
+        // with an mmapped host buffer).
+        mp.load_mode = sys::LLAMA_LOAD_MODE_NONE;
+        let model = sys::llama_model_load_from_file(cpath.as_ptr(), mp);
+        assert!(
+            !model.is_null(),
+            "llama.cpp failed to load {}",
+            path.display()
+        );
+        let size = sys::llama_model_size(model);
+        let mut cp = sys::llama_context_default_params();
+        cp.n_ctx = n_ctx;
+        cp.n_batch = n_batch;
+        cp.n_ubatch = n_batch;
+        cp.n_seq_max = 1;
+        cp.n_outputs_max = n_outputs_max;
+        cp.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_ENABLED;
+        cp.n_threads = 1;
+        cp.n_threads_batch = 1;
+        let ctx = sys::llama_init_from_model(model, cp);
+        assert!(!ctx.is_null(), "llama.cpp failed to create a context");
+        sys::llama_free(ctx);
+        sys::llama_model_free(model);
+        if std::env::var_os("SHARDLINE_TEST_LLAMA_LOG").is_none() {
+            sys::llama_log_set(Some(quiet_log), std::ptr::null_mut());
+        }
+        (SIM_LOG.lock().unwrap().clone(), size)
+    }
+}
