@@ -18,6 +18,7 @@ pub mod graph;
 pub mod inspect;
 pub mod kv;
 pub mod load;
+pub mod measure;
 pub mod model;
 pub mod plan;
 pub mod progress;
