@@ -34,7 +34,10 @@ struct ClusterArgs {
     /// Largest batch of tokens per step (prompts are processed in chunks of it).
     #[arg(long, default_value_t = 512)]
     batch: u32,
-    /// How to spread layers: memory (by free memory) or even.
+    /// How to spread layers: memory (by free memory), even, or throughput
+    /// (measures each server's speed and link first, then picks the layer
+    /// counts that decode fastest; servers that only slow tokens down are
+    /// left out).
     #[arg(long, default_value = "memory")]
     strategy: shardline::plan::Strategy,
     /// Explicit layer counts per server, e.g. 10,20 (overrides --strategy).
@@ -664,11 +667,41 @@ fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     let cost = ModelCost::from_gguf(&gguf, &opts)
         .with_context(|| format!("planning {}", cluster.model.display()))?;
     let (_workers, reports) = survey(&cluster.rpc, cluster.local_workers)?;
-    let p = plan(&cost, &devices_from_reports(&reports), &opts)?;
+    let devices = devices_from_reports(&reports);
+    if opts.strategy != shardline::plan::Strategy::Throughput {
+        let p = plan(&cost, &devices, &opts)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        } else {
+            println!("{p}");
+        }
+        return Ok(());
+    }
+    // Throughput: measure every server first (a few seconds at most).
+    let chunk = cost.n_batch.clamp(9, 128);
+    let rt = tokio::runtime::Runtime::new()?;
+    let speeds = rt.block_on(shardline::measure::measure_model(
+        &cluster.model,
+        &gguf,
+        &reports,
+        chunk,
+        default_threads(),
+    ))?;
+    let p = shardline::plan::plan_with_speeds(&cost, &devices, &speeds, &opts)?;
+    let predicted = shardline::plan::predict(
+        &p,
+        &cost,
+        &devices,
+        &speeds,
+        shardline::plan::speed::LOAD_STREAMS,
+        chunk,
+    );
     if json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
+        let out = serde_json::json!({ "plan": p, "speeds": speeds, "predicted": predicted });
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("{p}");
+        print!("{}", shardline::plan::PredictionTable(&p, &predicted));
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ pub const BATCH_POINT: u32 = 8;
 /// How long and how much to measure.
 #[derive(Debug, Clone)]
 pub struct MeasureOptions {
-    /// Timed runs of each stage and batch size (the median counts).
+    /// Timed runs of each stage and batch size (the fastest counts).
     pub rounds: usize,
     /// Tokens of the prompt chunk timed (at least [`BATCH_POINT`] + 1).
     pub prompt_tokens: u32,
@@ -222,11 +222,17 @@ impl Stages {
         let mut head = Vec::new();
         let mut overhead_s = 0.0;
         for &n in &points {
-            let one = median(&mut self.one, cfg, n, n, p, opts.rounds).await?;
+            // Prompt chunks take long and vary little: fewer runs.
+            let rounds = if n > BATCH_POINT {
+                opts.rounds.div_ceil(2)
+            } else {
+                opts.rounds
+            };
+            let one = fastest(&mut self.one, cfg, n, n, p, rounds).await?;
             let link = rtt_s + 2.0 * embd * f64::from(n) / bandwidth;
             let per_layer = match &mut self.two {
                 Some(two) => {
-                    let t2 = median(two, cfg, n, n, p, opts.rounds).await?;
+                    let t2 = fastest(two, cfg, n, n, p, rounds).await?;
                     (t2 - one).max(1e-6)
                 }
                 None => (one - link).max(1e-6),
@@ -237,7 +243,7 @@ impl Stages {
             layer.push((n, per_layer));
             if n <= BATCH_POINT {
                 // Outputs = tokens: what decoding `n` streams asks for.
-                let th = median(&mut self.head, cfg, n, n, p, opts.rounds).await?;
+                let th = fastest(&mut self.head, cfg, n, n, p, opts.rounds).await?;
                 let logits = (vocab - embd) * f64::from(n) / bandwidth;
                 head.push((n, (th - one - logits).max(1e-6)));
             }
@@ -252,9 +258,11 @@ impl Stages {
     }
 }
 
-/// Median seconds of `rounds` runs of `stage` on `n` tokens, after one
-/// untimed run (which sends the graph and sizes its compute buffer).
-async fn median(
+/// Fastest of `rounds` runs of `stage` on `n` tokens, after one untimed
+/// run (which sends the graph and sizes its compute buffer). The fastest,
+/// not the median: other work on the machines only ever adds time, and a
+/// plan should follow the devices, not a moment's contention.
+async fn fastest(
     stage: &mut RemoteStage,
     cfg: &LlamaConfig,
     n: u32,
@@ -281,8 +289,7 @@ async fn median(
         stage.run(cfg, &step, &hidden).await?;
         t.push(started.elapsed().as_secs_f64());
     }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    Ok(t.into_iter().fold(f64::INFINITY, f64::min))
 }
 
 /// Names of the weights the measurement uploads (for hashing them first).
@@ -317,4 +324,30 @@ pub async fn measure_cluster(
         }
     }
     out
+}
+
+/// [`measure_cluster`] for the model file at `path` (already open as `g`),
+/// prompt chunks of `prompt_tokens`, hashing on `threads` threads (a hash
+/// memo in the default place is used and filled).
+pub async fn measure_model(
+    path: &std::path::Path,
+    g: &Gguf,
+    reports: &[crate::cluster::ServerReport],
+    prompt_tokens: u32,
+    threads: usize,
+) -> Result<Vec<Option<DeviceSpeed>>, crate::model::ModelError> {
+    let cfg = LlamaConfig::from_gguf(g)?;
+    let memo = crate::load::hashes::default_memo_dir();
+    let hashes = TensorHashes::start(
+        g,
+        path,
+        memo.as_deref(),
+        &measured_weight_names(&cfg),
+        threads.max(1),
+    );
+    let opts = MeasureOptions {
+        prompt_tokens,
+        ..MeasureOptions::default()
+    };
+    Ok(measure_cluster(reports, g, &cfg, &hashes, &opts).await)
 }

@@ -16,7 +16,7 @@ use crate::exec::{Embedder, ExecError};
 use crate::gguf::Gguf;
 use crate::load::{TensorHashes, UploadStats};
 use crate::model::LlamaConfig;
-use crate::plan::{plan, ModelCost, Plan, PlanOptions, Target};
+use crate::plan::{plan_with_speeds, ModelCost, Plan, PlanOptions, Target};
 use crate::rpc::{ClientOptions, RpcClient, Upload};
 
 use super::load::EngineError;
@@ -42,6 +42,8 @@ pub(crate) struct Replanner {
     pub popts: PlanOptions,
     /// Every server the engine was given (or started).
     pub servers: Vec<String>,
+    /// Measured speeds by server and device, for the throughput strategy.
+    pub speeds: std::collections::HashMap<(String, u32), crate::plan::DeviceSpeed>,
 }
 
 impl Replanner {
@@ -59,9 +61,15 @@ impl Replanner {
         let reports = probe_all(&left, ClientOptions::default())
             .await
             .map_err(|(endpoint, source)| EngineError::Server { endpoint, source })?;
-        Ok(plan(
+        let devices = devices_from_reports(&reports);
+        let speeds: Vec<_> = devices
+            .iter()
+            .map(|d| self.speeds.get(&(d.endpoint.clone(), d.device)).cloned())
+            .collect();
+        Ok(plan_with_speeds(
             &self.cost,
-            &devices_from_reports(&reports),
+            &devices,
+            &speeds,
             &self.popts,
         )?)
     }

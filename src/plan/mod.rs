@@ -27,6 +27,7 @@ mod display;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod speed;
+mod speed_display;
 #[cfg(test)]
 mod speed_tests;
 mod split;
@@ -46,6 +47,7 @@ pub use cost::{
 };
 pub use display::human_bytes;
 pub use speed::{predict, Curve, DeviceSpeed, LeftOut, Prediction, StageTime};
+pub use speed_display::PredictionTable;
 pub use split::parse_split;
 
 /// Default [`PlanOptions::reserve`]: 256 MiB left free on each device.
