@@ -17,6 +17,7 @@ pub mod gguf;
 pub mod graph;
 pub mod inspect;
 pub mod kv;
+pub mod layouts;
 pub mod load;
 pub mod measure;
 pub mod model;

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod layouts_cli;
+
 /// Run one llama-family model across several llama.cpp rpc-servers.
 #[derive(Debug, Parser)]
 #[command(name = "shardline", version, about, long_about = None)]
@@ -115,6 +117,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        layouts: layouts_cli::LayoutArgs,
     },
     /// Show how a model's layers would be spread over the servers, without
     /// uploading anything.
@@ -316,8 +320,28 @@ fn run() -> anyhow::Result<()> {
             prompt_tokens,
             gen_tokens,
             rounds,
+            concurrency: _,
+            json,
+            layouts,
+        } if layouts.wanted() => layouts_cli::run(
+            &cluster,
+            &layouts,
+            &layouts_cli::BenchShape {
+                prompt_tokens,
+                gen_tokens,
+                rounds,
+                json,
+            },
+            default_threads(),
+        ),
+        Command::Bench {
+            cluster,
+            prompt_tokens,
+            gen_tokens,
+            rounds,
             concurrency,
             json,
+            ..
         } => run_bench(
             cluster,
             prompt_tokens,

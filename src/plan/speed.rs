@@ -209,6 +209,9 @@ pub struct Prediction {
     /// The same when stages work on different batches at once (pipelined):
     /// the slowest stage sets the rate.
     pub pipelined_tok_s: f64,
+    /// Seconds to upload the weights, every server at once at its link's
+    /// bandwidth (a server's cache makes it less).
+    pub load_s: f64,
     /// Devices the plan leaves out.
     pub left_out: Vec<LeftOut>,
 }
@@ -242,6 +245,17 @@ pub fn predict(
             })
         })
         .collect();
+    let load_s = plan
+        .stages
+        .iter()
+        .filter_map(|s| match &s.target {
+            Target::Remote { server, .. } => {
+                let sp = speeds.get(*server)?.as_ref()?;
+                Some(sp.transfer_s(s.weight_bytes.saturating_add(s.output_bytes)))
+            }
+            Target::Local => None,
+        })
+        .fold(0.0, f64::max);
     let known: Vec<&StageTime> = times.iter().flatten().collect();
     let sum = |f: fn(&StageTime) -> f64| known.iter().map(|t| f(t)).sum::<f64>();
     let rate = |n: f64, ms: f64| if ms > 0.0 { 1e3 * n / ms } else { 0.0 };
@@ -271,6 +285,7 @@ pub fn predict(
         streams,
         load_tok_s: rate(f64::from(streams), sum(|t| t.load_ms)),
         pipelined_tok_s: rate(f64::from(streams), slowest),
+        load_s,
         left_out,
     }
 }
