@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use shardline::layouts::{
     cost_from_file, run_layouts, simulate, ClusterFile, CpuThrottle, Layout, LayoutTable,
-    RunOptions,
+    RunOptions, Workload,
 };
 use shardline::plan::{parse_split, PlanOptions};
 use shardline::relay::{LinkSpec, Relay};
@@ -87,7 +87,13 @@ pub fn run(
             ..PlanOptions::default()
         };
         let cost = cost_from_file(&cluster.model, &popts)?;
-        simulate(&cost, &described, &layouts, popts.n_seq_max, chunk)
+        let work = Workload {
+            streams: popts.n_seq_max,
+            prompt_tokens: u32::try_from(shape.prompt_tokens).unwrap_or(u32::MAX),
+            gen_tokens: u32::try_from(shape.gen_tokens).unwrap_or(u32::MAX),
+            prompt_chunk: chunk,
+        };
+        simulate(&cost, &described, &layouts, &work)
     } else {
         measure(cluster, args, shape, layouts, threads)?
     };

@@ -52,6 +52,34 @@ impl Layout {
     }
 }
 
+/// What each layout is timed (or simulated) on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    /// Streams submitted at once in the load figures.
+    pub streams: u32,
+    /// Prompt length in tokens.
+    pub prompt_tokens: u32,
+    /// Tokens generated per request.
+    pub gen_tokens: u32,
+    /// Tokens per prompt chunk (the batch size, at most the prompt).
+    pub prompt_chunk: u32,
+}
+
+impl Workload {
+    /// Generated tokens per second of a round of [`Workload::streams`]
+    /// requests submitted at once, by the cost model, for the engine as it
+    /// is: each prompt on its own (a prompt chunk is never batched with
+    /// other sequences), then every stream decoding together, one batched
+    /// step through the stages after the other.
+    pub fn round_tok_s(&self, p: &Prediction) -> f64 {
+        let s = f64::from(self.streams.max(1));
+        let g = f64::from(self.gen_tokens.max(1));
+        let prompt_s = s * f64::from(self.prompt_tokens) / p.prompt_tok_s.max(1e-9);
+        let decode_s = g * s / p.load_tok_s.max(1e-9);
+        s * g / (prompt_s + decode_s)
+    }
+}
+
 /// Speeds measured on a real cluster with one layout.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Measured {
@@ -61,7 +89,9 @@ pub struct Measured {
     pub prompt_tok_s: f64,
     /// Decode tokens per second of one stream.
     pub decode_tok_s: f64,
-    /// Decode tokens per second of all streams together.
+    /// Generated tokens per second of a round of streams submitted at
+    /// once: all generated tokens over the round's wall time (prompts
+    /// included).
     pub streams_tok_s: f64,
 }
 
@@ -74,6 +104,8 @@ pub struct LayoutRow {
     pub counts: Vec<u32>,
     /// The cost model's figures.
     pub predicted: Option<Prediction>,
+    /// [`Workload::round_tok_s`] of the prediction.
+    pub predicted_round_tok_s: Option<f64>,
     /// The measured figures (a real cluster only).
     pub measured: Option<Measured>,
     /// Why the layout could not be planned or run.
@@ -86,8 +118,7 @@ pub fn predict_layouts(
     devices: &[DeviceSpec],
     speeds: &[Option<DeviceSpeed>],
     layouts: &[Layout],
-    streams: u32,
-    prompt_chunk: u32,
+    work: &Workload,
 ) -> Vec<(LayoutRow, Option<crate::plan::Plan>)> {
     layouts
         .iter()
@@ -101,10 +132,11 @@ pub fn predict_layouts(
             };
             match plan_with_speeds(cost, devices, speeds, &opts) {
                 Ok(p) => {
-                    let pr = predict(&p, cost, devices, speeds, streams, prompt_chunk);
+                    let pr = predict(&p, cost, devices, speeds, work.streams, work.prompt_chunk);
                     let row = LayoutRow {
                         name: l.name.clone(),
                         counts: counts_of(&p.stages, devices.len()),
+                        predicted_round_tok_s: Some(work.round_tok_s(&pr)),
                         predicted: Some(pr),
                         measured: None,
                         error: None,
@@ -116,6 +148,7 @@ pub fn predict_layouts(
                         name: l.name.clone(),
                         counts: Vec::new(),
                         predicted: None,
+                        predicted_round_tok_s: None,
                         measured: None,
                         error: Some(e.to_string()),
                     },
@@ -256,11 +289,10 @@ pub fn simulate(
     cost: &ModelCost,
     cluster: &ClusterFile,
     layouts: &[Layout],
-    streams: u32,
-    prompt_chunk: u32,
+    work: &Workload,
 ) -> Vec<LayoutRow> {
     let (devices, speeds) = cluster.devices(cost);
-    predict_layouts(cost, &devices, &speeds, layouts, streams, prompt_chunk)
+    predict_layouts(cost, &devices, &speeds, layouts, work)
         .into_iter()
         .map(|(row, _)| row)
         .collect()
@@ -309,7 +341,7 @@ impl fmt::Display for LayoutTable<'_> {
                 pair(p.map(|p| p.load_s), m.map(|m| m.load_s), 2),
                 pair(p.map(|p| p.prompt_tok_s), m.map(|m| m.prompt_tok_s), 1),
                 pair(p.map(|p| p.decode_tok_s), m.map(|m| m.decode_tok_s), 1),
-                pair(p.map(|p| p.load_tok_s), m.map(|m| m.streams_tok_s), 1),
+                pair(r.predicted_round_tok_s, m.map(|m| m.streams_tok_s), 1),
             ]);
         }
         let mut widths = headers.each_ref().map(String::len);

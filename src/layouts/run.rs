@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{predict_layouts, Layout, LayoutError, LayoutRow, Measured};
+use super::{predict_layouts, Layout, LayoutError, LayoutRow, Measured, Workload};
 use crate::cluster::{devices_from_reports, probe_all};
 use crate::engine::{Engine, EngineOptions, GenerateRequest, Prompt};
 use crate::gguf::Gguf;
@@ -59,14 +59,13 @@ pub async fn run_layouts(opts: &RunOptions) -> Result<Vec<LayoutRow>, LayoutErro
         .max(crate::measure::BATCH_POINT + 1);
     let speeds =
         crate::measure::measure_model(&opts.model, &gguf, &reports, chunk, opts.threads).await?;
-    let planned = predict_layouts(
-        &cost,
-        &devices,
-        &speeds,
-        &opts.layouts,
-        popts.n_seq_max,
-        chunk,
-    );
+    let work = Workload {
+        streams: popts.n_seq_max,
+        prompt_tokens: u32::try_from(opts.prompt_tokens).unwrap_or(u32::MAX),
+        gen_tokens: u32::try_from(opts.gen_tokens).unwrap_or(u32::MAX),
+        prompt_chunk: chunk,
+    };
+    let planned = predict_layouts(&cost, &devices, &speeds, &opts.layouts, &work);
     let mut rows = Vec::with_capacity(planned.len());
     for (mut row, plan) in planned {
         if plan.is_some() {
@@ -119,17 +118,17 @@ async fn time_layout(opts: &RunOptions, split: Strategy) -> Result<Measured, Str
         tg.push(rate(u.gen_steps, u.gen_s));
     }
     for _ in 0..opts.rounds.max(1) {
+        let round = std::time::Instant::now();
         let started: Vec<_> = (0..streams)
             .map(|_| engine.generate(request()))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
-        // Each stream's decode rate while they all decode together, summed.
-        let mut sum = 0.0;
+        let mut generated = 0;
         for s in started {
             let (_, u) = s.collect_text().await.map_err(|e| e.to_string())?;
-            sum += rate(u.gen_steps, u.gen_s);
+            generated += u.completion_tokens;
         }
-        all.push(sum);
+        all.push(rate(generated, round.elapsed().as_secs_f64()));
     }
     Ok(Measured {
         load_s: engine.load_time().as_secs_f64(),
