@@ -29,10 +29,17 @@ use crate::rpc::{ClientOptions, RpcClient, RpcError};
 /// The middle batch size timed (the "8 streams" of the benches).
 pub const BATCH_POINT: u32 = 8;
 
+/// Shortest stretch of back-to-back runs timed per stage and batch size:
+/// several scheduling periods of a CPU quota.
+const MIN_TIMED: Duration = Duration::from_millis(40);
+
+/// Most runs timed per stage and batch size.
+const MAX_RUNS: usize = 64;
+
 /// How long and how much to measure.
 #[derive(Debug, Clone)]
 pub struct MeasureOptions {
-    /// Timed runs of each stage and batch size (the fastest counts).
+    /// Fewest timed runs of each stage and batch size (their mean counts).
     pub rounds: usize,
     /// Tokens of the prompt chunk timed (at least [`BATCH_POINT`] + 1).
     pub prompt_tokens: u32,
@@ -228,11 +235,11 @@ impl Stages {
             } else {
                 opts.rounds
             };
-            let one = fastest(&mut self.one, cfg, n, n, p, rounds).await?;
+            let one = sustained(&mut self.one, cfg, n, n, p, rounds).await?;
             let link = rtt_s + 2.0 * embd * f64::from(n) / bandwidth;
             let per_layer = match &mut self.two {
                 Some(two) => {
-                    let t2 = fastest(two, cfg, n, n, p, rounds).await?;
+                    let t2 = sustained(two, cfg, n, n, p, rounds).await?;
                     (t2 - one).max(1e-6)
                 }
                 None => (one - link).max(1e-6),
@@ -243,7 +250,7 @@ impl Stages {
             layer.push((n, per_layer));
             if n <= BATCH_POINT {
                 // Outputs = tokens: what decoding `n` streams asks for.
-                let th = fastest(&mut self.head, cfg, n, n, p, opts.rounds).await?;
+                let th = sustained(&mut self.head, cfg, n, n, p, opts.rounds).await?;
                 let logits = (vocab - embd) * f64::from(n) / bandwidth;
                 head.push((n, (th - one - logits).max(1e-6)));
             }
@@ -258,11 +265,13 @@ impl Stages {
     }
 }
 
-/// Fastest of `rounds` runs of `stage` on `n` tokens, after one untimed
-/// run (which sends the graph and sizes its compute buffer). The fastest,
-/// not the median: other work on the machines only ever adds time, and a
-/// plan should follow the devices, not a moment's contention.
-async fn fastest(
+/// Seconds per run of `stage` on `n` tokens: the mean of back-to-back runs,
+/// at least `rounds` of them and at least [`MIN_TIMED`] in all (at most
+/// [`MAX_RUNS`]), after one untimed run (which sends the graph and sizes
+/// its compute buffer). The mean of a sustained stretch, not the fastest
+/// run: a device that computes in bursts (a CPU quota, a shared or
+/// throttled machine) answers one short run fast and a long stage slowly.
+async fn sustained(
     stage: &mut RemoteStage,
     cfg: &LlamaConfig,
     n: u32,
@@ -283,13 +292,13 @@ async fn fastest(
     };
     let hidden = vec![0.01f32; cfg.hp.n_embd as usize * n_us];
     stage.run(cfg, &step, &hidden).await?;
-    let mut t = Vec::with_capacity(rounds.max(1));
-    for _ in 0..rounds.max(1) {
-        let started = Instant::now();
+    let started = Instant::now();
+    let mut runs = 0usize;
+    while runs < MAX_RUNS && (runs < rounds.max(1) || started.elapsed() < MIN_TIMED) {
         stage.run(cfg, &step, &hidden).await?;
-        t.push(started.elapsed().as_secs_f64());
+        runs += 1;
     }
-    Ok(t.into_iter().fold(f64::INFINITY, f64::min))
+    Ok(started.elapsed().as_secs_f64() / runs as f64)
 }
 
 /// Names of the weights the measurement uploads (for hashing them first).
