@@ -5,11 +5,11 @@
 //! Per server: the round trip (a cheap command, several times), the
 //! bandwidth (a few MiB written into a scratch buffer), then per device
 //! three short stages of the real model built and run as the engine runs
-//! them: layer 0, layers 0-1, and the last layer with the output head.
-//! Timed for 1 token, [`BATCH_POINT`] tokens and a prompt chunk, the
-//! difference of the first two is what a layer costs, the rest of the
-//! first is what a stage costs apart from its layers and link, and the
-//! third less the first is the head. Everything is freed when the
+//! them: layer 0, layers 0-3, and the last layer with the output head.
+//! Timed for 1 token, [`BATCH_POINT`] tokens and a prompt chunk (the mean
+//! of back-to-back runs), the difference of the first two (per layer) is
+//! what a layer costs, the rest of the first is what a stage costs apart
+//! from its layers and link, and the third less the first is the head. Everything is freed when the
 //! connection closes.
 
 use std::sync::Arc;
@@ -35,6 +35,10 @@ const MIN_TIMED: Duration = Duration::from_millis(40);
 
 /// Most runs timed per stage and batch size.
 const MAX_RUNS: usize = 64;
+
+/// Layers of the multi-layer stage whose difference from the one-layer
+/// stage is what a layer costs.
+const MULTI_LAYERS: u32 = 4;
 
 /// How long and how much to measure.
 #[derive(Debug, Clone)]
@@ -174,7 +178,7 @@ async fn bandwidth(
 /// The stages a device is timed with.
 struct Stages {
     one: RemoteStage,
-    two: Option<RemoteStage>,
+    two: Option<(RemoteStage, u32)>,
     head: RemoteStage,
 }
 
@@ -205,8 +209,11 @@ impl Stages {
             )
         };
         let one = stage(0..1, false).await?;
-        let two = if n_layer >= 3 {
-            Some(stage(0..2, false).await?)
+        // Several layers, so that their cost stands out of a far link's
+        // jitter; never the last layer (that one has the head).
+        let k = MULTI_LAYERS.min(n_layer.saturating_sub(1));
+        let two = if k >= 2 {
+            Some((stage(0..k, false).await?, k))
         } else {
             None
         };
@@ -237,12 +244,21 @@ impl Stages {
             };
             let one = sustained(&mut self.one, cfg, n, n, p, rounds).await?;
             let link = rtt_s + 2.0 * embd * f64::from(n) / bandwidth;
+            // At most: the whole of a one-layer stage past its link.
+            let bound = (one - link).max(1e-6);
             let per_layer = match &mut self.two {
-                Some(two) => {
-                    let t2 = sustained(two, cfg, n, n, p, rounds).await?;
-                    (t2 - one).max(1e-6)
+                Some((two, k)) => {
+                    let tk = sustained(two, cfg, n, n, p, rounds).await?;
+                    let d = (tk - one) / f64::from(*k - 1);
+                    // Jitter larger than the layers' cost: fall back to
+                    // the bound rather than call a layer free.
+                    if d > 0.05 * bound {
+                        d.min(bound)
+                    } else {
+                        bound
+                    }
                 }
-                None => (one - link).max(1e-6),
+                None => bound,
             };
             if n == 1 {
                 overhead_s = (one - per_layer - link).max(0.0);
@@ -304,7 +320,7 @@ async fn sustained(
 /// Names of the weights the measurement uploads (for hashing them first).
 pub fn measured_weight_names(cfg: &LlamaConfig) -> Vec<String> {
     let n = cfg.hp.n_layer;
-    let mut names = stage_weight_names(cfg, &(0..2.min(n)), false);
+    let mut names = stage_weight_names(cfg, &(0..MULTI_LAYERS.min(n)), false);
     names.extend(stage_weight_names(cfg, &(n - 1..n), true));
     names
 }
