@@ -137,3 +137,57 @@ async fn engine_plans_by_throughput_and_generates() {
         .expect("text");
     assert_eq!(usage.completion_tokens, 4, "{text:?}");
 }
+
+#[test]
+fn simulate_from_a_gguf_header_alone() {
+    let model = std::fs::read(model_path()).unwrap();
+    let dir = std::env::temp_dir().join(format!("shardline-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The header and tensor infos, none of the data.
+    let header = dir.join("header.gguf");
+    std::fs::write(&header, &model[..4 << 20]).unwrap();
+    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cluster-example.json");
+    let out = shardline(&[
+        "bench",
+        "--model",
+        header.to_str().unwrap(),
+        "--simulate",
+        cluster,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for layout in ["memory", "even", "throughput"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(layout)),
+            "{layout}: {text}"
+        );
+    }
+    // The model fits the fast GPU: the CPU box only slows it down.
+    assert!(text.contains("left out cpu64/0"), "{text}");
+
+    // A description with a zero bandwidth is refused with its name.
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"devices":[{"name":"x","memory_gib":1,"mem_gbps":0,"gflops":1,"rtt_ms":1,"link_gbit":1}]}"#,
+    )
+    .unwrap();
+    let out = shardline(&[
+        "bench",
+        "--model",
+        header.to_str().unwrap(),
+        "--simulate",
+        bad.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("mem_gbps") && !err.contains("panicked"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

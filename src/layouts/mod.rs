@@ -427,3 +427,48 @@ pub fn cost_from_file(
         Err(e) => Err(PlanError::from(e).into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"{"devices":[
+        {"name":"a","memory_gib":8,"mem_gbps":100,"gflops":1000,"rtt_ms":0.1,"link_gbit":10},
+        {"name":"b","memory_gib":8,"mem_gbps":25,"gflops":250,"rtt_ms":0.1,"link_gbit":10}]}"#;
+
+    #[test]
+    fn cluster_descriptions_are_checked() {
+        let c = ClusterFile::parse(ONE).unwrap();
+        assert_eq!(c.devices.len(), 2);
+        let err = |s: &str| ClusterFile::parse(s).unwrap_err().to_string();
+        assert!(err(r#"{"devices":[]}"#).contains("no devices"));
+        assert!(err("{").contains("cluster description"));
+        let neg = ONE.replace("\"rtt_ms\":0.1", "\"rtt_ms\":-1");
+        assert!(err(&neg).contains("rtt_ms"), "{}", err(&neg));
+        let extra = ONE.replace("\"gflops\"", "\"speed\":1,\"gflops\"");
+        assert!(err(&extra).contains("speed"), "{}", err(&extra));
+    }
+
+    #[test]
+    fn workload_round_counts_prompts_then_batched_decode() {
+        let p = Prediction {
+            stages: Vec::new(),
+            decode_tok_s: 10.0,
+            prompt_tok_s: 100.0,
+            prompt_chunk: 64,
+            streams: 8,
+            load_tok_s: 40.0,
+            pipelined_tok_s: 80.0,
+            load_s: 0.0,
+            left_out: Vec::new(),
+        };
+        let w = Workload {
+            streams: 8,
+            prompt_tokens: 50,
+            gen_tokens: 20,
+            prompt_chunk: 50,
+        };
+        // 8 prompts of 0.5 s, then 20 steps of 8 tokens at 40 tok/s (4 s).
+        assert!((w.round_tok_s(&p) - 160.0 / 8.0).abs() < 1e-9);
+    }
+}

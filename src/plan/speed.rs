@@ -424,16 +424,16 @@ fn solve(
     }
     // The head's device j takes the last c layers; devices after it none.
     let mut best: Option<(f64, usize, usize)> = None;
-    for j in 0..m {
+    for (j, before) in g.iter().take(m).enumerate() {
         for c in 1..=l {
             let start = l - c;
-            if !g[j][start].is_finite() {
+            if !before[start].is_finite() {
                 continue;
             }
             let Some(t) = ok(stage(j, start, c, true)) else {
                 continue;
             };
-            let total = g[j][start] + t;
+            let total = before[start] + t;
             if best.is_none_or(|(b, _, _)| total < b) {
                 best = Some((total, j, c));
             }
