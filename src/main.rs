@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod layouts_cli;
+
 /// Run one llama-family model across several llama.cpp rpc-servers.
 #[derive(Debug, Parser)]
 #[command(name = "shardline", version, about, long_about = None)]
@@ -34,7 +36,10 @@ struct ClusterArgs {
     /// Largest batch of tokens per step (prompts are processed in chunks of it).
     #[arg(long, default_value_t = 512)]
     batch: u32,
-    /// How to spread layers: memory (by free memory) or even.
+    /// How to spread layers: memory (by free memory), even, or throughput
+    /// (measures each server's speed and link first, then picks the layer
+    /// counts that decode fastest; servers that only slow tokens down are
+    /// left out).
     #[arg(long, default_value = "memory")]
     strategy: shardline::plan::Strategy,
     /// Explicit layer counts per server, e.g. 10,20 (overrides --strategy).
@@ -123,6 +128,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        layouts: layouts_cli::LayoutArgs,
     },
     /// Show how a model's layers would be spread over the servers, without
     /// uploading anything.
@@ -324,8 +331,28 @@ fn run() -> anyhow::Result<()> {
             prompt_tokens,
             gen_tokens,
             rounds,
+            concurrency: _,
+            json,
+            layouts,
+        } if layouts.wanted() => layouts_cli::run(
+            &cluster,
+            &layouts,
+            &layouts_cli::BenchShape {
+                prompt_tokens,
+                gen_tokens,
+                rounds,
+                json,
+            },
+            default_threads(),
+        ),
+        Command::Bench {
+            cluster,
+            prompt_tokens,
+            gen_tokens,
+            rounds,
             concurrency,
             json,
+            ..
         } => run_bench(
             cluster,
             prompt_tokens,
@@ -713,11 +740,40 @@ fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     let (_workers, reports) = survey(&cluster.rpc, cluster.local_workers)?;
     let mut devices = devices_from_reports(&reports);
     shardline::memcap::apply_caps(&mut devices, &cluster.mem_cap);
-    let p = plan(&cost, &devices, &opts)?;
+    if opts.strategy != shardline::plan::Strategy::Throughput {
+        let p = plan(&cost, &devices, &opts)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        } else {
+            println!("{p}");
+        }
+        return Ok(());
+    }
+    // Throughput: measure every server first (a few seconds at most).
+    let chunk = cost.n_batch.clamp(9, 128);
+    let rt = tokio::runtime::Runtime::new()?;
+    let speeds = rt.block_on(shardline::measure::measure_model(
+        &cluster.model,
+        &gguf,
+        &reports,
+        chunk,
+        default_threads(),
+    ))?;
+    let p = shardline::plan::plan_with_speeds(&cost, &devices, &speeds, &opts)?;
+    let predicted = shardline::plan::predict(
+        &p,
+        &cost,
+        &devices,
+        &speeds,
+        shardline::plan::speed::LOAD_STREAMS,
+        chunk,
+    );
     if json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
+        let out = serde_json::json!({ "plan": p, "speeds": speeds, "predicted": predicted });
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("{p}");
+        print!("{}", shardline::plan::PredictionTable(&p, &predicted));
     }
     Ok(())
 }

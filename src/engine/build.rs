@@ -16,7 +16,7 @@ use crate::exec::{Embedder, ExecError};
 use crate::gguf::Gguf;
 use crate::load::{TensorHashes, UploadStats};
 use crate::model::LlamaConfig;
-use crate::plan::{plan, ModelCost, Plan, PlanOptions, Target};
+use crate::plan::{plan_with_speeds, ModelCost, Plan, PlanOptions, Target};
 use crate::rpc::{ClientOptions, RpcClient, Upload};
 
 use super::load::EngineError;
@@ -46,6 +46,8 @@ pub(crate) struct Replanner {
     pub servers: Vec<String>,
     /// Caps on the servers' memory.
     pub mem_caps: Vec<crate::memcap::MemCap>,
+    /// Measured speeds by server and device, for the throughput strategy.
+    pub speeds: std::collections::HashMap<(String, u32), crate::plan::DeviceSpeed>,
 }
 
 impl Replanner {
@@ -65,7 +67,16 @@ impl Replanner {
             .map_err(|(endpoint, source)| EngineError::Server { endpoint, source })?;
         let mut devices = devices_from_reports(&reports);
         crate::memcap::apply_caps(&mut devices, &self.mem_caps);
-        Ok(plan(&self.cost, &devices, &self.popts)?)
+        let speeds: Vec<_> = devices
+            .iter()
+            .map(|d| self.speeds.get(&(d.endpoint.clone(), d.device)).cloned())
+            .collect();
+        Ok(plan_with_speeds(
+            &self.cost,
+            &devices,
+            &speeds,
+            &self.popts,
+        )?)
     }
 }
 

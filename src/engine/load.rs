@@ -15,7 +15,7 @@ use crate::exec::ExecError;
 use crate::gguf::{Gguf, GgufError};
 use crate::load::{TensorHashes, UploadError};
 use crate::model::{LlamaConfig, ModelError};
-use crate::plan::{plan, PlanError, PlanOptions};
+use crate::plan::{plan_with_speeds, PlanError, PlanOptions};
 use crate::rpc::{ClientOptions, RpcError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::worker::WorkerError;
@@ -221,8 +221,26 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         .map_err(|(endpoint, source)| EngineError::Server { endpoint, source })?;
     let mut devices = devices_from_reports(&reports);
     crate::memcap::apply_caps(&mut devices, &opts.mem_caps);
-    let the_plan = plan(&cost, &devices, &popts)?;
+    let memo_dir = match &opts.hash_memo {
+        HashMemo::Default => crate::load::hashes::default_memo_dir(),
+        HashMemo::Dir(d) => Some(d.clone()),
+        HashMemo::Off => None,
+    };
+    let measured = super::speed::measure_for_plan(
+        &opts,
+        &gguf,
+        &cfg,
+        &reports,
+        memo_dir.as_deref(),
+        cost.n_batch,
+    )
+    .await;
+    let the_plan = plan_with_speeds(&cost, &devices, &measured.speeds, &popts)?;
     tracing::info!("plan:\n{the_plan}");
+    let prediction = measured.predict(&the_plan, &cost, &devices, opts.parallel);
+    if let Some(p) = &prediction {
+        tracing::info!("predicted:\n{}", crate::plan::PredictionTable(&the_plan, p));
+    }
     let n_batch = cost.n_batch;
 
     // Hashes first wanted by each stage, round-robin, so that every
@@ -238,11 +256,6 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     let first: Vec<String> = (0..longest)
         .flat_map(|k| stage_names.iter().filter_map(move |n| n.get(k).cloned()))
         .collect();
-    let memo_dir = match &opts.hash_memo {
-        HashMemo::Default => crate::load::hashes::default_memo_dir(),
-        HashMemo::Dir(d) => Some(d.clone()),
-        HashMemo::Off => None,
-    };
     let hashes = Arc::new(TensorHashes::start(
         &gguf,
         &opts.model,
@@ -284,6 +297,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         popts,
         servers,
         mem_caps: opts.mem_caps.clone(),
+        speeds: measured.by_device(&devices),
     };
     let plan_now = Arc::new(std::sync::Mutex::new(the_plan.clone()));
     let (tx, rx) = tokio::sync::mpsc::channel(opts.queue.max(1));
@@ -335,6 +349,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             health,
             plan_now,
             trace,
+            prediction,
             _workers: workers,
         }),
     })

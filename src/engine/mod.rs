@@ -27,6 +27,7 @@ pub mod health;
 mod load;
 pub mod metrics;
 mod scheduler;
+mod speed;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -506,6 +507,7 @@ struct Shared {
     health: Arc<health::HealthState>,
     plan_now: Arc<Mutex<Plan>>,
     trace: Arc<crate::exec::stage_task::StepTrace>,
+    prediction: Option<crate::plan::Prediction>,
     // Last: workers this engine started stop when the last handle goes.
     _workers: Vec<LocalWorker>,
 }
@@ -571,6 +573,13 @@ impl Engine {
             .lock()
             .map(|p| p.clone())
             .unwrap_or_else(|_| self.shared.plan.clone())
+    }
+
+    /// What the cost model predicts for the plan the model was loaded
+    /// with: only with [`Strategy::Throughput`], which measures the
+    /// servers before planning.
+    pub fn prediction(&self) -> Option<&crate::plan::Prediction> {
+        self.shared.prediction.as_ref()
     }
 
     /// Time spent loading.

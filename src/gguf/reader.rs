@@ -103,6 +103,20 @@ impl GgufContent {
     /// Parses and validates a whole GGUF file. Never panics; every problem is a
     /// [`GgufError`] naming what is wrong and where.
     pub fn parse(bytes: &[u8]) -> Result<GgufContent, GgufError> {
+        GgufContent::parse_with(bytes, false)
+    }
+
+    /// Parses the header, metadata and tensor infos of a file that may end
+    /// before its tensor data (a header saved on its own: enough for
+    /// planning and simulating). Everything [`GgufContent::parse`] checks is
+    /// checked, except that the data lies inside `bytes`; tensors still may
+    /// not overlap. [`GgufContent::tensor_data`] of a tensor past the end is
+    /// `None`.
+    pub fn parse_header(bytes: &[u8]) -> Result<GgufContent, GgufError> {
+        GgufContent::parse_with(bytes, true)
+    }
+
+    fn parse_with(bytes: &[u8], header_only: bool) -> Result<GgufContent, GgufError> {
         let mut cur = Cursor { buf: bytes, pos: 0 };
         let version = read_header_version(&mut cur)?;
         let n_tensors = cur.count(
@@ -125,14 +139,20 @@ impl GgufContent {
             align_up(header_end, alignment)
         };
         let file_len = bytes.len() as u64;
-        if data_offset > file_len {
+        // A header on its own stands for a file as long as its data needs.
+        let placed_len = if header_only {
+            u64::try_from(usize::MAX).unwrap_or(u64::MAX)
+        } else {
+            file_len
+        };
+        if data_offset > placed_len {
             return Err(GgufError::DataPastEnd {
                 data_offset,
                 file_len,
             });
         }
 
-        let tensors = place_tensors(infos, data_offset, file_len)?;
+        let tensors = place_tensors(infos, data_offset, placed_len)?;
         let by_name = tensors
             .iter()
             .enumerate()

@@ -1080,3 +1080,24 @@ fn sparse_file_matches_plain_bytes() {
     assert_eq!(g.tensor_bytes("data").unwrap(), pattern(20, 3).as_slice());
     assert!(g.tensor_bytes("zeros").unwrap().iter().all(|&b| b == 0));
 }
+
+#[test]
+fn a_header_on_its_own_parses_for_planning_only() {
+    let (bytes, _) = sample();
+    let content = parse(&bytes).unwrap();
+    let header = &bytes[..content.data_offset() as usize];
+    // The whole parse wants the data; the header parse does not.
+    assert!(matches!(
+        parse_err(header),
+        GgufError::TensorPastEnd { .. } | GgufError::DataPastEnd { .. }
+    ));
+    let h = GgufContent::parse_header(header).unwrap();
+    assert_eq!(h.tensors().len(), content.tensors().len());
+    for (a, b) in h.tensors().iter().zip(content.tensors()) {
+        assert_eq!((a.name(), a.n_bytes()), (b.name(), b.n_bytes()));
+        // No data to hand out: none is pretended.
+        assert!(h.tensor_data(header, a).is_none());
+    }
+    // Everything else is still checked: a cut inside the tensor infos fails.
+    assert!(GgufContent::parse_header(&header[..header.len() / 2]).is_err());
+}

@@ -27,6 +27,10 @@ pub mod cost;
 mod display;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod speed;
+mod speed_display;
+#[cfg(test)]
+mod speed_tests;
 mod split;
 #[cfg(test)]
 mod tests;
@@ -44,6 +48,8 @@ pub use cost::{
     ModelWeights, StageCompute, TensorCost,
 };
 pub use display::human_bytes;
+pub use speed::{predict, Curve, DeviceSpeed, LeftOut, Prediction, StageTime};
+pub use speed_display::PredictionTable;
 pub use split::parse_split;
 
 /// Default [`PlanOptions::reserve`]: 256 MiB left free on each device.
@@ -97,15 +103,22 @@ pub enum Strategy {
     /// Explicit layer counts, one per device, summing to the number of
     /// layers that are not local. A 0 leaves the device out.
     Split(Vec<u32>),
+    /// Layer counts that make one stream decode fastest by the cost model
+    /// in [`speed`], from measured device and link speeds, within memory;
+    /// near ties go to the plan whose slowest stage is fastest (the rate
+    /// under load). A device that only slows tokens down gets no layers.
+    /// Without speeds for every device it falls back to [`Strategy::Memory`].
+    Throughput,
 }
 
-/// `memory`, `even`, or a split such as `10,20`.
+/// `memory`, `even`, `throughput`, or a split such as `10,20`.
 impl FromStr for Strategy {
     type Err = ParseStrategyError;
     fn from_str(s: &str) -> Result<Strategy, ParseStrategyError> {
         match s.trim() {
             "memory" => Ok(Strategy::Memory),
             "even" => Ok(Strategy::Even),
+            "throughput" => Ok(Strategy::Throughput),
             t if t.starts_with(|c: char| c.is_ascii_digit()) => parse_split(t).map(Strategy::Split),
             _ => Err(ParseStrategyError::Unknown(s.to_owned())),
         }
@@ -117,6 +130,7 @@ impl fmt::Display for Strategy {
         match self {
             Strategy::Memory => f.write_str("memory"),
             Strategy::Even => f.write_str("even"),
+            Strategy::Throughput => f.write_str("throughput"),
             Strategy::Split(counts) => {
                 for (i, c) in counts.iter().enumerate() {
                     if i > 0 {
@@ -134,7 +148,7 @@ impl fmt::Display for Strategy {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseStrategyError {
     /// Neither `memory`, `even`, nor something starting with a digit; holds the input.
-    #[error("unknown strategy '{0}': expected 'memory', 'even' or layer counts such as '10,20'")]
+    #[error("unknown strategy '{0}': expected 'memory', 'even', 'throughput' or layer counts such as '10,20'")]
     Unknown(String),
     #[error("bad layer count '{item}' in split '{split}': expected comma-separated whole numbers such as '10,20'")]
     /// One comma-separated item of a split is not a `u32`.
@@ -460,6 +474,20 @@ pub fn plan(
     devices: &[DeviceSpec],
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
+    plan_with_speeds(cost, devices, &[], opts)
+}
+
+/// [`plan`], with the speed of each device (in the order of `devices`;
+/// `None` or missing where unknown) for [`Strategy::Throughput`]. Other
+/// strategies ignore `speeds`; throughput without a speed for every device
+/// places layers as [`Strategy::Memory`] does (the plan still says
+/// `throughput`, and [`predict`] has nothing to say about those stages).
+pub fn plan_with_speeds(
+    cost: &ModelCost,
+    devices: &[DeviceSpec],
+    speeds: &[Option<DeviceSpeed>],
+    opts: &PlanOptions,
+) -> Result<Plan, PlanError> {
     let n_layer = cost.n_layer();
     if n_layer == 0 {
         return Err(PlanError::NoLayers);
@@ -496,6 +524,11 @@ pub fn plan(
         }
         Strategy::Even => split::even(n_remote, devices.len()),
         Strategy::Memory => placer.memory_counts(n_remote),
+        Strategy::Throughput if n_remote == 0 => vec![0; devices.len()],
+        Strategy::Throughput => {
+            speed::throughput_counts(&placer, cost, speeds, n_remote, opts.local_layers)
+                .unwrap_or_else(|| placer.memory_counts(n_remote))
+        }
     };
     let stages = placer.stages(&counts);
     placer.check(&stages)?;

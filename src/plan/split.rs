@@ -208,6 +208,18 @@ impl<'a> Placer<'a> {
             .collect()
     }
 
+    /// Number of devices.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether `layers` fit on device `i` (with the output when `last`):
+    /// memory over the reserve and every buffer within the device's largest.
+    pub fn fits(&self, i: usize, layers: Range<u32>, last: bool) -> bool {
+        let b = self.build(Some(i), layers, last);
+        self.spare(&b).is_some() && self.check_buffers(i, &b.stage).is_ok()
+    }
+
     /// Bytes left over the reserve, or `None` when the stage does not fit.
     /// An unchecked local stage always fits.
     fn spare(&self, b: &Built) -> Option<u64> {
