@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench concurrent` (env: SHARDLINE_BENCH_TOKENS,
 //! SHARDLINE_BENCH_ROUNDS, SHARDLINE_BENCH_THREADS, SHARDLINE_BENCH_MICRO,
-//! SHARDLINE_TEST_MODEL).
+//! SHARDLINE_BENCH_STRATEGY (throughput), SHARDLINE_TEST_MODEL).
 
 #[path = "../tests/common/llama_ref.rs"]
 mod llama_ref;
@@ -78,6 +78,7 @@ fn main() {
     let rounds: usize = env_or("SHARDLINE_BENCH_ROUNDS", 3);
     let threads: usize = env_or("SHARDLINE_BENCH_THREADS", 1);
     let micro: usize = env_or("SHARDLINE_BENCH_MICRO", 0);
+    let strategy: Strategy = env_or("SHARDLINE_BENCH_STRATEGY", Strategy::Throughput);
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
     let t = threads.to_string();
     let workers: Vec<LocalWorker> = (0..2)
@@ -93,7 +94,7 @@ fn main() {
             servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
             n_ctx: N_CTX,
             n_batch: 256,
-            strategy: Strategy::Even,
+            strategy: strategy.clone(),
             threads,
             progress: false,
             parallel: 8,
@@ -102,6 +103,7 @@ fn main() {
         })
         .await
         .expect("load");
+        println!("plan ({strategy}):\n{}", engine.plan());
         let prompts: Vec<Vec<u32>> = PROMPTS
             .iter()
             .map(|p| engine.tokenizer().encode(p, true, true))

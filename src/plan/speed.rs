@@ -322,16 +322,21 @@ fn left_out_reason(
     }
 }
 
-/// Layer counts per device that make one stream fastest by the cost model,
-/// among the memory-valid ones; near ties ([`NEAR_TIE`]) go to the counts
-/// whose slowest stage under [`LOAD_STREAMS`] streams is fastest. `None`
-/// when a device has no speed, or no counts fit.
+/// Layer counts per device, among the memory-valid ones, by the cost
+/// model. For one sequence (`streams` 1): the fastest single stream, near
+/// ties ([`NEAR_TIE`]) going to the counts whose slowest stage under
+/// [`LOAD_STREAMS`] streams is fastest. For several (`streams` > 1, an
+/// engine serving concurrent requests, which pipelines them): the fastest
+/// slowest stage, i.e. the best rate under load, near ties going to the
+/// fastest single stream. `None` when a device has no speed, or no counts
+/// fit.
 pub(super) fn throughput_counts(
     placer: &Placer<'_>,
     cost: &ModelCost,
     speeds: &[Option<DeviceSpeed>],
     n_remote: u32,
     first_layer: u32,
+    streams: u32,
 ) -> Option<Vec<u32>> {
     let m = placer.device_count();
     if speeds.len() != m || speeds.iter().any(Option::is_none) || m == 0 {
@@ -366,6 +371,21 @@ pub(super) fn throughput_counts(
     }
     caps.sort_by(f64::total_cmp);
     caps.dedup();
+    if streams > 1 {
+        // The smallest bottleneck any placement reaches, then the fastest
+        // single stream among placements within a near tie of it.
+        let (mut lo, mut hi) = (0usize, caps.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if solve(m, l, &stage, caps[mid]).is_some() {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let cap = caps.get(lo)? * (1.0 + NEAR_TIE);
+        return solve(m, l, &stage, cap).map(|(_, counts)| counts);
+    }
     let limit = best.0 * (1.0 + NEAR_TIE);
     let (mut lo, mut hi) = (0usize, caps.len());
     let mut chosen = best.1;

@@ -225,3 +225,26 @@ fn roofline_devices_are_slower_with_less_bandwidth() {
     // A big batch is bound by arithmetic: more tokens, more time.
     assert!(fast.layer.at(512) > fast.layer.at(1));
 }
+
+#[test]
+fn concurrent_streams_split_what_one_stream_keeps_together() {
+    // An extra hop costs more than it saves one stream, but under load two
+    // stages computing at once nearly halve the slowest stage.
+    let cost = model(30);
+    let devices = [dev(1, 8 * GIB), dev(2, 8 * GIB)];
+    let s = Some(speed(1.0, 3.0));
+    let speeds = [s.clone(), s];
+    let counts = |n_seq_max: u32| {
+        let opts = PlanOptions {
+            strategy: Strategy::Throughput,
+            n_seq_max,
+            ..PlanOptions::default()
+        };
+        let p = plan_with_speeds(&cost, &devices, &speeds, &opts).unwrap();
+        p.stages.iter().map(Stage::n_layers).collect::<Vec<_>>()
+    };
+    assert_eq!(counts(1), vec![30], "one stream: no extra hop");
+    let c = counts(8);
+    assert_eq!(c.len(), 2, "eight streams: both devices compute at once: {c:?}");
+    assert!(c.iter().all(|&n| n >= 12), "{c:?}");
+}
