@@ -67,15 +67,22 @@ pub struct Workload {
 
 impl Workload {
     /// Generated tokens per second of a round of [`Workload::streams`]
-    /// requests submitted at once, by the cost model, for the engine as it
-    /// is: each prompt on its own (a prompt chunk is never batched with
-    /// other sequences), then every stream decoding together, one batched
-    /// step through the stages after the other.
+    /// requests submitted at once, by the cost model, for the pipelined
+    /// engine: prompt chunks of different requests follow each other
+    /// through the stages, as do the decode micro-batches, so with several
+    /// stages the slowest one sets both rates (one stage: nothing overlaps).
     pub fn round_tok_s(&self, p: &Prediction) -> f64 {
         let s = f64::from(self.streams.max(1));
         let g = f64::from(self.gen_tokens.max(1));
-        let prompt_s = s * f64::from(self.prompt_tokens) / p.prompt_tok_s.max(1e-9);
-        let decode_s = g * s / p.load_tok_s.max(1e-9);
+        let known: Vec<_> = p.stages.iter().flatten().collect();
+        let slowest_prompt_ms = known.iter().map(|t| t.prompt_ms).fold(0.0, f64::max);
+        let prompt_rate = if self.streams > 1 && known.len() > 1 && slowest_prompt_ms > 0.0 {
+            1e3 * f64::from(p.prompt_chunk) / slowest_prompt_ms
+        } else {
+            p.prompt_tok_s
+        };
+        let prompt_s = s * f64::from(self.prompt_tokens) / prompt_rate.max(1e-9);
+        let decode_s = g * s / p.pipelined_tok_s.max(1e-9);
         s * g / (prompt_s + decode_s)
     }
 }
@@ -450,12 +457,12 @@ mod tests {
     }
 
     #[test]
-    fn workload_round_counts_prompts_then_batched_decode() {
-        let p = Prediction {
+    fn workload_round_counts_pipelined_prompts_and_decode() {
+        let mut p = Prediction {
             stages: Vec::new(),
             decode_tok_s: 10.0,
             prompt_tok_s: 100.0,
-            prompt_chunk: 64,
+            prompt_chunk: 50,
             streams: 8,
             load_tok_s: 40.0,
             pipelined_tok_s: 80.0,
@@ -468,7 +475,19 @@ mod tests {
             gen_tokens: 20,
             prompt_chunk: 50,
         };
-        // 8 prompts of 0.5 s, then 20 steps of 8 tokens at 40 tok/s (4 s).
-        assert!((w.round_tok_s(&p) - 160.0 / 8.0).abs() < 1e-9);
+        // One stage: 8 prompts of 0.5 s, then 20 steps of 8 tokens at
+        // 80 tok/s (2 s).
+        assert!((w.round_tok_s(&p) - 160.0 / 6.0).abs() < 1e-9);
+        // Two stages: prompt chunks overlap too, at the slowest stage's
+        // 0.25 s a chunk.
+        let t = |prompt_ms| {
+            Some(crate::plan::StageTime {
+                decode_ms: 1.0,
+                load_ms: 1.0,
+                prompt_ms,
+            })
+        };
+        p.stages = vec![t(250.0), t(200.0)];
+        assert!((w.round_tok_s(&p) - 160.0 / 4.0).abs() < 1e-9);
     }
 }

@@ -525,17 +525,15 @@ pub fn plan_with_speeds(
         Strategy::Even => split::even(n_remote, devices.len()),
         Strategy::Memory => placer.memory_counts(n_remote),
         Strategy::Throughput if n_remote == 0 => vec![0; devices.len()],
-        Strategy::Throughput => {
-            speed::throughput_counts(
-                &placer,
-                cost,
-                speeds,
-                n_remote,
-                opts.local_layers,
-                opts.n_seq_max,
-            )
-                .unwrap_or_else(|| placer.memory_counts(n_remote))
-        }
+        Strategy::Throughput => speed::throughput_counts(
+            &placer,
+            cost,
+            speeds,
+            n_remote,
+            opts.local_layers,
+            opts.n_seq_max,
+        )
+        .unwrap_or_else(|| placer.memory_counts(n_remote)),
     };
     let stages = placer.stages(&counts);
     placer.check(&stages)?;

@@ -30,6 +30,12 @@ use super::{ModelCost, Plan, Target};
 /// (the rate under load) wins.
 pub const NEAR_TIE: f64 = 0.02;
 
+/// How much of one stream's speed an engine serving several streams gives
+/// up, at most, for a faster slowest stage (its rate under load, since it
+/// pipelines them): enough to take a second server on a fast link, far
+/// too little to put a stage behind a slow one.
+pub const LOAD_TIE: f64 = 0.10;
+
 /// Streams the "under load" figures assume (prompted by the 8-stream bench).
 pub const LOAD_STREAMS: u32 = 8;
 
@@ -323,13 +329,11 @@ fn left_out_reason(
 }
 
 /// Layer counts per device, among the memory-valid ones, by the cost
-/// model. For one sequence (`streams` 1): the fastest single stream, near
-/// ties ([`NEAR_TIE`]) going to the counts whose slowest stage under
-/// [`LOAD_STREAMS`] streams is fastest. For several (`streams` > 1, an
-/// engine serving concurrent requests, which pipelines them): the fastest
-/// slowest stage, i.e. the best rate under load, near ties going to the
-/// fastest single stream. `None` when a device has no speed, or no counts
-/// fit.
+/// model: those whose slowest stage under [`LOAD_STREAMS`] streams is
+/// fastest among the counts within a tie of the fastest single stream:
+/// [`NEAR_TIE`] for one sequence (`streams` 1), [`LOAD_TIE`] for an engine
+/// serving several, which pipelines them. `None` when a device has no
+/// speed, or no counts fit.
 pub(super) fn throughput_counts(
     placer: &Placer<'_>,
     cost: &ModelCost,
@@ -371,22 +375,8 @@ pub(super) fn throughput_counts(
     }
     caps.sort_by(f64::total_cmp);
     caps.dedup();
-    if streams > 1 {
-        // The smallest bottleneck any placement reaches, then the fastest
-        // single stream among placements within a near tie of it.
-        let (mut lo, mut hi) = (0usize, caps.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if solve(m, l, &stage, caps[mid]).is_some() {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        let cap = caps.get(lo)? * (1.0 + NEAR_TIE);
-        return solve(m, l, &stage, cap).map(|(_, counts)| counts);
-    }
-    let limit = best.0 * (1.0 + NEAR_TIE);
+    let tie = if streams > 1 { LOAD_TIE } else { NEAR_TIE };
+    let limit = best.0 * (1.0 + tie);
     let (mut lo, mut hi) = (0usize, caps.len());
     let mut chosen = best.1;
     while lo < hi {

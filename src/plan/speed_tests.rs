@@ -245,6 +245,10 @@ fn concurrent_streams_split_what_one_stream_keeps_together() {
     };
     assert_eq!(counts(1), vec![30], "one stream: no extra hop");
     let c = counts(8);
-    assert_eq!(c.len(), 2, "eight streams: both devices compute at once: {c:?}");
+    assert_eq!(
+        c.len(),
+        2,
+        "eight streams: both devices compute at once: {c:?}"
+    );
     assert!(c.iter().all(|&n| n >= 12), "{c:?}");
 }
