@@ -169,7 +169,12 @@ impl RemoteStage {
         }
         let shared = self.client.clone();
         let mut c = shared.lock().await;
-        // Graphs built so far are placed in the old buffer.
+        self.replace_compute(&mut c, size).await
+    }
+
+    /// Frees the compute buffer and allocates one of `size` bytes. Graphs
+    /// built so far are placed in the old one, so they are dropped too.
+    async fn replace_compute(&mut self, c: &mut RpcClient, size: u64) -> Result<(), ExecError> {
         self.built.clear();
         if let Some(old) = self.compute_buf.take() {
             c.free_buffer(old.remote_ptr)
@@ -372,18 +377,7 @@ impl RemoteStage {
     ) -> Result<BuiltGraph, ExecError> {
         let mut built = self.build_wire(cfg, key, self.compute_buf)?;
         if let Built::NeedCompute(size) = built {
-            self.built.clear();
-            if let Some(old) = self.compute_buf.take() {
-                c.free_buffer(old.remote_ptr)
-                    .await
-                    .map_err(|e| self.err(e))?;
-            }
-            let buf = c
-                .alloc_buffer(self.device, size)
-                .await
-                .map_err(|e| self.err(e))?;
-            self.compute_buf = Some(buf);
-            self.stat.allocated_bytes = c.allocated_bytes(self.device);
+            self.replace_compute(c, size).await?;
             tracing::debug!(endpoint = %self.endpoint, size, "compute buffer allocated for a step");
             built = self.build_wire(cfg, key, self.compute_buf)?;
         }

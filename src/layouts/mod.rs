@@ -351,28 +351,7 @@ impl fmt::Display for LayoutTable<'_> {
                 pair(r.predicted_round_tok_s, m.map(|m| m.streams_tok_s), 1),
             ]);
         }
-        let mut widths = headers.each_ref().map(String::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, cells: &[String; 6]| -> fmt::Result {
-            let mut text = String::new();
-            for (k, (cell, w)) in cells.iter().zip(widths).enumerate() {
-                let sep = if k == 0 { "" } else { "  " };
-                if k < 2 {
-                    text.push_str(&format!("{sep}{cell:<w$}"));
-                } else {
-                    text.push_str(&format!("{sep}{cell:>w$}"));
-                }
-            }
-            writeln!(f, "{}", text.trim_end())
-        };
-        line(f, &headers)?;
-        for row in &rows {
-            line(f, row)?;
-        }
+        crate::plan::write_table(f, &headers, &rows, 2)?;
         for r in self.0 {
             if let Some(e) = &r.error {
                 writeln!(f, "{}: {e}", r.name)?;

@@ -71,29 +71,8 @@ impl fmt::Display for Plan {
             String::new(),
         ]);
 
-        let mut widths = HEADERS.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, cells: [&str; 8]| -> fmt::Result {
-            // Text columns left-aligned, sizes right-aligned.
-            let mut text = String::new();
-            for (k, (cell, w)) in cells.iter().zip(widths).enumerate() {
-                let sep = if k == 0 { "" } else { "  " };
-                if k < 3 {
-                    text.push_str(&format!("{sep}{cell:<w$}"));
-                } else {
-                    text.push_str(&format!("{sep}{cell:>w$}"));
-                }
-            }
-            writeln!(f, "{}", text.trim_end())
-        };
-        line(f, HEADERS)?;
-        for row in &rows {
-            line(f, row.each_ref().map(String::as_str))?;
-        }
+        // Text columns left-aligned, sizes right-aligned.
+        write_table(f, &HEADERS, &rows, 3)?;
         Ok(())
     }
 }
@@ -112,4 +91,38 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// Writes `headers` and `rows` as aligned columns, two spaces apart: the
+/// first `left` columns left-aligned (text), the rest right-aligned
+/// (numbers); trailing blanks trimmed.
+pub(crate) fn write_table<H: AsRef<str>, C: AsRef<str>, const N: usize>(
+    f: &mut fmt::Formatter<'_>,
+    headers: &[H; N],
+    rows: &[[C; N]],
+    left: usize,
+) -> fmt::Result {
+    let mut widths = headers.each_ref().map(|h| h.as_ref().len());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.as_ref().len());
+        }
+    }
+    let line = |f: &mut fmt::Formatter<'_>, cells: [&str; N]| -> fmt::Result {
+        let mut text = String::new();
+        for (k, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            let sep = if k == 0 { "" } else { "  " };
+            if k < left {
+                text.push_str(&format!("{sep}{cell:<w$}"));
+            } else {
+                text.push_str(&format!("{sep}{cell:>w$}"));
+            }
+        }
+        writeln!(f, "{}", text.trim_end())
+    };
+    line(f, headers.each_ref().map(AsRef::as_ref))?;
+    for row in rows {
+        line(f, row.each_ref().map(AsRef::as_ref))?;
+    }
+    Ok(())
 }

@@ -48,6 +48,7 @@ pub use cost::{
     ModelWeights, StageCompute, TensorCost,
 };
 pub use display::human_bytes;
+pub(crate) use display::write_table;
 pub use speed::{predict, Curve, DeviceSpeed, LeftOut, Prediction, StageTime};
 pub use speed_display::PredictionTable;
 pub use split::parse_split;

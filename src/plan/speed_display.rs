@@ -43,28 +43,7 @@ impl fmt::Display for PredictionTable<'_> {
                 ]
             })
             .collect();
-        let mut widths = headers.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, cells: [&str; 6]| -> fmt::Result {
-            let mut text = String::new();
-            for (k, (cell, w)) in cells.iter().zip(widths).enumerate() {
-                let sep = if k == 0 { "" } else { "  " };
-                if k < 3 {
-                    text.push_str(&format!("{sep}{cell:<w$}"));
-                } else {
-                    text.push_str(&format!("{sep}{cell:>w$}"));
-                }
-            }
-            writeln!(f, "{}", text.trim_end())
-        };
-        line(f, headers)?;
-        for row in &rows {
-            line(f, row.each_ref().map(String::as_str))?;
-        }
+        super::display::write_table(f, &headers, &rows, 3)?;
         writeln!(
             f,
             "predicted: decode {:.1} tok/s (1 stream), prompt {:.1} tok/s, {} streams {:.1} tok/s (batched) / {:.1} tok/s (pipelined)",
