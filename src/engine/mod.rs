@@ -26,6 +26,7 @@ mod build;
 pub mod health;
 mod load;
 pub mod metrics;
+mod recovery;
 mod scheduler;
 mod speed;
 
