@@ -13,12 +13,11 @@ mod llama_ref;
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shardline::engine::{Engine, EngineOptions, GenerateRequest, Prompt};
 use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
-use shardline::worker::LocalWorker;
 
 use common::{env_or, median, model_path};
 
@@ -80,13 +79,7 @@ fn main() {
     let micro: usize = env_or("SHARDLINE_BENCH_MICRO", 0);
     let strategy: Strategy = env_or("SHARDLINE_BENCH_STRATEGY", Strategy::Throughput);
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
-    let t = threads.to_string();
-    let workers: Vec<LocalWorker> = (0..2)
-        .map(|_| {
-            LocalWorker::spawn(exe, &["--threads", &t], Duration::from_secs(60))
-                .expect("start worker")
-        })
-        .collect();
+    let workers = common::start_workers(exe, 2, threads);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (prompts, ours_seq, ours_par, spans, overlap, same, ours) = rt.block_on(async {
         let engine = Engine::load(EngineOptions {

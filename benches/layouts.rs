@@ -13,11 +13,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use shardline::layouts::{run_layouts, CpuThrottle, Layout, LayoutRow, LayoutTable, RunOptions};
 use shardline::relay::{LinkSpec, Relay};
-use shardline::worker::LocalWorker;
 
 use common::{env_or, model_path};
 
@@ -29,13 +27,7 @@ fn main() {
     let mut missed = 0;
     for scenario in scenarios.split(',') {
         let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
-        let t = threads.to_string();
-        let workers: Vec<LocalWorker> = (0..2)
-            .map(|_| {
-                LocalWorker::spawn(exe, &["--threads", &t], Duration::from_secs(60))
-                    .expect("start worker")
-            })
-            .collect();
+        let workers = common::start_workers(exe, 2, threads);
         let mut servers: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
         let mut _relay = None;
         let mut _throttle = None;

@@ -12,12 +12,11 @@ mod llama_ref;
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
 use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
-use shardline::worker::LocalWorker;
 
 use common::{env_or, median, model_path};
 
@@ -48,13 +47,7 @@ fn main() {
     let n_ctx = 512u32;
     let model = model_path();
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
-    let t = threads.to_string();
-    let workers: Vec<LocalWorker> = (0..2)
-        .map(|_| {
-            LocalWorker::spawn(exe, &["--threads", &t], Duration::from_secs(60))
-                .expect("start worker")
-        })
-        .collect();
+    let workers = common::start_workers(exe, 2, threads);
     let servers: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
 

@@ -27,3 +27,19 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// Starts `n` `shardline worker`s (`exe`) on loopback with `threads` CPU
+/// threads each; they stop when dropped.
+pub fn start_workers(exe: &Path, n: usize, threads: usize) -> Vec<shardline::worker::LocalWorker> {
+    let t = threads.to_string();
+    (0..n)
+        .map(|_| {
+            shardline::worker::LocalWorker::spawn(
+                exe,
+                &["--threads", &t],
+                std::time::Duration::from_secs(60),
+            )
+            .expect("start worker")
+        })
+        .collect()
+}
