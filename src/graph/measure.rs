@@ -208,3 +208,14 @@ fn weight<'c>(ctx: &'c Context, g: &Gguf, name: &str) -> Result<Tensor<'c>, Meas
     let ne: Vec<i64> = info.dims().iter().map(|&d| d as i64).collect();
     Ok(ctx.new_tensor(info.ty().id(), &ne)?.set_name(name))
 }
+
+#[cfg(test)]
+mod alignment_tests {
+    #[test]
+    fn the_planner_measures_at_ggmls_cpu_alignment() {
+        assert_eq!(
+            crate::plan::cost::MEASURED_ALIGNMENT,
+            ggml_sys::CPU_BUFFER_ALIGNMENT
+        );
+    }
+}

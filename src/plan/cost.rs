@@ -35,6 +35,11 @@ pub const ACTIVATION_BYTES: u64 = 4;
 /// Added to every compute-buffer estimate for the small tensors the formula
 /// leaves out (positions, norms' scratch, per-tensor alignment padding).
 pub const COMPUTE_SLACK: u64 = 1 << 20;
+/// Alignment the compute figures are measured at: ggml's CPU buffers
+/// (`TENSOR_ALIGNMENT` in ggml-impl.h; `ggml_sys::CPU_BUFFER_ALIGNMENT`,
+/// which a test keeps equal). Written here so the planner builds without
+/// ggml (the fuzz targets).
+pub const MEASURED_ALIGNMENT: u64 = 32;
 
 /// The dimensions the memory estimates depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -219,7 +224,7 @@ impl StageCompute {
 
     /// [`StageCompute::bytes`] on a device with `alignment`.
     pub fn bytes_at(&self, alignment: u64) -> u64 {
-        let extra = alignment.saturating_sub(ggml_sys::CPU_BUFFER_ALIGNMENT);
+        let extra = alignment.saturating_sub(MEASURED_ALIGNMENT);
         self.bytes()
             .saturating_add(self.tensors.saturating_mul(extra))
             .div_ceil(alignment.max(1))
