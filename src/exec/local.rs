@@ -9,7 +9,7 @@ use ggml_sys::{ty, Context, CpuBackend, CpuGraphAllocator, Graph, Tensor};
 
 use super::{ExecError, Step};
 use crate::gguf::Gguf;
-use crate::graph::llama::{build_stage, HeadTensors, LayerTensors, StageInputs, StageTensors};
+use crate::graph::llama::{build_stage, StageInputs, StageTensors};
 use crate::model::{LayerRole, LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
 
 /// Graph size for one step: generous for the ~30 nodes a layer takes.
@@ -60,42 +60,14 @@ pub(crate) fn stage_tensors<'c>(
             .copied()
             .ok_or_else(|| ExecError::Weight(n.to_string(), "not loaded on this stage".into()))
     };
-    let mut out = Vec::new();
-    for il in layers.clone() {
-        let w = |r: LayerRole| get(&r.name(il));
-        out.push(LayerTensors {
-            il,
-            attn_norm: w(LayerRole::AttnNorm)?,
-            wq: w(LayerRole::Q)?,
-            wk: w(LayerRole::K)?,
-            wv: w(LayerRole::V)?,
-            wo: w(LayerRole::Out)?,
-            ffn_norm: w(LayerRole::FfnNorm)?,
-            gate: w(LayerRole::Gate)?,
-            up: w(LayerRole::Up)?,
-            down: w(LayerRole::Down)?,
-            k_cache: get(&k_cache_name(il))?,
-            v_cache: get(&v_cache_name(il))?,
-        });
-    }
-    let head = if head {
-        Some(HeadTensors {
-            output_norm: get(OUTPUT_NORM)?,
-            output: get(if cfg.tied_output { TOKEN_EMBD } else { OUTPUT })?,
+    let cache = |il: u32, v: bool| {
+        get(&if v {
+            v_cache_name(il)
+        } else {
+            k_cache_name(il)
         })
-    } else {
-        None
     };
-    let rope_freqs = if cfg.rope_freqs {
-        Some(get(ROPE_FREQS)?)
-    } else {
-        None
-    };
-    Ok(StageTensors {
-        layers: out,
-        head,
-        rope_freqs,
-    })
+    StageTensors::gather(cfg, layers.clone(), head, get, cache)
 }
 
 /// Layers computed on the coordinator.

@@ -107,6 +107,84 @@ pub struct StageTensors<'c> {
     pub rope_freqs: Option<Tensor<'c>>,
 }
 
+impl<'c> StageTensors<'c> {
+    /// A stage's tensors for layers `layers` (plus the output weights when
+    /// `head`, and the RoPE factors when the model has them), each weight
+    /// found by its GGUF name with `weight` and each layer's K and V cache by
+    /// `cache(layer, is_v)`.
+    pub fn gather<E>(
+        cfg: &LlamaConfig,
+        layers: impl Iterator<Item = u32>,
+        head: bool,
+        mut weight: impl FnMut(&str) -> Result<Tensor<'c>, E>,
+        mut cache: impl FnMut(u32, bool) -> Result<Tensor<'c>, E>,
+    ) -> Result<Self, E> {
+        use crate::model::{LayerRole, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
+        let mut out = Vec::new();
+        for il in layers {
+            let mut w = |r: LayerRole| weight(&r.name(il));
+            out.push(LayerTensors {
+                il,
+                attn_norm: w(LayerRole::AttnNorm)?,
+                wq: w(LayerRole::Q)?,
+                wk: w(LayerRole::K)?,
+                wv: w(LayerRole::V)?,
+                wo: w(LayerRole::Out)?,
+                ffn_norm: w(LayerRole::FfnNorm)?,
+                gate: w(LayerRole::Gate)?,
+                up: w(LayerRole::Up)?,
+                down: w(LayerRole::Down)?,
+                k_cache: cache(il, false)?,
+                v_cache: cache(il, true)?,
+            });
+        }
+        let head = if head {
+            Some(HeadTensors {
+                output_norm: weight(OUTPUT_NORM)?,
+                output: weight(if cfg.tied_output { TOKEN_EMBD } else { OUTPUT })?,
+            })
+        } else {
+            None
+        };
+        let rope_freqs = if cfg.rope_freqs {
+            Some(weight(ROPE_FREQS)?)
+        } else {
+            None
+        };
+        Ok(StageTensors {
+            layers: out,
+            head,
+            rope_freqs,
+        })
+    }
+
+    /// Every weight and cache tensor the stage holds.
+    pub fn held(&self) -> Vec<Tensor<'c>> {
+        let mut v: Vec<Tensor<'c>> = self
+            .layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    l.attn_norm,
+                    l.wq,
+                    l.wk,
+                    l.wv,
+                    l.wo,
+                    l.ffn_norm,
+                    l.gate,
+                    l.up,
+                    l.down,
+                    l.k_cache,
+                    l.v_cache,
+                ]
+            })
+            .collect();
+        v.extend(self.head.iter().flat_map(|h| [h.output_norm, h.output]));
+        v.extend(self.rope_freqs);
+        v
+    }
+}
+
 /// Builds the stage's graph into `graph` and returns its result tensor:
 /// hidden state `[n_embd, n]` (n = tokens, or outputs after the model's last
 /// layer), or logits `[n_vocab, n_outputs]` when the stage has the head.

@@ -9,11 +9,9 @@ use std::collections::HashSet;
 use ggml_sys::{measure_compute, ty, Context, Tensor, TensorId, CPU_BUFFER_ALIGNMENT};
 
 use super::layout::layout_nodes;
-use super::llama::{build_stage, HeadTensors, LayerTensors, StageInputs, StageTensors};
+use super::llama::{build_stage, StageInputs, StageTensors};
 use crate::gguf::Gguf;
-use crate::model::{
-    LayerRole, LlamaConfig, ModelError, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD,
-};
+use crate::model::{LlamaConfig, ModelError};
 use crate::plan::{MeasuredCompute, ModelCost, PlanError, PlanOptions, StageCompute};
 
 /// Why a stage's graph could not be measured.
@@ -106,63 +104,19 @@ fn measure_stage(
         Context::tensor_overhead() * gsize + Context::graph_overhead(gsize),
         true,
     )?;
-    let mut elsewhere: Vec<Tensor<'_>> = Vec::new();
-    let weight = |name: &str| weight(&ctx, g, name);
     let n_embd_kv = cfg.n_embd_kv() as i64;
-    let cache = |name: String| -> Result<Tensor<'_>, ggml_sys::GgmlError> {
+    let cache = |il: u32, v: bool| -> Result<Tensor<'_>, MeasureError> {
+        let name = if v {
+            crate::exec::local::v_cache_name(il)
+        } else {
+            crate::exec::local::k_cache_name(il)
+        };
         Ok(ctx
             .new_tensor(ty::F16, &[n_embd_kv, i64::from(n_ctx), 1])?
             .set_name(&name))
     };
-    let mut stage_layers = Vec::new();
-    for il in layers.clone() {
-        let w = |r: LayerRole| weight(&r.name(il));
-        let layer = LayerTensors {
-            il,
-            attn_norm: w(LayerRole::AttnNorm)?,
-            wq: w(LayerRole::Q)?,
-            wk: w(LayerRole::K)?,
-            wv: w(LayerRole::V)?,
-            wo: w(LayerRole::Out)?,
-            ffn_norm: w(LayerRole::FfnNorm)?,
-            gate: w(LayerRole::Gate)?,
-            up: w(LayerRole::Up)?,
-            down: w(LayerRole::Down)?,
-            k_cache: cache(format!("cache_k_l{il}"))?,
-            v_cache: cache(format!("cache_v_l{il}"))?,
-        };
-        elsewhere.extend([
-            layer.attn_norm,
-            layer.wq,
-            layer.wk,
-            layer.wv,
-            layer.wo,
-            layer.ffn_norm,
-            layer.gate,
-            layer.up,
-            layer.down,
-            layer.k_cache,
-            layer.v_cache,
-        ]);
-        stage_layers.push(layer);
-    }
-    let head = if head {
-        let h = HeadTensors {
-            output_norm: weight(OUTPUT_NORM)?,
-            output: weight(if cfg.tied_output { TOKEN_EMBD } else { OUTPUT })?,
-        };
-        elsewhere.extend([h.output_norm, h.output]);
-        Some(h)
-    } else {
-        None
-    };
-    let rope_freqs = if cfg.rope_freqs {
-        let t = weight(ROPE_FREQS)?;
-        elsewhere.push(t);
-        Some(t)
-    } else {
-        None
-    };
+    let st = StageTensors::gather(cfg, layers.clone(), head, |n| weight(&ctx, g, n), cache)?;
+    let mut elsewhere = st.held();
     let is_last = *layers.end() + 1 == cfg.hp.n_layer;
     let inp = StageInputs::new(
         &ctx,
@@ -176,11 +130,6 @@ fn measure_stage(
     // in llama.cpp's, and its room serves later nodes once it is read.
     elsewhere.extend([inp.pos, inp.kv_idx, inp.mask]);
     elsewhere.extend(inp.out_ids);
-    let st = StageTensors {
-        layers: stage_layers,
-        head,
-        rope_freqs,
-    };
     let mut graph = ctx.new_graph(gsize)?;
     build_stage(&ctx, &mut graph, cfg, &st, &inp)?;
 
