@@ -364,7 +364,11 @@ impl RemoteStage {
                 .collect(),
             output: find(out),
         };
-        Ok(Built::Ready(Box::new((stored, wire.msg, wire.nbytes))))
+        Ok(Built::Ready(std::sync::Arc::new((
+            stored,
+            wire.msg,
+            wire.nbytes,
+        ))))
     }
 
     /// Builds the graph for `key`, first growing the compute buffer when
@@ -486,10 +490,10 @@ impl RemoteStage {
                         b
                     }
                 };
-                let (stored, msg, nbytes) = *ready;
+                let (stored, msg, nbytes) = (ready.0.clone(), &ready.1, &ready.2);
                 c.cork();
                 self.upload_inputs(c, &stored, step, hidden).await?;
-                c.graph_compute_sized(self.device, &msg.nodes, &msg.tensors, &nbytes)
+                c.graph_compute_sized(self.device, &msg.nodes, &msg.tensors, nbytes)
                     .await
                     .map_err(|e| self.err(e))?;
                 self.stat.bytes_sent += (msg.tensors.len() * shardline_protocol::RPC_TENSOR_SIZE
@@ -530,8 +534,9 @@ pub async fn probe(
 }
 
 /// A graph ready to send: what the server will store, the message, and each
-/// wire tensor's byte size.
-type BuiltGraph = Box<(StoredGraph, shardline_protocol::GraphCompute, Vec<u64>)>;
+/// wire tensor's byte size. Shared, so sending a kept graph again copies
+/// nothing but the bytes on the wire.
+type BuiltGraph = std::sync::Arc<(StoredGraph, shardline_protocol::GraphCompute, Vec<u64>)>;
 
 /// Built graphs a stage keeps (shapes seen recently).
 const MAX_BUILT_GRAPHS: usize = 8;

@@ -691,6 +691,8 @@ async fn corked_commands_go_out_with_the_next_round_trip_in_one_write() {
     c.cork();
     c.set_tensor(&t, 64, 0, &[1u8; 64]).await.unwrap();
     c.set_tensor(&t, 64, 0, &[2u8; 64]).await.unwrap();
+    // Uncorked, both would be on their way (and read) by now.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(c.get_tensor(&t, 64, 0, 4).await.unwrap(), [7, 8, 9, 10]);
     // The round trip ended the burst: this one goes out alone.
     c.set_tensor(&t, 64, 0, &[3u8; 64]).await.unwrap();
