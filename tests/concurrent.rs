@@ -106,6 +106,38 @@ async fn concurrent_sequences_match_their_solo_runs() {
 }
 
 #[tokio::test]
+async fn one_micro_batch_at_a_time_never_overlaps_the_stages() {
+    let workers = [start_worker(&[]), start_worker(&[])];
+    let engine = Engine::load(EngineOptions {
+        model: model_path(),
+        servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
+        n_ctx: 1024,
+        n_batch: 256,
+        threads: 1,
+        progress: false,
+        parallel: 4,
+        queue: 8,
+        micro_batches: 1,
+        ..EngineOptions::default()
+    })
+    .await
+    .unwrap();
+    let tasks: Vec<_> = PROMPTS[..4]
+        .iter()
+        .map(|p| {
+            let e = engine.clone();
+            tokio::spawn(async move { run(&e, p, 8).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let spans = engine.step_trace().spans();
+    assert!(spans.len() > 8, "{} spans", spans.len());
+    assert_eq!(engine.step_trace().max_overlap(), Duration::ZERO);
+}
+
+#[tokio::test]
 async fn pipelined_prompt_chunks_match_the_solo_run() {
     // Small chunks, so one prompt's chunks follow each other through the
     // pipeline (several in flight at once) while another sequence decodes.

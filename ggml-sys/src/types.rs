@@ -170,3 +170,43 @@ pub mod ty {
     pub const I32: u32 = sys::GGML_TYPE_I32;
     pub const I64: u32 = sys::GGML_TYPE_I64;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{to_f32, ty};
+
+    #[test]
+    fn converts_f16_and_f32_rows_and_refuses_wrong_sizes() {
+        // 1.0, -2.0 and 0.5 as IEEE half floats.
+        let half: Vec<u8> = [0x3c00u16, 0xc000, 0x3800]
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        let mut out = [0f32; 3];
+        to_f32(ty::F16, &half, &mut out).unwrap();
+        assert_eq!(out, [1.0, -2.0, 0.5]);
+        let full: Vec<u8> = [3.5f32, -1.25]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let mut out = [0f32; 2];
+        to_f32(ty::F32, &full, &mut out).unwrap();
+        assert_eq!(out, [3.5, -1.25]);
+        assert!(to_f32(ty::F16, &half[..4], &mut [0f32; 3]).is_err());
+        assert!(to_f32(9999, &half, &mut [0f32; 3]).is_err());
+    }
+
+    #[test]
+    fn converts_a_quantized_block() {
+        // One Q8_0 block: f16 scale 0.5, then 32 signed bytes.
+        let mut block = 0x3800u16.to_le_bytes().to_vec();
+        block.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let mut out = [0f32; 32];
+        to_f32(llama_cpp_sys_2::GGML_TYPE_Q8_0, &block, &mut out).unwrap();
+        for (i, v) in out.iter().enumerate() {
+            assert_eq!(*v, (i as f32 - 16.0) * 0.5);
+        }
+        // Not a whole block.
+        assert!(to_f32(llama_cpp_sys_2::GGML_TYPE_Q8_0, &block, &mut [0f32; 16]).is_err());
+    }
+}
