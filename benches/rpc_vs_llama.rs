@@ -2,7 +2,10 @@
 //! the same run: load time, prompt and decode speed with greedy sampling.
 //!
 //! `cargo bench --bench rpc_vs_llama` (env: SHARDLINE_BENCH_ROUNDS,
-//! SHARDLINE_BENCH_TOKENS, SHARDLINE_BENCH_THREADS, SHARDLINE_TEST_MODEL).
+//! SHARDLINE_BENCH_TOKENS, SHARDLINE_BENCH_THREADS, SHARDLINE_BENCH_STRATEGY
+//! (even: the layers split as llama.cpp splits them), SHARDLINE_BENCH_HEAD_SPLIT
+//! (on: the output matrix shared by both workers; off: on the last one),
+//! SHARDLINE_TEST_MODEL).
 //! Prints a Markdown table for docs/BENCHMARKS.md and checks that both
 //! produced the same tokens.
 
@@ -15,7 +18,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
-use shardline::plan::Strategy;
+use shardline::plan::{HeadSplit, Strategy};
 use shardline::sample::SamplerConfig;
 
 use common::{env_or, median, model_path};
@@ -44,6 +47,8 @@ fn main() {
     let rounds: usize = env_or("SHARDLINE_BENCH_ROUNDS", 3);
     let n_gen: usize = env_or("SHARDLINE_BENCH_TOKENS", 64);
     let threads: usize = env_or("SHARDLINE_BENCH_THREADS", 1);
+    let strategy: Strategy = env_or("SHARDLINE_BENCH_STRATEGY", Strategy::Even);
+    let head_split: HeadSplit = env_or("SHARDLINE_BENCH_HEAD_SPLIT", HeadSplit::On);
     let n_ctx = 512u32;
     let model = model_path();
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
@@ -63,7 +68,8 @@ fn main() {
                 servers: servers.clone(),
                 n_ctx,
                 n_batch: n_ctx,
-                strategy: Strategy::Even,
+                strategy: strategy.clone(),
+                head_split,
                 threads,
                 progress: false,
                 ..EngineOptions::default()
@@ -120,7 +126,7 @@ fn main() {
 
     let (a, b) = (summarize(&ours), summarize(&theirs));
     println!("model: {}", model.display());
-    println!("2 workers on loopback, {threads} thread(s) each; prompt {n_prompt} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds");
+    println!("2 workers on loopback, {threads} thread(s) each; shardline strategy {strategy}, head split {head_split}; prompt {n_prompt} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds");
     println!();
     println!("| | load (s) | prompt (tok/s) | decode (tok/s) |");
     println!("|---|---:|---:|---:|");

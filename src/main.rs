@@ -40,7 +40,7 @@ struct ClusterArgs {
     /// (measures each server's speed and link first, then picks the layer
     /// counts that decode fastest; servers that only slow tokens down are
     /// left out).
-    #[arg(long, default_value = "memory")]
+    #[arg(long, default_value = "throughput")]
     strategy: shardline::plan::Strategy,
     /// Explicit layer counts per server, e.g. 10,20 (overrides --strategy).
     #[arg(long)]
@@ -59,6 +59,12 @@ struct ClusterArgs {
     /// here, to keep memory free on a shared machine.
     #[arg(long, value_delimiter = ',')]
     mem_cap: Vec<shardline::memcap::MemCap>,
+    /// Split the output matrix by vocabulary rows over the servers that run
+    /// layers, which then compute it at the same time: auto (when the
+    /// measured speeds predict faster decoding; needs --strategy
+    /// throughput), on, or off.
+    #[arg(long, default_value = "auto")]
+    head_split: shardline::plan::HeadSplit,
 }
 
 impl ClusterArgs {
@@ -489,6 +495,7 @@ fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::EngineOp
         local_layers: c.local_layers,
         micro_batches: c.micro_batches,
         mem_caps: c.mem_cap.clone(),
+        head_split: c.head_split,
         ..Default::default()
     })
 }
@@ -732,6 +739,7 @@ fn run_plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
         n_batch: cluster.batch,
         strategy: cluster.strategy()?,
         local_layers: cluster.local_layers,
+        head_split: cluster.head_split,
         ..PlanOptions::default()
     };
     // The model and the options are checked before any worker starts.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{model_path, start_worker, Worker};
 use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt, SubmitError};
+use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
 
 const PROMPTS: [&str; 8] = [
@@ -23,6 +24,7 @@ const PROMPTS: [&str; 8] = [
 
 async fn load(workers: &[Worker], parallel: usize, queue: usize) -> Engine {
     Engine::load(EngineOptions {
+        strategy: Strategy::Memory,
         model: model_path(),
         servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
         n_ctx: 1024,
@@ -109,6 +111,7 @@ async fn concurrent_sequences_match_their_solo_runs() {
 async fn one_micro_batch_at_a_time_never_overlaps_the_stages() {
     let workers = [start_worker(&[]), start_worker(&[])];
     let engine = Engine::load(EngineOptions {
+        strategy: Strategy::Memory,
         model: model_path(),
         servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
         n_ctx: 1024,
@@ -143,6 +146,7 @@ async fn pipelined_prompt_chunks_match_the_solo_run() {
     // pipeline (several in flight at once) while another sequence decodes.
     let workers = [start_worker(&[]), start_worker(&[])];
     let engine = Engine::load(EngineOptions {
+        strategy: Strategy::Memory,
         model: model_path(),
         servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
         n_ctx: 1024,
@@ -151,10 +155,14 @@ async fn pipelined_prompt_chunks_match_the_solo_run() {
         progress: false,
         parallel: 2,
         queue: 4,
+        // The output matrix shared by both workers: a third pipeline stage
+        // whose shares take turns with the layer stages on each device.
+        head_split: shardline::plan::HeadSplit::On,
         ..EngineOptions::default()
     })
     .await
     .unwrap();
+    assert_eq!(engine.plan().head_shares.len(), 2);
     let long = PROMPTS.join(" ").repeat(3);
     assert!(engine.tokenizer().encode(&long, true, true).len() > 4 * 32);
     let alone_long = run(&engine, &long, 12).await;
@@ -165,6 +173,8 @@ async fn pipelined_prompt_chunks_match_the_solo_run() {
     let got_long = run(&engine, &long, 12).await;
     assert_eq!(got_long, alone_long, "the long prompt's output changed");
     assert_eq!(short.await.unwrap(), alone_short);
+    let spans = engine.step_trace().spans();
+    assert!(spans.iter().any(|s| s.endpoint.starts_with("head:")));
 }
 
 #[tokio::test]

@@ -49,6 +49,7 @@ async fn generate(engine: &Engine, prompt: String, max_tokens: usize) {
 async fn planned_vs_allocated(n: usize, local: u32) {
     let workers: Vec<Worker> = (0..n).map(|_| start_worker(&[])).collect();
     let engine = Engine::load(EngineOptions {
+        strategy: Strategy::Memory,
         model: model_path(),
         servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
         n_ctx: 2048,

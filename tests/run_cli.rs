@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::llama_ref::LlamaRef;
 use common::{model_path, start_worker, Worker};
 use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
+use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
 
 fn shardline(args: &[&str]) -> Output {
@@ -183,6 +184,7 @@ async fn server_dying_mid_generation_is_a_clear_error() {
     let mut w2 = start_worker(&[]);
     let victim = w2.endpoint.to_string();
     let e = Engine::load(EngineOptions {
+        strategy: Strategy::Memory,
         model: model_path(),
         servers: vec![w1.endpoint.to_string(), victim.clone()],
         n_ctx: 256,

@@ -8,7 +8,7 @@ use common::llama_ref::LlamaRef;
 use common::{model_path, start_worker, Worker};
 use shardline::chat::{ChatMessage, ChatTemplate};
 use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
-use shardline::plan::Strategy;
+use shardline::plan::{HeadSplit, Strategy};
 use shardline::sample::SamplerConfig;
 
 const N_CTX: u32 = 256;
@@ -19,6 +19,7 @@ struct Case {
     workers: usize,
     strategy: Strategy,
     local_layers: u32,
+    head_split: HeadSplit,
 }
 
 fn prompts() -> Vec<String> {
@@ -42,6 +43,7 @@ async fn engine(workers: &[Worker], case: &Case) -> Engine {
         n_batch: N_CTX,
         strategy: case.strategy.clone(),
         local_layers: case.local_layers,
+        head_split: case.head_split,
         threads: 1,
         progress: false,
         ..EngineOptions::default()
@@ -58,24 +60,51 @@ async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
             workers: 1,
             strategy: Strategy::Even,
             local_layers: 0,
+            head_split: HeadSplit::Off,
         },
         Case {
             name: "2 servers even",
             workers: 2,
             strategy: Strategy::Even,
             local_layers: 0,
+            head_split: HeadSplit::Off,
         },
         Case {
             name: "3 servers 5,20,5",
             workers: 3,
             strategy: Strategy::Split(vec![5, 20, 5]),
             local_layers: 0,
+            head_split: HeadSplit::Off,
         },
         Case {
             name: "local layers + 2 servers",
             workers: 2,
             strategy: Strategy::Even,
             local_layers: 6,
+            head_split: HeadSplit::Off,
+        },
+        // The output matrix split by rows over every server with layers,
+        // each share computed at the same time as the others.
+        Case {
+            name: "2 servers even, head split",
+            workers: 2,
+            strategy: Strategy::Even,
+            local_layers: 0,
+            head_split: HeadSplit::On,
+        },
+        Case {
+            name: "3 servers 5,20,5, head split",
+            workers: 3,
+            strategy: Strategy::Split(vec![5, 20, 5]),
+            local_layers: 0,
+            head_split: HeadSplit::On,
+        },
+        Case {
+            name: "local layers + 2 servers, head split",
+            workers: 2,
+            strategy: Strategy::Even,
+            local_layers: 6,
+            head_split: HeadSplit::On,
         },
     ];
     let mut reference = LlamaRef::load(&model_path(), &[], N_CTX);
@@ -98,6 +127,12 @@ async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
             "{}",
             case.name
         );
+        let shares = if case.head_split == HeadSplit::On {
+            case.workers
+        } else {
+            0
+        };
+        assert_eq!(e.plan().head_shares.len(), shares, "{}", case.name);
         for (prompt, (ref_toks, want)) in prompts().iter().zip(&expected) {
             let toks = e.tokenizer().encode(prompt, true, true);
             let ours: Vec<i32> = toks.iter().map(|&t| t as i32).collect();
@@ -125,7 +160,8 @@ async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
     }
 }
 
-/// A server with two devices gets a stage on each, over one connection.
+/// A server with two devices gets a stage on each, over one connection,
+/// and a share of the split output head on each.
 #[tokio::test]
 async fn two_devices_of_one_server_share_its_connection() {
     let worker = start_worker(&["--device", "CPU,CPU"]);
@@ -134,6 +170,7 @@ async fn two_devices_of_one_server_share_its_connection() {
         workers: 1,
         strategy: Strategy::Split(vec![12, 18]),
         local_layers: 0,
+        head_split: HeadSplit::On,
     };
     let e = engine(std::slice::from_ref(&worker), &case).await;
     let devices: Vec<u32> = e
@@ -146,6 +183,9 @@ async fn two_devices_of_one_server_share_its_connection() {
         })
         .collect();
     assert_eq!(devices, [0, 1]);
+    // Each device also computes a share of the output head, taking turns
+    // with its stage in the device's graph slot.
+    assert_eq!(e.plan().head_shares.len(), 2);
 
     let mut reference = LlamaRef::load(&model_path(), &[], N_CTX);
     for prompt in prompts().iter().take(2) {

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 
 use super::{DeviceAllocation, LoadProgress, LoadStats, ProgressFn, ServerLoad};
 use crate::cluster::{devices_from_reports, probe_all};
+use crate::exec::head::{HeadShard, SplitHead};
 use crate::exec::local::LocalStage;
 use crate::exec::pipeline::{Pipeline, StageRunner};
 use crate::exec::remote::{RemoteStage, SharedClient};
@@ -142,6 +143,7 @@ impl Builder {
             );
             let (n_ctx, n_batch) = (self.n_ctx, self.n_batch);
             let planned_compute = s.compute_bytes;
+            let head = self.plan.head_of(i);
             let client = clients[&endpoint].clone();
             uploads.spawn(async move {
                 let tick = move |n: u64, how: Upload| {
@@ -172,16 +174,7 @@ impl Builder {
                     }
                 };
                 let mut stage = RemoteStage::load(
-                    client,
-                    device,
-                    &g,
-                    &cfg,
-                    layers,
-                    i == last,
-                    n_ctx,
-                    n_batch,
-                    &hashes,
-                    &tick,
+                    client, device, &g, &cfg, layers, head, n_ctx, n_batch, &hashes, &tick,
                 )
                 .await?;
                 stage.reserve_compute(planned_compute).await?;
@@ -205,6 +198,50 @@ impl Builder {
             );
             remote[i] = Some(stage);
         }
+        // The shares of a split head, all at once.
+        let mut shares = JoinSet::new();
+        let max_outputs = self.plan.n_seq_max.min(self.n_batch).max(1);
+        for (k, h) in self.plan.head_shares.iter().enumerate() {
+            let Target::Remote {
+                endpoint, device, ..
+            } = &h.target
+            else {
+                continue;
+            };
+            let client = clients
+                .get(endpoint)
+                .cloned()
+                .ok_or_else(|| EngineError::Internal {
+                    what: "placing the output head",
+                    detail: format!("{endpoint} has no stage"),
+                })?;
+            let (g, cfg, device, rows, bar) = (
+                self.gguf.clone(),
+                self.cfg.clone(),
+                *device,
+                h.rows.clone(),
+                bar.clone(),
+            );
+            shares.spawn(async move {
+                let tick = move |n: u64, _: Upload| bar.inc(n);
+                let share =
+                    HeadShard::load(client, device, &g, &cfg, rows, max_outputs, &tick).await?;
+                Ok::<_, EngineError>((k, share))
+            });
+        }
+        let mut placed: Vec<(usize, HeadShard)> = Vec::new();
+        while let Some(r) = shares.join_next().await {
+            let (k, share) =
+                r.map_err(|e| ExecError::Weight("head share task".into(), e.to_string()))??;
+            weights += share.upload_stats();
+            tracing::info!(
+                endpoint = share.endpoint(),
+                rows = ?share.rows(),
+                "share of the output head loaded"
+            );
+            placed.push((k, share));
+        }
+        placed.sort_by_key(|(k, _)| *k);
         bar.finish_and_clear();
         // Hashing ends soon after the uploads; waiting for its memo means a
         // short-lived `run` still leaves it for the next load.
@@ -276,6 +313,10 @@ impl Builder {
                     remote[i].take().expect("every remote stage was loaded"),
                 ))),
             }
+        }
+        if !placed.is_empty() {
+            let head = SplitHead::new(placed.into_iter().map(|(_, s)| s).collect())?;
+            stages.push(StageRunner::Head(Box::new(head)));
         }
         let embedder = embedder.await.map_err(|e| EngineError::Internal {
             what: "building the embedder",

@@ -195,6 +195,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         n_seq_max: opts.parallel as u32,
         strategy: opts.strategy.clone(),
         local_layers: opts.local_layers,
+        head_split: opts.head_split,
         ..PlanOptions::default()
     };
     // Measuring builds two small graphs: off the async runtime's threads.
@@ -250,7 +251,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         .iter()
         .enumerate()
         .filter(|(_, s)| !s.is_local())
-        .map(|(i, s)| stage_weight_names(&cfg, &s.layers, i == the_plan.stages.len() - 1))
+        .map(|(i, s)| stage_weight_names(&cfg, &s.layers, the_plan.head_of(i)))
         .collect();
     let longest = stage_names.iter().map(Vec::len).max().unwrap_or(0);
     let first: Vec<String> = (0..longest)

@@ -17,6 +17,10 @@ pub struct StageStat {
     pub bytes_sent: u64,
     /// Bytes received (activations, logits).
     pub bytes_received: u64,
+    /// Steps that sent the stage's graph (GRAPH_COMPUTE) rather than rerun
+    /// the one the server held: the first of each shape, and every step
+    /// after another graph took the device's slot.
+    pub graphs_sent: u64,
     /// Bytes of the buffers the stage holds on its device (weights, KV
     /// cache, inputs, compute), as last allocated; on the coordinator's CPU,
     /// its weights, KV cache and compute buffer.
@@ -194,7 +198,7 @@ impl Metrics {
         );
         let stages = self.stages.lock().map(|s| s.clone()).unwrap_or_default();
         // One family per server-level number, a sample per server.
-        let per_server: [PerServer; 4] = [
+        let per_server: [PerServer; 5] = [
             (
                 "shardline_stage_step_seconds_sum",
                 "summary",
@@ -215,6 +219,12 @@ impl Metrics {
                 "counter",
                 "Bytes received from each server while generating.",
                 |s| s.bytes_received.to_string(),
+            ),
+            (
+                "shardline_graphs_sent_total",
+                "counter",
+                "Steps that sent a stage's graph instead of rerunning the one its server held.",
+                |s| s.graphs_sent.to_string(),
             ),
         ];
         for (name, kind, help, value) in per_server {

@@ -166,6 +166,10 @@ pub struct EngineOptions {
     pub micro_batches: usize,
     /// Caps on the memory the plan may use of each server's devices.
     pub mem_caps: Vec<crate::memcap::MemCap>,
+    /// Whether the output matrix may be split over the servers
+    /// (`plan::head`): by default when the cost model predicts faster
+    /// decoding.
+    pub head_split: crate::plan::HeadSplit,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -180,6 +184,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("parallel", &self.parallel)
             .field("queue", &self.queue)
             .field("mem_caps", &self.mem_caps)
+            .field("head_split", &self.head_split)
             .finish_non_exhaustive()
     }
 }
@@ -193,7 +198,7 @@ impl Default for EngineOptions {
             worker_exe: None,
             n_ctx: 4096,
             n_batch: 512,
-            strategy: Strategy::Memory,
+            strategy: Strategy::Throughput,
             local_layers: 0,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             progress: true,
@@ -204,6 +209,7 @@ impl Default for EngineOptions {
             replan_after: Duration::from_secs(10),
             micro_batches: 0,
             mem_caps: Vec::new(),
+            head_split: crate::plan::HeadSplit::Auto,
         }
     }
 }

@@ -9,7 +9,7 @@ use ggml_sys::{ty, Context, CpuBackend, CpuGraphAllocator, Graph, Tensor};
 
 use super::{ExecError, Step};
 use crate::gguf::Gguf;
-use crate::graph::llama::{build_stage, StageInputs, StageTensors};
+use crate::graph::llama::{build_stage, Head, StageInputs, StageTensors};
 use crate::model::{LayerRole, LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
 
 /// Graph size for one step: generous for the ~30 nodes a layer takes.
@@ -22,7 +22,7 @@ pub(crate) fn graph_size(n_layers: usize) -> usize {
 pub(crate) fn stage_weight_names(
     cfg: &LlamaConfig,
     layers: &Range<u32>,
-    head: bool,
+    head: impl Into<Head>,
 ) -> Vec<String> {
     let mut names: Vec<String> = layers
         .clone()
@@ -31,8 +31,11 @@ pub(crate) fn stage_weight_names(
     if cfg.rope_freqs {
         names.push(ROPE_FREQS.into());
     }
-    if head {
+    let head = head.into();
+    if head != Head::None {
         names.push(OUTPUT_NORM.into());
+    }
+    if head == Head::Full {
         names.push(if cfg.tied_output { TOKEN_EMBD } else { OUTPUT }.into());
     }
     names
@@ -51,7 +54,7 @@ pub(crate) fn v_cache_name(il: u32) -> String {
 pub(crate) fn stage_tensors<'c>(
     cfg: &LlamaConfig,
     layers: &Range<u32>,
-    head: bool,
+    head: impl Into<Head>,
     by_name: &HashMap<String, Tensor<'c>>,
 ) -> Result<StageTensors<'c>, ExecError> {
     let get = |n: &str| {

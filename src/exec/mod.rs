@@ -2,6 +2,7 @@
 //! coordinator, then each stage in order (on the coordinator's CPU or on a
 //! server), activations handed from stage to stage, logits from the last.
 
+pub mod head;
 pub mod local;
 pub mod pipeline;
 pub mod remote;

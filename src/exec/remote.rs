@@ -11,7 +11,7 @@ use shardline_protocol::RpcTensor;
 use super::local::{graph_size, k_cache_name, stage_tensors, stage_weight_names, v_cache_name};
 use super::{ExecError, Step};
 use crate::gguf::Gguf;
-use crate::graph::llama::{build_stage, StageInputs};
+use crate::graph::llama::{build_stage, Head, StageInputs};
 use crate::graph::{layout_nodes, to_wire, RemoteLocation};
 use crate::load::{upload_weights, PlacedWeight, TensorHashes, UploadError, UploadStats};
 use crate::model::LlamaConfig;
@@ -67,7 +67,7 @@ pub struct RemoteStage {
     endpoint: String,
     device: u32,
     layers: Range<u32>,
-    head: bool,
+    head: Head,
     alignment: u64,
     n_batch: u32,
     kv_size: u32,
@@ -83,6 +83,14 @@ pub struct RemoteStage {
     built: HashMap<GraphKey, BuiltGraph>,
     upload: UploadStats,
     stat: crate::engine::metrics::StageStat,
+    /// Tags the graphs this stage sends ([`RpcClient::stored_graph_is`]).
+    owner: u64,
+}
+
+/// A tag no other graph sender of this process uses.
+pub(crate) fn new_graph_owner() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl RemoteStage {
@@ -95,7 +103,7 @@ impl RemoteStage {
         g: &Gguf,
         cfg: &LlamaConfig,
         layers: Range<u32>,
-        head: bool,
+        head: impl Into<Head>,
         kv_size: u32,
         n_batch: u32,
         hashes: &TensorHashes,
@@ -108,6 +116,7 @@ impl RemoteStage {
             endpoint: endpoint.clone(),
             source,
         };
+        let head = head.into();
         let names = stage_weight_names(cfg, &layers, head);
         let (weights, upload) = upload_weights(client, device, g, &names, hashes, progress).await?;
         // A server that reports 0 means no constraint (and must not divide by 0).
@@ -153,6 +162,7 @@ impl RemoteStage {
                 allocated_bytes,
                 ..Default::default()
             },
+            owner: new_graph_owner(),
         })
     }
 
@@ -468,8 +478,9 @@ impl RemoteStage {
         };
         let stored = match self.stored.take() {
             // A FREE_BUFFER on this connection (by any stage) drops the
-            // server's stored graphs: then the graph is sent again.
-            Some(s) if s.key == key && c.has_stored_graph(self.device) => {
+            // server's stored graphs, and a share of the output head on
+            // this device replaces it: then the graph is sent again.
+            Some(s) if s.key == key && c.stored_graph_is(self.device, self.owner) => {
                 // Inputs, rerun and the read of the output: one write.
                 c.cork();
                 self.upload_inputs(c, &s, step, hidden).await?;
@@ -493,9 +504,10 @@ impl RemoteStage {
                 let (stored, msg, nbytes) = (ready.0.clone(), &ready.1, &ready.2);
                 c.cork();
                 self.upload_inputs(c, &stored, step, hidden).await?;
-                c.graph_compute_sized(self.device, &msg.nodes, &msg.tensors, nbytes)
+                c.graph_compute_for(self.owner, self.device, &msg.nodes, &msg.tensors, nbytes)
                     .await
                     .map_err(|e| self.err(e))?;
+                self.stat.graphs_sent += 1;
                 self.stat.bytes_sent += (msg.tensors.len() * shardline_protocol::RPC_TENSOR_SIZE
                     + msg.nodes.len() * 8) as u64;
                 stored

@@ -4,11 +4,13 @@
 //! the others, each on a different micro-batch.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::head::SplitHead;
 use super::local::LocalStage;
 use super::remote::RemoteStage;
 use super::{ExecError, Step};
@@ -22,6 +24,9 @@ pub enum StageRunner {
     Local(LocalStage),
     /// On a server.
     Remote(Box<RemoteStage>),
+    /// The output head, split over servers (after a last stage that stops
+    /// at the final norm).
+    Head(Box<SplitHead>),
 }
 
 impl StageRunner {
@@ -30,6 +35,7 @@ impl StageRunner {
         match self {
             StageRunner::Local(_) => "local",
             StageRunner::Remote(r) => r.endpoint(),
+            StageRunner::Head(h) => h.endpoint(),
         }
     }
 
@@ -37,6 +43,7 @@ impl StageRunner {
         match self {
             StageRunner::Local(l) => l.stat(),
             StageRunner::Remote(r) => r.stat(),
+            StageRunner::Head(h) => h.stat(),
         }
     }
 }
@@ -239,23 +246,31 @@ async fn run_once(
     step: &Step,
     hidden: &[u8],
 ) -> Result<Vec<u8>, ExecError> {
-    match stage {
-        StageRunner::Local(s) => super::blocking(|| s.run(cfg, step, hidden)),
-        StageRunner::Remote(s) => match clock.deadline(step.n_tokens) {
-            None => s.run(cfg, step, hidden).await,
-            Some((after, typical)) => {
-                // Dropping the step mid-call leaves the session poisoned:
-                // recovery reconnects anyway.
-                match tokio::time::timeout(after, s.run(cfg, step, hidden)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ExecError::Deadline {
-                        endpoint: s.endpoint().to_string(),
-                        after,
-                        typical,
-                    }),
-                }
+    let (endpoint, run): (
+        String,
+        std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>>,
+    ) = match stage {
+        StageRunner::Local(s) => return super::blocking(|| s.run(cfg, step, hidden)),
+        StageRunner::Remote(s) => (s.endpoint().to_string(), Box::pin(s.run(cfg, step, hidden))),
+        // Each share keeps its own deadline, so that a hung one is named.
+        StageRunner::Head(h) => {
+            return h.run(step, hidden, clock.deadline(step.n_tokens)).await;
+        }
+    };
+    match clock.deadline(step.n_tokens) {
+        None => run.await,
+        Some((after, typical)) => {
+            // Dropping the step mid-call leaves the session poisoned:
+            // recovery reconnects anyway.
+            match tokio::time::timeout(after, run).await {
+                Ok(r) => r,
+                Err(_) => Err(ExecError::Deadline {
+                    endpoint,
+                    after,
+                    typical,
+                }),
             }
-        },
+        }
     }
 }
 

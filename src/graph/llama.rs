@@ -47,8 +47,32 @@ pub struct LayerTensors<'c> {
 pub struct HeadTensors<'c> {
     /// `[n_embd]`.
     pub output_norm: Tensor<'c>,
-    /// `[n_embd, n_vocab]` (the token embedding when tied).
-    pub output: Tensor<'c>,
+    /// `[n_embd, n_vocab]` (the token embedding when tied); `None` when the
+    /// output matrix is split over several devices ([`Head::Norm`]) and the
+    /// stage returns the normalised hidden state instead of logits.
+    pub output: Option<Tensor<'c>>,
+}
+
+/// How much of the output head a stage computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// None: the stage returns its last layer's hidden state.
+    None,
+    /// The final norm only: the output matrix is split over devices
+    /// (`build_head_shard` on each), which all need the normalised state.
+    Norm,
+    /// Norm and output matrix: the stage returns logits.
+    Full,
+}
+
+impl From<bool> for Head {
+    fn from(full: bool) -> Head {
+        if full {
+            Head::Full
+        } else {
+            Head::None
+        }
+    }
 }
 
 /// Per-step inputs of a stage.
@@ -115,7 +139,7 @@ impl<'c> StageTensors<'c> {
     pub fn gather<E>(
         cfg: &LlamaConfig,
         layers: impl Iterator<Item = u32>,
-        head: bool,
+        head: impl Into<Head>,
         mut weight: impl FnMut(&str) -> Result<Tensor<'c>, E>,
         mut cache: impl FnMut(u32, bool) -> Result<Tensor<'c>, E>,
     ) -> Result<Self, E> {
@@ -138,13 +162,16 @@ impl<'c> StageTensors<'c> {
                 v_cache: cache(il, true)?,
             });
         }
-        let head = if head {
-            Some(HeadTensors {
+        let head = match head.into() {
+            Head::None => None,
+            Head::Norm => Some(HeadTensors {
                 output_norm: weight(OUTPUT_NORM)?,
-                output: weight(if cfg.tied_output { TOKEN_EMBD } else { OUTPUT })?,
-            })
-        } else {
-            None
+                output: None,
+            }),
+            Head::Full => Some(HeadTensors {
+                output_norm: weight(OUTPUT_NORM)?,
+                output: Some(weight(if cfg.tied_output { TOKEN_EMBD } else { OUTPUT })?),
+            }),
         };
         let rope_freqs = if cfg.rope_freqs {
             Some(weight(ROPE_FREQS)?)
@@ -179,7 +206,10 @@ impl<'c> StageTensors<'c> {
                 ]
             })
             .collect();
-        v.extend(self.head.iter().flat_map(|h| [h.output_norm, h.output]));
+        if let Some(h) = &self.head {
+            v.push(h.output_norm);
+            v.extend(h.output);
+        }
         v.extend(self.rope_freqs);
         v
     }
@@ -187,7 +217,9 @@ impl<'c> StageTensors<'c> {
 
 /// Builds the stage's graph into `graph` and returns its result tensor:
 /// hidden state `[n_embd, n]` (n = tokens, or outputs after the model's last
-/// layer), or logits `[n_vocab, n_outputs]` when the stage has the head.
+/// layer), or logits `[n_vocab, n_outputs]` when the stage has the head
+/// (the normalised hidden state `[n_embd, n_outputs]` when it has only the
+/// head's norm).
 pub fn build_stage<'c>(
     ctx: &'c Context,
     graph: &mut Graph<'c>,
@@ -271,11 +303,32 @@ pub fn build_stage<'c>(
         Some(h) => {
             let cur = ctx.rms_norm(inp_l, hp.rms_eps)?;
             let cur = ctx.mul(cur, h.output_norm)?.set_name("result_norm");
-            ctx.mul_mat(h.output, cur)?.set_name("result_output")
+            match h.output {
+                Some(w) => ctx.mul_mat(w, cur)?.set_name("result_output"),
+                None => cur,
+            }
         }
         None => inp_l,
     };
     let out = out.set_output();
+    graph.build_forward(out)?;
+    Ok(out)
+}
+
+/// One device's share of a split output head: logits of its rows of the
+/// output matrix (`rows`, `[n_embd, n_rows]`, a contiguous slice of it) for
+/// the normalised hidden state `normed` (`[n_embd, n_outputs]`); each
+/// logit is the same dot product the whole matrix would give.
+pub fn build_head_shard<'c>(
+    ctx: &'c Context,
+    graph: &mut Graph<'c>,
+    rows: Tensor<'c>,
+    normed: Tensor<'c>,
+) -> Result<Tensor<'c>, GgmlError> {
+    let out = ctx
+        .mul_mat(rows, normed)?
+        .set_name("result_output")
+        .set_output();
     graph.build_forward(out)?;
     Ok(out)
 }

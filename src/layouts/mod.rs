@@ -439,6 +439,7 @@ mod tests {
     fn workload_round_counts_pipelined_prompts_and_decode() {
         let mut p = Prediction {
             stages: Vec::new(),
+            head: None,
             decode_tok_s: 10.0,
             prompt_tok_s: 100.0,
             prompt_chunk: 50,

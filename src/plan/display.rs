@@ -49,7 +49,7 @@ impl fmt::Display for Plan {
                     human_bytes(s.weight_bytes),
                     human_bytes(s.kv_bytes),
                     human_bytes(s.compute_bytes),
-                    if s.holds_output {
+                    if s.holds_output || s.output_bytes > 0 {
                         human_bytes(s.output_bytes)
                     } else {
                         "-".to_owned()
@@ -73,6 +73,18 @@ impl fmt::Display for Plan {
 
         // Text columns left-aligned, sizes right-aligned.
         write_table(f, &HEADERS, &rows, 3)?;
+        if !self.head_shares.is_empty() {
+            let shares: Vec<String> = self
+                .head_shares
+                .iter()
+                .map(|h| format!("{}-{} on {}", h.rows.start, h.rows.end - 1, h.target))
+                .collect();
+            writeln!(
+                f,
+                "output head split by vocabulary rows, computed at once: {}",
+                shares.join(", ")
+            )?;
+        }
         Ok(())
     }
 }

@@ -27,6 +27,7 @@ pub mod cost;
 mod display;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod head;
 pub mod speed;
 mod speed_display;
 #[cfg(test)]
@@ -49,6 +50,7 @@ pub use cost::{
 };
 pub use display::human_bytes;
 pub(crate) use display::write_table;
+pub use head::{HeadShare, HeadSplit};
 pub use speed::{predict, Curve, DeviceSpeed, LeftOut, Prediction, StageTime};
 pub use speed_display::PredictionTable;
 pub use split::parse_split;
@@ -179,6 +181,9 @@ pub struct PlanOptions {
     /// Free memory of the coordinator for its local layers; `None` leaves
     /// the local stage unchecked.
     pub local_free: Option<u64>,
+    /// Whether the output matrix is split over the devices with layers
+    /// ([`head`]).
+    pub head_split: HeadSplit,
 }
 
 impl Default for PlanOptions {
@@ -191,6 +196,7 @@ impl Default for PlanOptions {
             local_layers: 0,
             reserve: DEFAULT_RESERVE,
             local_free: None,
+            head_split: HeadSplit::Auto,
         }
     }
 }
@@ -238,7 +244,9 @@ pub struct Stage {
     /// The compute buffer (the logits too on the last stage) and, with a
     /// measured cost, the input buffer.
     pub compute_bytes: u64,
-    /// Output norm and output matrix: non-zero on the last stage only.
+    /// Output norm and output matrix on the last stage; with the head split
+    /// ([`Plan::head_shares`]), the norm there and each share's rows, hidden
+    /// states and logits on the stage of the share's device.
     pub output_bytes: u64,
     /// True for the last stage, which computes the logits.
     pub holds_output: bool,
@@ -287,6 +295,9 @@ pub struct Plan {
     pub strategy: Strategy,
     /// Bytes kept free on each device (and on the coordinator).
     pub reserve: u64,
+    /// The output matrix split by rows over these devices, computed at once;
+    /// empty when the last stage computes the whole head.
+    pub head_shares: Vec<HeadShare>,
 }
 
 impl Plan {
@@ -309,6 +320,19 @@ impl Plan {
     pub fn last_stage(&self) -> &Stage {
         // A plan has at least one layer, so at least one stage.
         self.stages.last().expect("a plan has at least one stage")
+    }
+
+    /// How much of the output head stage `i` computes: all of it on the
+    /// last stage, only the final norm there when the head is split.
+    pub fn head_of(&self, i: usize) -> crate::graph::llama::Head {
+        use crate::graph::llama::Head;
+        if i + 1 != self.stages.len() {
+            Head::None
+        } else if self.head_shares.is_empty() {
+            Head::Full
+        } else {
+            Head::Norm
+        }
     }
 
     /// The stage on the coordinator's CPU, when there is one (always first).
@@ -538,7 +562,7 @@ pub fn plan_with_speeds(
     };
     let stages = placer.stages(&counts);
     placer.check(&stages)?;
-    Ok(Plan {
+    let mut plan = Plan {
         stages: stages.into_iter().map(|s| s.stage).collect(),
         n_layer,
         n_ctx: cost.n_ctx,
@@ -547,5 +571,15 @@ pub fn plan_with_speeds(
         output_tied: cost.weights.output_tied,
         strategy: opts.strategy.clone(),
         reserve: opts.reserve,
-    })
+        head_shares: Vec::new(),
+    };
+    head::split_head(
+        &mut plan,
+        cost,
+        devices,
+        speeds,
+        opts.head_split,
+        opts.reserve,
+    );
+    Ok(plan)
 }

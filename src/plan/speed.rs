@@ -121,7 +121,7 @@ impl DeviceSpeed {
         }
     }
 
-    fn transfer_s(&self, bytes: u64) -> f64 {
+    pub(crate) fn transfer_s(&self, bytes: u64) -> f64 {
         if self.bandwidth > 0.0 {
             bytes as f64 / self.bandwidth
         } else {
@@ -201,6 +201,9 @@ pub struct Prediction {
     /// One entry per stage of the plan, in order (`None` for a stage
     /// without speed facts: the coordinator's CPU is not measured).
     pub stages: Vec<Option<StageTime>>,
+    /// The split output head ([`Plan::head_shares`]) as one more stage
+    /// after the last: its slowest share; `None` when not split.
+    pub head: Option<StageTime>,
     /// Tokens per second of one stream decoding.
     pub decode_tok_s: f64,
     /// Prompt tokens per second of one stream.
@@ -243,7 +246,8 @@ pub fn predict(
                 return None;
             };
             let sp = speeds.get(*server)?.as_ref()?;
-            let t = |n, o| 1e3 * sp.stage_s(cost, s.n_layers(), n, o, s.holds_output);
+            let whole_head = s.holds_output && plan.head_shares.is_empty();
+            let t = |n, o| 1e3 * sp.stage_s(cost, s.n_layers(), n, o, whole_head);
             Some(StageTime {
                 decode_ms: t(1, 1),
                 load_ms: t(streams, streams),
@@ -262,10 +266,21 @@ pub fn predict(
             Target::Local => None,
         })
         .fold(0.0, f64::max);
-    let known: Vec<&StageTime> = times.iter().flatten().collect();
+    let head = split_head_time(plan, cost, speeds, streams);
+    let mut known: Vec<&StageTime> = times.iter().flatten().collect();
+    known.extend(head.as_ref().map(|(t, _)| t));
     let sum = |f: fn(&StageTime) -> f64| known.iter().map(|t| f(t)).sum::<f64>();
     let rate = |n: f64, ms: f64| if ms > 0.0 { 1e3 * n / ms } else { 0.0 };
-    let slowest = known.iter().map(|t| t.load_ms).fold(0.0, f64::max);
+    // Under load each device is busy with its stage and its share of the
+    // head; the busiest sets the rate.
+    let slowest = times
+        .iter()
+        .enumerate()
+        .filter_map(|(k, t)| {
+            let share = head.as_ref().map_or(0.0, |(_, per_stage)| per_stage[k]);
+            Some(t.as_ref()?.load_ms + share)
+        })
+        .fold(0.0, f64::max);
     let used: Vec<usize> = plan
         .remote_stages()
         .filter_map(|s| match &s.target {
@@ -285,6 +300,7 @@ pub fn predict(
         .collect();
     Prediction {
         stages: times.clone(),
+        head: head.as_ref().map(|(t, _)| t.clone()),
         decode_tok_s: rate(1.0, sum(|t| t.decode_ms)),
         prompt_tok_s: rate(f64::from(chunk), sum(|t| t.prompt_ms)),
         prompt_chunk: chunk,
@@ -294,6 +310,58 @@ pub fn predict(
         load_s,
         left_out,
     }
+}
+
+/// The split head's times, and under load the milliseconds each stage's
+/// device spends on its share; `None` without a split or speeds.
+fn split_head_time(
+    plan: &Plan,
+    cost: &ModelCost,
+    speeds: &[Option<DeviceSpeed>],
+    streams: u32,
+) -> Option<(StageTime, Vec<f64>)> {
+    if plan.head_shares.is_empty() {
+        return None;
+    }
+    let stage_of = |t: &Target| plan.stages.iter().position(|s| &s.target == t);
+    let server = |t: &Target| match t {
+        Target::Remote { server, .. } => Some(*server),
+        Target::Local => None,
+    };
+    let mut parts = Vec::new();
+    for h in &plan.head_shares {
+        let k = stage_of(&h.target)?;
+        parts.push((
+            server(&h.target)?,
+            h.rows.end - h.rows.start,
+            plan.stages[k].n_layers(),
+            k,
+        ));
+    }
+    let last = plan.stages.last()?;
+    let model: Vec<(usize, u32, u32)> = parts.iter().map(|&(i, r, l, _)| (i, r, l)).collect();
+    let at = |outputs| {
+        super::head::head_step_s(
+            cost,
+            speeds,
+            server(&last.target)?,
+            last.n_layers(),
+            Some(&model),
+            outputs,
+        )
+        .map(|s| 1e3 * s)
+    };
+    let time = StageTime {
+        decode_ms: at(1)?,
+        load_ms: at(streams)?,
+        prompt_ms: at(1)?,
+    };
+    let mut per_stage = vec![0.0; plan.stages.len()];
+    for &(i, rows, layers, k) in &parts {
+        let sp = speeds.get(i)?.as_ref()?;
+        per_stage[k] = 1e3 * super::head::share_s(cost, sp, rows, streams, layers);
+    }
+    Some((time, per_stage))
 }
 
 fn left_out_reason(

@@ -23,7 +23,7 @@ impl fmt::Display for PredictionTable<'_> {
             &prompt_head,
         ];
         let ms = |v: f64| format!("{v:.2}");
-        let rows: Vec<[String; 6]> = plan
+        let mut rows: Vec<[String; 6]> = plan
             .stages
             .iter()
             .zip(&p.stages)
@@ -43,6 +43,21 @@ impl fmt::Display for PredictionTable<'_> {
                 ]
             })
             .collect();
+        if let Some(t) = &p.head {
+            let devices: Vec<String> = plan
+                .head_shares
+                .iter()
+                .map(|h| h.target.to_string())
+                .collect();
+            rows.push([
+                "head".into(),
+                devices.join(" + "),
+                "output rows".into(),
+                ms(t.decode_ms),
+                ms(t.load_ms),
+                ms(t.prompt_ms),
+            ]);
+        }
         super::display::write_table(f, &headers, &rows, 3)?;
         writeln!(
             f,

@@ -252,3 +252,96 @@ fn concurrent_streams_split_what_one_stream_keeps_together() {
     );
     assert!(c.iter().all(|&n| n >= 12), "{c:?}");
 }
+
+/// A plan of `split` layers on the devices, with the head split as `mode`.
+fn with_head(
+    cost: &ModelCost,
+    devices: &[DeviceSpec],
+    speeds: &[Option<DeviceSpeed>],
+    split: Vec<u32>,
+    mode: HeadSplit,
+) -> Plan {
+    let opts = PlanOptions {
+        strategy: Strategy::Split(split),
+        head_split: mode,
+        ..PlanOptions::default()
+    };
+    plan_with_speeds(cost, devices, speeds, &opts).unwrap()
+}
+
+#[test]
+fn head_splits_when_the_links_are_fast_and_not_when_slow() {
+    let cost = model(8);
+    let devices = [dev(1, 8 * GIB), dev(2, 8 * GIB)];
+    // A head of twice a layer (2 ms), a round trip of 0.1 ms: two halves
+    // at once save about 1 ms a token.
+    let fast = [Some(speed(1.0, 0.1)), Some(speed(1.0, 0.1))];
+    let whole = with_head(&cost, &devices, &fast, vec![4, 4], HeadSplit::Off);
+    let split = with_head(&cost, &devices, &fast, vec![4, 4], HeadSplit::Auto);
+    assert!(whole.head_shares.is_empty());
+    let rows: Vec<_> = split.head_shares.iter().map(|h| h.rows.clone()).collect();
+    assert_eq!(
+        rows,
+        [0..16_000, 16_000..32_000],
+        "equal speeds, equal halves"
+    );
+    let before = predict(&whole, &cost, &devices, &fast, 1, 64);
+    let after = predict(&split, &cost, &devices, &fast, 1, 64);
+    assert!(after.head.is_some() && before.head.is_none());
+    assert!(
+        after.decode_tok_s > before.decode_tok_s * 1.05,
+        "{} vs {}",
+        after.decode_tok_s,
+        before.decode_tok_s
+    );
+    // The matrix (32 MiB) left the last stage; each share holds half.
+    let out = |p: &Plan| p.stages.iter().map(|s| s.output_bytes).collect::<Vec<_>>();
+    assert_eq!(out(&whole), [0, 32 * MIB]);
+    let shared = out(&split);
+    assert!(shared[0] > 16 * MIB && shared[0] < 17 * MIB, "{shared:?}");
+    assert!(shared[1] > 16 * MIB && shared[1] < 17 * MIB, "{shared:?}");
+    assert!(split
+        .to_string()
+        .contains("output head split by vocabulary rows"));
+
+    // Behind a 5 ms round trip a second round trip costs more than half
+    // the head saves.
+    let far = [Some(speed(1.0, 0.1)), Some(speed(1.0, 5.0))];
+    let p = with_head(&cost, &devices, &far, vec![4, 4], HeadSplit::Auto);
+    assert!(p.head_shares.is_empty());
+    // Asked for, it splits anyway, in proportion to each device's head.
+    let slow_head = [Some(speed(1.0, 0.1)), Some(speed(3.0, 0.1))];
+    let p = with_head(&cost, &devices, &slow_head, vec![4, 4], HeadSplit::On);
+    let rows: Vec<u32> = p
+        .head_shares
+        .iter()
+        .map(|h| h.rows.end - h.rows.start)
+        .collect();
+    assert_eq!(rows.iter().sum::<u32>(), 32_000);
+    assert_eq!(rows[0] % head::ROW_QUANTUM, 0);
+    assert!(rows[0] > 2 * rows[1], "{rows:?}");
+}
+
+#[test]
+fn head_stays_whole_without_speeds_room_or_a_second_device() {
+    let cost = model(8);
+    let devices = [dev(1, 8 * GIB), dev(2, 8 * GIB)];
+    // Auto needs speeds; on does not (equal shares).
+    let p = with_head(&cost, &devices, &[], vec![4, 4], HeadSplit::Auto);
+    assert!(p.head_shares.is_empty());
+    let p = with_head(&cost, &devices, &[], vec![4, 4], HeadSplit::On);
+    assert_eq!(p.head_shares.len(), 2);
+    // Every layer on one device: nobody to share with.
+    let p = with_head(&cost, &devices, &[], vec![8, 0], HeadSplit::On);
+    assert!(p.head_shares.is_empty());
+    // A first device with no room for its share keeps the head whole.
+    let tight = [dev(1, 4 * 8 * MIB * 2 + 300 * MIB), dev(2, 8 * GIB)];
+    let whole = with_head(&cost, &tight, &[], vec![4, 4], HeadSplit::Off);
+    let room = whole.stages[0].free_after.unwrap() - whole.reserve;
+    assert!(
+        room < 16 * MIB,
+        "the fixture must leave less than a share: {room}"
+    );
+    let p = with_head(&cost, &tight, &[], vec![4, 4], HeadSplit::On);
+    assert!(p.head_shares.is_empty());
+}

@@ -1,6 +1,6 @@
 //! One session with one rpc-server.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
@@ -115,8 +115,9 @@ pub struct RpcClient {
     hello: HelloResponse,
     device_count: u32,
     buffers: Buffers,
-    /// Devices with a graph stored by GRAPH_COMPUTE (what GRAPH_RECOMPUTE reruns).
-    stored_graphs: HashSet<u32>,
+    /// Devices with a graph stored by GRAPH_COMPUTE (what GRAPH_RECOMPUTE
+    /// reruns), each with the owner tag it was sent with.
+    stored_graphs: HashMap<u32, u64>,
     /// Last command written without a response since the last round trip.
     last_pipelined: Option<Command>,
     /// When the server should be done with the work pipelined so far.
@@ -196,7 +197,7 @@ impl RpcClient {
             },
             device_count: 0,
             buffers: Buffers::default(),
-            stored_graphs: HashSet::new(),
+            stored_graphs: HashMap::new(),
             last_pipelined: None,
             backlog_until: None,
             poisoned_by: None,
@@ -246,7 +247,15 @@ impl RpcClient {
     /// [`RpcClient::graph_recompute`] can re-run (none after any
     /// `FREE_BUFFER` on the connection).
     pub fn has_stored_graph(&self, device: u32) -> bool {
-        self.stored_graphs.contains(&device)
+        self.stored_graphs.contains_key(&device)
+    }
+
+    /// Whether the graph the server holds for `device` is the one sent by
+    /// [`RpcClient::graph_compute_for`] with `owner`: several graphs that
+    /// take turns on one device (a stage and a share of the output head)
+    /// each need to know when the other replaced theirs.
+    pub fn stored_graph_is(&self, device: u32, owner: u64) -> bool {
+        self.stored_graphs.get(&device) == Some(&owner)
     }
 
     /// Round trips and bytes moved so far on this session.
@@ -971,7 +980,7 @@ impl RpcClient {
         nodes: &[u64],
         tensors: &[RpcTensor],
     ) -> Result<(), RpcError> {
-        self.send_graph(device, nodes, tensors, None).await
+        self.send_graph(0, device, nodes, tensors, None).await
     }
 
     /// [`RpcClient::graph_compute`] with each tensor's byte size
@@ -984,11 +993,28 @@ impl RpcClient {
         tensors: &[RpcTensor],
         nbytes: &[u64],
     ) -> Result<(), RpcError> {
-        self.send_graph(device, nodes, tensors, Some(nbytes)).await
+        self.send_graph(0, device, nodes, tensors, Some(nbytes))
+            .await
+    }
+
+    /// [`RpcClient::graph_compute_sized`], remembering `owner` (non-zero) as
+    /// the sender of the graph the server now stores for `device`
+    /// ([`RpcClient::stored_graph_is`]).
+    pub async fn graph_compute_for(
+        &mut self,
+        owner: u64,
+        device: u32,
+        nodes: &[u64],
+        tensors: &[RpcTensor],
+        nbytes: &[u64],
+    ) -> Result<(), RpcError> {
+        self.send_graph(owner, device, nodes, tensors, Some(nbytes))
+            .await
     }
 
     async fn send_graph(
         &mut self,
+        owner: u64,
         device: u32,
         nodes: &[u64],
         tensors: &[RpcTensor],
@@ -1001,7 +1027,7 @@ impl RpcClient {
             .map_err(InvalidRequest::from)?;
         let work = self.opts.compute_timeout;
         self.pipeline(Command::GraphCompute, &[], work).await?;
-        self.stored_graphs.insert(device);
+        self.stored_graphs.insert(device, owner);
         Ok(())
     }
 
@@ -1010,7 +1036,7 @@ impl RpcClient {
     /// [`RpcClient::set_tensor`].
     pub async fn graph_recompute(&mut self, device: u32) -> Result<(), RpcError> {
         self.check_device(device)?;
-        if !self.stored_graphs.contains(&device) {
+        if !self.stored_graphs.contains_key(&device) {
             return Err(InvalidRequest::NoStoredGraph { device }.into());
         }
         self.scratch.clear();

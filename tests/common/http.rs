@@ -394,11 +394,19 @@ pub struct Serve {
 
 impl Serve {
     /// Starts `shardline serve --port 0 ARGS` and waits for its listening line.
+    /// Without a `--strategy` in ARGS the layers are placed by memory: the
+    /// serve tests stop, kill and restart workers and need every worker to
+    /// hold layers, which the default (throughput, measured) need not give.
     pub fn start(args: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
-            .arg("serve")
-            .args(["--port", "0"])
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardline"));
+        cmd.arg("serve").args(["--port", "0"]).args(args);
+        if !args
+            .iter()
+            .any(|a| a.starts_with("--strategy") || *a == "--split")
+        {
+            cmd.args(["--strategy", "memory"]);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
