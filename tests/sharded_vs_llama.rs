@@ -157,6 +157,26 @@ async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
             assert_eq!(&got, want, "{}: prompt {prompt:?}", case.name);
             assert_eq!(usage.unwrap().completion_tokens, N_GEN);
         }
+        if case.local_layers > 0 {
+            // The coordinator's stage builds a graph per step shape once and
+            // runs it again after that.
+            let text = e.metrics_text();
+            let local = |name: &str| -> f64 {
+                text.lines()
+                    .find(|l| l.starts_with(name) && l.contains("server=\"local\""))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{name} for local in {text}"))
+            };
+            let steps = local("shardline_stage_step_seconds_count");
+            let built = local("shardline_graphs_sent_total");
+            assert!(steps >= 90.0, "{}: {steps} local steps", case.name);
+            assert!(
+                (1.0..=8.0).contains(&built),
+                "{}: {built} local graphs built",
+                case.name
+            );
+        }
     }
 }
 

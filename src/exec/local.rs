@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use ggml_sys::{ty, Context, CpuBackend, CpuGraphAllocator, Graph, Tensor};
+use ggml_sys::{ty, Context, CpuBackend, CpuGraphAllocator, Graph, KeptGraph, Tensor};
 
 use super::{ExecError, Step};
 use crate::gguf::Gguf;
@@ -82,6 +82,9 @@ pub struct LocalStage {
     backend: CpuBackend,
     /// The compute buffer, reused by every step.
     compute: CpuGraphAllocator,
+    /// Graphs by step shape (tokens, cells, outputs), run again as they are.
+    built: HashMap<(i64, i64, i64), KeptGraph>,
+    graphs_built: u64,
     stat: crate::engine::metrics::StageStat,
 }
 
@@ -129,6 +132,8 @@ impl LocalStage {
             weights: ctx,
             backend,
             compute: CpuGraphAllocator::new()?,
+            built: HashMap::new(),
+            graphs_built: 0,
             stat: crate::engine::metrics::StageStat {
                 server: "local".into(),
                 ..Default::default()
@@ -190,11 +195,12 @@ impl LocalStage {
     }
 
     fn step_context(&self) -> Result<Context, ExecError> {
+        Ok(Context::new(self.step_context_bytes(), true)?)
+    }
+
+    fn step_context_bytes(&self) -> usize {
         let gsize = graph_size(self.layers.len());
-        Ok(Context::new(
-            Context::tensor_overhead() * gsize + Context::graph_overhead(gsize),
-            true,
-        )?)
+        Context::tensor_overhead() * gsize + Context::graph_overhead(gsize)
     }
 
     /// The stage's graph for a step of `n_tokens` over `n_kv` cells with
@@ -229,41 +235,73 @@ impl LocalStage {
         Ok((graph, inp, out))
     }
 
+    /// The kept graph for `key` (tokens, cells, outputs), built the first
+    /// time that shape is seen.
+    fn kept(&mut self, cfg: &LlamaConfig, key: (i64, i64, i64)) -> Result<&KeptGraph, ExecError> {
+        if !self.built.contains_key(&key) {
+            if self.built.len() >= MAX_KEPT_GRAPHS {
+                self.built.clear();
+            }
+            let (layers, head) = (self.layers.clone(), self.head);
+            let kept =
+                KeptGraph::build(self.step_context_bytes(), &self.weights, |ctx, weights| {
+                    let (graph, inp, out) =
+                        Self::build(weights, &layers, head, ctx, cfg, key.0, key.1, key.2)?;
+                    // Handles in the order `run_inner` reads them.
+                    let mut handles = vec![out, inp.hidden, inp.pos, inp.kv_idx, inp.mask];
+                    handles.extend(inp.out_ids);
+                    Ok::<_, ExecError>((graph, handles))
+                })?;
+            self.graphs_built += 1;
+            self.stat.graphs_sent = self.graphs_built;
+            self.built.insert(key, kept);
+        }
+        Ok(&self.built[&key])
+    }
+
+    /// Graphs built so far (one per step shape, until the cache of
+    /// [`MAX_KEPT_GRAPHS`] is full).
+    pub fn graphs_built(&self) -> u64 {
+        self.graphs_built
+    }
+
     fn run_inner(
         &mut self,
         cfg: &LlamaConfig,
         step: &Step,
         hidden: &[u8],
     ) -> Result<Vec<u8>, ExecError> {
-        let ctx = self.step_context()?;
-        let (graph, inp, out) = Self::build(
-            &self.weights,
-            &self.layers,
-            self.head,
-            &ctx,
-            cfg,
+        let key = (
             step.n_tokens as i64,
             step.n_kv as i64,
             step.n_outputs as i64,
-        )?;
+        );
+        self.kept(cfg, key)?;
+        let kept = &self.built[&key];
         // Intermediates go to the reused compute buffer, and come back out
-        // of it before the step context goes.
-        let backend = &mut self.backend;
-        let result = self.compute.with_graph(&graph, || {
-            inp.hidden.write_bytes(0, hidden)?;
-            inp.pos.write_bytes(0, &step.pos)?;
-            inp.kv_idx.write_bytes(0, &step.kv_idx)?;
-            inp.mask.write_bytes(0, &step.mask)?;
-            if let Some(ids) = inp.out_ids {
-                ids.write_bytes(0, &step.out_ids)?;
-            }
-            backend.compute(&graph)?;
-            let mut bytes = vec![0u8; out.nbytes()];
-            out.read_bytes(0, &mut bytes)?;
-            Ok(bytes)
-        })?;
+        // of it before the step ends.
+        let (backend, compute) = (&mut self.backend, &mut self.compute);
+        let result = kept.with(&self.weights, |graph, t| {
+            compute.with_graph(graph, || {
+                let (out, inputs) = (t[0], &t[1..]);
+                inputs[0].write_bytes(0, hidden)?;
+                inputs[1].write_bytes(0, &step.pos)?;
+                inputs[2].write_bytes(0, &step.kv_idx)?;
+                inputs[3].write_bytes(0, &step.mask)?;
+                if let Some(ids) = inputs.get(4) {
+                    ids.write_bytes(0, &step.out_ids)?;
+                }
+                backend.compute(graph)?;
+                let mut bytes = vec![0u8; out.nbytes()];
+                out.read_bytes(0, &mut bytes)?;
+                Ok(bytes)
+            })
+        })??;
         // The buffer grows should a step need more than was reserved.
         self.stat.allocated_bytes = self.weights.buffer_bytes() + self.compute.buffer_size();
         Ok(result)
     }
 }
+
+/// Step shapes whose graphs a local stage keeps.
+const MAX_KEPT_GRAPHS: usize = 8;
