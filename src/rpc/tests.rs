@@ -818,3 +818,31 @@ async fn cached_upload_paths() {
         }
     );
 }
+
+// ------------------------------------------------------------ stored graphs
+
+#[tokio::test]
+async fn the_stored_graph_belongs_to_whoever_sent_it_last() {
+    let mut script = alloc(PTR, SIZE, BASE);
+    for _ in 0..3 {
+        script.push(Step::Expect(Command::GraphCompute, vec![]));
+    }
+    script.push(Step::Expect(Command::FreeBuffer, vec![]));
+    script.push(Step::Expect(Command::DeviceCount, vec![]));
+    script.push(Step::Send(reply(Response::DeviceCount(1))));
+    let (mut c, _server) = session(script).await;
+    let buf = c.alloc_buffer(0, SIZE).await.unwrap();
+    let t = tensor_at(&buf, 1, 0);
+    assert!(!c.stored_graph_is(0, 7));
+    c.graph_compute_for(7, 0, &[1], &[t], &[64]).await.unwrap();
+    assert!(c.stored_graph_is(0, 7) && !c.stored_graph_is(0, 8));
+    // Another sender on the same device takes the slot.
+    c.graph_compute_for(8, 0, &[1], &[t], &[64]).await.unwrap();
+    assert!(!c.stored_graph_is(0, 7) && c.stored_graph_is(0, 8));
+    c.graph_compute(0, &[1], &[t]).await.unwrap();
+    assert!(!c.stored_graph_is(0, 8) && c.has_stored_graph(0));
+    // Freeing any buffer drops every stored graph on the server.
+    c.free_buffer(buf.remote_ptr).await.unwrap();
+    assert!(!c.has_stored_graph(0));
+    c.sync().await.unwrap();
+}
