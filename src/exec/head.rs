@@ -21,8 +21,8 @@ use ggml_sys::{ty, Context, Device, Tensor, TensorId};
 use shardline_protocol::{GraphCompute, RpcTensor};
 
 use super::remote::{new_graph_owner, SharedClient};
+use super::StageStat;
 use super::{ExecError, Step};
-use crate::engine::metrics::StageStat;
 use crate::gguf::Gguf;
 use crate::graph::llama::build_head_shard;
 use crate::graph::{to_wire, RemoteLocation};

@@ -85,7 +85,7 @@ pub struct LocalStage {
     /// Graphs by step shape (tokens, cells, outputs), run again as they are.
     built: HashMap<(i64, i64, i64), KeptGraph>,
     graphs_built: u64,
-    stat: crate::engine::metrics::StageStat,
+    stat: super::StageStat,
 }
 
 impl LocalStage {
@@ -134,7 +134,7 @@ impl LocalStage {
             compute: CpuGraphAllocator::new()?,
             built: HashMap::new(),
             graphs_built: 0,
-            stat: crate::engine::metrics::StageStat {
+            stat: super::StageStat {
                 server: "local".into(),
                 ..Default::default()
             },
@@ -142,7 +142,7 @@ impl LocalStage {
     }
 
     /// Cumulative step numbers.
-    pub fn stat(&self) -> crate::engine::metrics::StageStat {
+    pub fn stat(&self) -> super::StageStat {
         self.stat.clone()
     }
 

@@ -7,6 +7,9 @@ pub mod local;
 pub mod pipeline;
 pub mod remote;
 pub mod stage_task;
+mod stat;
+
+pub use stat::StageStat;
 
 use ggml_sys::GgmlError;
 

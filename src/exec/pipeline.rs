@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 
 use super::remote::SharedClient;
 use super::stage_task::{run_stage, StageShared, StepTrace, Work};
+use super::StageStat;
 use super::{Embedder, ExecError, Step};
-use crate::engine::metrics::StageStat;
 use crate::kv::{CacheFull, Cell, KvCells};
 use crate::model::LlamaConfig;
 

@@ -82,7 +82,7 @@ pub struct RemoteStage {
     /// server stores one per device) but does not build it again.
     built: HashMap<GraphKey, BuiltGraph>,
     upload: UploadStats,
-    stat: crate::engine::metrics::StageStat,
+    stat: super::StageStat,
     /// Tags the graphs this stage sends ([`RpcClient::stored_graph_is`]).
     owner: u64,
 }
@@ -157,7 +157,7 @@ impl RemoteStage {
             stored: None,
             built: HashMap::new(),
             upload,
-            stat: crate::engine::metrics::StageStat {
+            stat: super::StageStat {
                 server: endpoint.clone(),
                 allocated_bytes,
                 ..Default::default()
@@ -221,7 +221,7 @@ impl RemoteStage {
     }
 
     /// Cumulative step numbers.
-    pub fn stat(&self) -> crate::engine::metrics::StageStat {
+    pub fn stat(&self) -> super::StageStat {
         self.stat.clone()
     }
 

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use super::head::SplitHead;
 use super::local::LocalStage;
 use super::remote::RemoteStage;
+use super::StageStat;
 use super::{ExecError, Step};
-use crate::engine::metrics::StageStat;
 use crate::model::LlamaConfig;
 
 /// One stage of the pipeline.
