@@ -20,7 +20,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use super::cost::ACTIVATION_BYTES;
-use super::speed::{DeviceSpeed, NEAR_TIE};
+use super::speed::{DeviceSpeed, LOAD_TIE, NEAR_TIE};
 use super::{ModelCost, Plan, Target};
 use crate::model::{OUTPUT, TOKEN_EMBD};
 
@@ -296,6 +296,37 @@ pub(super) fn split_head(
             .map(|f| f.saturating_add(back).saturating_sub(added[k]));
     }
     plan.head_shares = shares_out;
+}
+
+/// Whether `alt`, a plan with a split head, decodes one stream faster than
+/// `base` by more than [`NEAR_TIE`], without giving up more than
+/// [`LOAD_TIE`] of `base`'s rate under load when the engine serves several
+/// streams.
+pub(super) fn faster_with_split(
+    alt: &Plan,
+    base: &Plan,
+    cost: &ModelCost,
+    devices: &[super::DeviceSpec],
+    speeds: &[Option<DeviceSpeed>],
+) -> bool {
+    if alt.head_shares.is_empty() {
+        return false;
+    }
+    let known = |p: &Plan| {
+        p.stages.iter().all(|s| match s.target {
+            Target::Remote { server, .. } => speeds.get(server).is_some_and(Option::is_some),
+            Target::Local => false,
+        })
+    };
+    if !known(alt) || !known(base) {
+        return false;
+    }
+    let streams = super::speed::LOAD_STREAMS;
+    let a = super::predict(alt, cost, devices, speeds, streams, 1);
+    let b = super::predict(base, cost, devices, speeds, streams, 1);
+    let one = a.decode_tok_s > b.decode_tok_s * (1.0 + NEAR_TIE);
+    let load = base.n_seq_max <= 1 || a.pipelined_tok_s >= b.pipelined_tok_s * (1.0 - LOAD_TIE);
+    one && load
 }
 
 #[cfg(test)]

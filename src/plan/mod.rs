@@ -560,11 +560,43 @@ pub fn plan_with_speeds(
         )
         .unwrap_or_else(|| placer.memory_counts(n_remote)),
     };
-    let stages = placer.stages(&counts);
+    let mut plan = assemble(&placer, &counts, cost, devices, speeds, opts)?;
+    if opts.strategy == Strategy::Throughput && opts.head_split == HeadSplit::Auto {
+        // The layer counts were chosen for a head on one device. A split
+        // head needs devices with layers to share it with, so a plan that
+        // uses more of them may now decode faster: try the plain ones.
+        for alt in [
+            split::even(n_remote, devices.len()),
+            placer.memory_counts(n_remote),
+        ] {
+            if alt == counts {
+                continue;
+            }
+            if let Ok(p) = assemble(&placer, &alt, cost, devices, speeds, opts) {
+                if head::faster_with_split(&p, &plan, cost, devices, speeds) {
+                    plan = p;
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// The plan of `counts` layers per device, with the head split as
+/// `opts` asks.
+fn assemble(
+    placer: &split::Placer<'_>,
+    counts: &[u32],
+    cost: &ModelCost,
+    devices: &[DeviceSpec],
+    speeds: &[Option<DeviceSpeed>],
+    opts: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    let stages = placer.stages(counts);
     placer.check(&stages)?;
     let mut plan = Plan {
         stages: stages.into_iter().map(|s| s.stage).collect(),
-        n_layer,
+        n_layer: cost.n_layer(),
         n_ctx: cost.n_ctx,
         n_batch: cost.n_batch,
         n_seq_max: cost.n_seq_max,
