@@ -261,6 +261,18 @@ impl Context {
         )
     }
 
+    /// SwiGLU of one tensor holding both halves of each row: `silu(x0) * x1`
+    /// where `x0` is the first half of the row and `x1` the second.
+    pub fn swiglu<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        let an = a.ne();
+        if an[0] % 2 != 0 || !a.is_contiguous_1() || !matches!(a.ty(), F32 | F16) {
+            return Err(bad("swiglu", format!("a {an:?} of type {}", a.ty())));
+        }
+        self.ensure_room(a.nbytes() / 2)?;
+        // SAFETY: an even, row-contiguous F32/F16 row, as ggml_glu_impl asserts.
+        self.made(unsafe { sys::ggml_swiglu(self.raw(), a.raw()) }, "swiglu")
+    }
+
     /// `a` converted to `ty`.
     pub fn cast<'a>(&'a self, a: Tensor<'a>, ty: GgmlType) -> Result<Tensor<'a>, GgmlError> {
         let n = a.ne();

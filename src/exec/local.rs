@@ -10,7 +10,7 @@ use ggml_sys::{ty, Context, CpuBackend, CpuGraphAllocator, Graph, Tensor};
 use super::{ExecError, Step};
 use crate::gguf::Gguf;
 use crate::graph::llama::{build_stage, StageInputs, StageTensors};
-use crate::model::{LayerRole, LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
+use crate::model::{LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
 
 /// Graph size for one step: generous for the ~30 nodes a layer takes.
 pub(crate) fn graph_size(n_layers: usize) -> usize {
@@ -26,7 +26,7 @@ pub(crate) fn stage_weight_names(
 ) -> Vec<String> {
     let mut names: Vec<String> = layers
         .clone()
-        .flat_map(|il| LayerRole::ALL.iter().map(move |r| r.name(il)))
+        .flat_map(|il| cfg.layer_weight_names(il))
         .collect();
     if cfg.rope_freqs {
         names.push(ROPE_FREQS.into());

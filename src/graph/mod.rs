@@ -1,6 +1,7 @@
 //! Computation graphs: built with ggml (through `ggml-sys`), laid out in remote
 //! buffers, and turned into the RPC wire form a server rebuilds and computes.
 
+pub mod layer;
 pub mod layout;
 pub mod llama;
 pub mod measure;

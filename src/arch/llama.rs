@@ -1,0 +1,16 @@
+//! Llama (and Mistral, which llama.cpp loads the same way): RMSNorm, separate
+//! Q/K/V without biases, SwiGLU feed-forward, normal RoPE with optional
+//! Llama 3 frequency factors.
+
+use super::common::*;
+use super::{Arch, RopeStyle};
+
+/// The llama family.
+pub const LLAMA: Arch = Arch {
+    name: "llama",
+    architectures: &["llama", "mistral"],
+    layer: &[ATTN_NORM, Q, K, V, OUT, FFN_NORM, GATE, UP, DOWN],
+    rope: RopeStyle::Normal,
+    rope_freqs: true,
+    scale_q: false,
+};
