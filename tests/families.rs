@@ -1,0 +1,284 @@
+//! Every model family beyond llama, each on a small synthetic GGUF written
+//! with the project's writer: random weights in F32, F16 and Q8_0, the
+//! family's real key and tensor names and shapes, three layers. shardline's
+//! greedy tokens (and first logits) must be llama.cpp's with all layers on
+//! one worker, split over two workers, and with a layer on the coordinator.
+//! And every refusal names what it refuses, on one line.
+
+mod common;
+
+use common::start_worker;
+use common::synth::{self, add, id_prompts, norm, normal, remote_stage, TempModel};
+use shardline::exec::local::LocalStage;
+use shardline::exec::pipeline::{Pipeline, StageRunner};
+use shardline::exec::Embedder;
+use shardline::gguf::writer::GgufWriter;
+use shardline::gguf::{GgmlType, Gguf};
+use shardline::model::{LlamaConfig, ModelError};
+
+const N_LAYER: u32 = 3;
+const N_EMBD: usize = 128;
+const N_FF: usize = 256;
+const N_HEAD: usize = 4;
+const N_HEAD_KV: usize = 2;
+const N_VOCAB: usize = 256;
+const N_CTX: u32 = 256;
+const N_GEN: usize = 16;
+
+/// A family under test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Family {
+    /// Q/K/V biases.
+    Qwen2,
+    /// Per-head Q/K norms; heads wider than `n_embd / n_head`.
+    Qwen3,
+    /// Fused QKV and gate-up; queries scaled before attention.
+    Phi3,
+}
+
+impl Family {
+    fn arch(self) -> &'static str {
+        match self {
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Phi3 => "phi3",
+        }
+    }
+
+    fn head_dim(self) -> usize {
+        match self {
+            // Qwen3 sets `key_length` (e.g. 128 with a width of 1024 and 16
+            // heads): a head wider than the width per head.
+            Family::Qwen3 => 64,
+            _ => N_EMBD / N_HEAD,
+        }
+    }
+}
+
+/// Extra keys or tensors a refusal test adds.
+#[derive(Default)]
+struct Extra {
+    kv: Vec<(&'static str, &'static str)>,
+    tensors: Vec<(&'static str, usize)>,
+    skip: Option<&'static str>,
+}
+
+/// Writes the family's synthetic model.
+fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
+    use GgmlType::{F16, F32, Q8_0};
+    let a = f.arch();
+    let key = |s: &str| format!("{a}.{s}");
+    let hd = f.head_dim();
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", a)
+        .add_kv("general.name", format!("shardline synthetic {a}"))
+        .add_kv(key("block_count"), N_LAYER)
+        .add_kv(key("context_length"), 512u32)
+        .add_kv(key("embedding_length"), N_EMBD as u32)
+        .add_kv(key("feed_forward_length"), N_FF as u32)
+        .add_kv(key("attention.head_count"), N_HEAD as u32)
+        .add_kv(key("attention.head_count_kv"), N_HEAD_KV as u32)
+        .add_kv(key("rope.freq_base"), 1_000_000f32)
+        .add_kv(key("attention.layer_norm_rms_epsilon"), 1e-6f32)
+        .add_kv(key("vocab_size"), N_VOCAB as u32)
+        // No tokenizer: llama.cpp makes N_VOCAB dummy tokens; prompts are ids.
+        .add_kv("tokenizer.ggml.model", "none");
+    if f == Family::Qwen3 {
+        w.add_kv(key("attention.key_length"), hd as u32)
+            .add_kv(key("attention.value_length"), hd as u32);
+    }
+    for (k, v) in &extra.kv {
+        w.add_kv(key(k), *v);
+    }
+
+    let (e, ff, v) = (N_EMBD, N_FF, N_VOCAB);
+    let (q, kv) = (hd * N_HEAD, hd * N_HEAD_KV);
+    let mut put = |name: &str, ty: GgmlType, dims: &[usize], values: Vec<f32>| {
+        if extra.skip != Some(name) {
+            add(&mut w, name, ty, dims, values);
+        }
+    };
+    put(
+        "token_embd.weight",
+        Q8_0,
+        &[e, v],
+        normal("token_embd.weight", e * v, 1.0),
+    );
+    put(
+        "output_norm.weight",
+        F32,
+        &[e],
+        norm("output_norm.weight", e),
+    );
+    // A separate output matrix: tied to an embedding this large, the
+    // logits would mostly repeat the input token (the SmolLM2 tests cover
+    // tied outputs).
+    put(
+        "output.weight",
+        Q8_0,
+        &[e, v],
+        normal("output.weight", e * v, 0.1),
+    );
+    // Matrices: (suffix, dims, sd). Types rotate over F16, Q8_0 and F32 by
+    // layer and by matrix, so each layer mixes them.
+    let mut mats: Vec<(&str, [usize; 2], f32)> = match f {
+        Family::Phi3 => vec![("attn_qkv", [e, q + 2 * kv], 0.12)],
+        _ => vec![
+            ("attn_q", [e, q], 0.12),
+            ("attn_k", [e, kv], 0.12),
+            ("attn_v", [e, kv], 0.1),
+        ],
+    };
+    mats.push(("attn_output", [q, e], 0.1));
+    match f {
+        Family::Phi3 => mats.push(("ffn_up", [e, 2 * ff], 0.1)),
+        _ => {
+            mats.push(("ffn_gate", [e, ff], 0.1));
+            mats.push(("ffn_up", [e, ff], 0.1));
+        }
+    }
+    mats.push(("ffn_down", [ff, e], 0.1));
+    let types = [F16, Q8_0, F32];
+    for il in 0..N_LAYER as usize {
+        for n in ["attn_norm", "ffn_norm"] {
+            let name = format!("blk.{il}.{n}.weight");
+            put(&name, F32, &[e], norm(&name, e));
+        }
+        for (i, (m, dims, sd)) in mats.iter().enumerate() {
+            let name = format!("blk.{il}.{m}.weight");
+            let ty = types[(il + i) % types.len()];
+            put(&name, ty, dims, normal(&name, dims[0] * dims[1], *sd));
+        }
+        match f {
+            Family::Qwen2 => {
+                for (m, n) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
+                    let name = format!("blk.{il}.{m}.bias");
+                    put(&name, F32, &[n], normal(&name, n, 0.5));
+                }
+            }
+            Family::Qwen3 => {
+                for m in ["attn_q_norm", "attn_k_norm"] {
+                    let name = format!("blk.{il}.{m}.weight");
+                    put(&name, F32, &[hd], norm(&name, hd));
+                }
+            }
+            Family::Phi3 => {}
+        }
+    }
+    for (name, n) in &extra.tensors {
+        put(name, F32, &[*n], normal(name, *n, 0.1));
+    }
+    TempModel::write(&mut w, &format!("{a}-{name}"))
+}
+
+/// llama.cpp's output against shardline's in the three placements.
+async fn matches_llama_cpp(f: Family) {
+    let m = write_model(f, "e2e", &Extra::default());
+    let prompts = id_prompts(N_VOCAB, &[(1, 12), (2, 40)]);
+    let want = synth::reference(&m.0, &prompts, N_CTX, N_GEN);
+    let g = Gguf::open(&m.0).unwrap();
+    let cfg = LlamaConfig::from_gguf(&g).unwrap();
+    assert_eq!(cfg.arch.name, f.arch());
+    let workers = [start_worker(&[]), start_worker(&[])];
+    let pipeline = |stages: Vec<StageRunner>| {
+        Pipeline::new(cfg.clone(), Embedder::new(&g, &cfg).unwrap(), stages, N_CTX)
+    };
+
+    let all = remote_stage(&workers[0], &m.0, &g, &cfg, 0..N_LAYER, true, N_CTX).await;
+    let mut p = pipeline(vec![StageRunner::Remote(all.into())]);
+    synth::check_against(&mut p, &prompts, &want, &format!("{f:?}: one worker")).await;
+    drop(p);
+
+    let a = remote_stage(&workers[0], &m.0, &g, &cfg, 0..1, false, N_CTX).await;
+    let b = remote_stage(&workers[1], &m.0, &g, &cfg, 1..N_LAYER, true, N_CTX).await;
+    let mut p = pipeline(vec![
+        StageRunner::Remote(a.into()),
+        StageRunner::Remote(b.into()),
+    ]);
+    synth::check_against(&mut p, &prompts, &want, &format!("{f:?}: two workers")).await;
+    drop(p);
+
+    let local = LocalStage::new(&g, &cfg, 0..2, false, N_CTX, 1).unwrap();
+    let b = remote_stage(&workers[1], &m.0, &g, &cfg, 2..N_LAYER, true, N_CTX).await;
+    let mut p = pipeline(vec![
+        StageRunner::Local(local),
+        StageRunner::Remote(b.into()),
+    ]);
+    synth::check_against(&mut p, &prompts, &want, &format!("{f:?}: local layers")).await;
+}
+
+#[tokio::test]
+async fn qwen2_matches_llama_cpp() {
+    matches_llama_cpp(Family::Qwen2).await;
+}
+
+#[tokio::test]
+async fn qwen3_matches_llama_cpp() {
+    matches_llama_cpp(Family::Qwen3).await;
+}
+
+/// The error `from_gguf` gives for the family's model with `extra`.
+fn refusal(f: Family, name: &str, extra: Extra) -> ModelError {
+    let m = write_model(f, name, &extra);
+    let g = Gguf::open(&m.0).unwrap();
+    let err = LlamaConfig::from_gguf(&g).unwrap_err();
+    let msg = err.to_string();
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    err
+}
+
+#[test]
+fn refusals_name_what_they_refuse() {
+    let msg = refusal(
+        Family::Qwen2,
+        "yarn",
+        Extra {
+            kv: vec![("rope.scaling.type", "yarn")],
+            ..Extra::default()
+        },
+    )
+    .to_string();
+    assert!(
+        msg.contains("qwen2.rope.scaling.type") && msg.contains("yarn"),
+        "{msg}"
+    );
+
+    let msg = refusal(
+        Family::Qwen3,
+        "extra-bias",
+        Extra {
+            tensors: vec![("blk.1.attn_output.bias", N_EMBD)],
+            ..Extra::default()
+        },
+    )
+    .to_string();
+    assert!(msg.contains("blk.1.attn_output.bias"), "{msg}");
+
+    let err = refusal(
+        Family::Qwen2,
+        "no-bias",
+        Extra {
+            skip: Some("blk.2.attn_k.bias"),
+            ..Extra::default()
+        },
+    );
+    assert!(
+        matches!(&err, ModelError::MissingWeight(n) if n == "blk.2.attn_k.bias"),
+        "{err}"
+    );
+
+    // An architecture no family covers, named with the supported ones.
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", "gpt2")
+        .add_kv("gpt2.block_count", 1u32);
+    let m = TempModel::write(&mut w, "gpt2");
+    let g = Gguf::open(&m.0).unwrap();
+    let err = LlamaConfig::from_gguf(&g).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ModelError::Architecture(ref a) if a == "gpt2"));
+    assert!(
+        msg.contains("general.architecture") && msg.contains("'gpt2'") && msg.contains("qwen2"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'));
+}
