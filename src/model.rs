@@ -208,18 +208,21 @@ impl LlamaConfig {
         }
         // A layer tensor the description does not list (a bias, an extra
         // norm, experts) would change the output if it were ignored.
+        // Outside the layers likewise (Phi-3's long-context RoPE factors,
+        // an output bias): llama.cpp too refuses a file with tensors it
+        // does not load.
         for t in g.tensors() {
-            let Some(rest) = t
+            let known = match t
                 .name()
                 .strip_prefix("blk.")
                 .and_then(|r| r.split_once('.'))
-                .map(|(_, rest)| rest)
-            else {
-                continue;
+            {
+                Some((_, rest)) => self.arch.layer_tensor(rest).is_some(),
+                None => [TOKEN_EMBD, OUTPUT_NORM, OUTPUT, ROPE_FREQS].contains(&t.name()),
             };
-            if self.arch.layer_tensor(rest).is_none() {
+            if !known {
                 return Err(ModelError::Unsupported(format!(
-                    "tensor '{}' (not part of a {} layer)",
+                    "tensor '{}' (not part of a {} model)",
                     t.name(),
                     self.hp.architecture
                 )));

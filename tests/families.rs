@@ -217,6 +217,11 @@ async fn qwen3_matches_llama_cpp() {
     matches_llama_cpp(Family::Qwen3).await;
 }
 
+#[tokio::test]
+async fn phi3_matches_llama_cpp() {
+    matches_llama_cpp(Family::Phi3).await;
+}
+
 /// The error `from_gguf` gives for the family's model with `extra`.
 fn refusal(f: Family, name: &str, extra: Extra) -> ModelError {
     let m = write_model(f, name, &extra);
@@ -253,6 +258,17 @@ fn refusals_name_what_they_refuse() {
     )
     .to_string();
     assert!(msg.contains("blk.1.attn_output.bias"), "{msg}");
+
+    let msg = refusal(
+        Family::Phi3,
+        "long-rope",
+        Extra {
+            tensors: vec![("rope_factors_long.weight", 16)],
+            ..Extra::default()
+        },
+    )
+    .to_string();
+    assert!(msg.contains("rope_factors_long.weight"), "{msg}");
 
     let err = refusal(
         Family::Qwen2,
