@@ -66,6 +66,15 @@ impl LlamaConfig {
         let family =
             crate::arch::lookup(&arch).ok_or_else(|| ModelError::Architecture(arch.clone()))?;
         let hp = LlamaHparams::from_metadata(g.metadata_map())?;
+        let family = family.variant(hp.n_expert > 0);
+        if family.experts != (hp.n_expert > 0) {
+            let k = keys::arch_key(&arch, keys::EXPERT_COUNT);
+            return Err(ModelError::Unsupported(if family.experts {
+                format!("{k} is missing or 0, and {arch} layers route over experts")
+            } else {
+                format!("{k} = {}, and {arch} layers have no experts", hp.n_expert)
+            }));
+        }
         hp.check_tensors(g.tensors())?;
         let key = |s: &str| keys::arch_key(&arch, s);
         // Values wider than keys are not something the graph handles.

@@ -13,7 +13,7 @@ use shardline::exec::local::LocalStage;
 use shardline::exec::pipeline::{Pipeline, StageRunner};
 use shardline::exec::Embedder;
 use shardline::gguf::writer::GgufWriter;
-use shardline::gguf::{GgmlType, Gguf};
+use shardline::gguf::{GgmlType, Gguf, Value};
 use shardline::model::{LlamaConfig, ModelError};
 
 const N_LAYER: u32 = 3;
@@ -34,6 +34,10 @@ enum Family {
     Qwen3,
     /// Fused QKV and gate-up; queries scaled before attention.
     Phi3,
+    /// A llama file with experts.
+    Mixtral,
+    /// Qwen3's attention with experts narrower than `feed_forward_length`.
+    Qwen3Moe,
 }
 
 impl Family {
@@ -42,6 +46,8 @@ impl Family {
             Family::Qwen2 => "qwen2",
             Family::Qwen3 => "qwen3",
             Family::Phi3 => "phi3",
+            Family::Mixtral => "llama",
+            Family::Qwen3Moe => "qwen3moe",
         }
     }
 
@@ -49,8 +55,37 @@ impl Family {
         match self {
             // Qwen3 sets `key_length` (e.g. 128 with a width of 1024 and 16
             // heads): a head wider than the width per head.
-            Family::Qwen3 => 64,
+            Family::Qwen3 | Family::Qwen3Moe => 64,
             _ => N_EMBD / N_HEAD,
+        }
+    }
+
+    /// The name of its description in `shardline::arch`.
+    fn description(self) -> &'static str {
+        match self {
+            Family::Mixtral => "mixtral",
+            f => f.arch(),
+        }
+    }
+
+    fn qk_norm(self) -> bool {
+        matches!(self, Family::Qwen3 | Family::Qwen3Moe)
+    }
+
+    /// Experts per layer and experts per token.
+    fn experts(self) -> Option<(usize, usize)> {
+        match self {
+            Family::Mixtral => Some((4, 2)),
+            Family::Qwen3Moe => Some((6, 3)),
+            _ => None,
+        }
+    }
+
+    /// Width of each expert's feed-forward layer.
+    fn n_ff_exp(self) -> usize {
+        match self {
+            Family::Qwen3Moe => 128,
+            _ => N_FF,
         }
     }
 }
@@ -58,7 +93,7 @@ impl Family {
 /// Extra keys or tensors a refusal test adds.
 #[derive(Default)]
 struct Extra {
-    kv: Vec<(&'static str, &'static str)>,
+    kv: Vec<(&'static str, Value)>,
     tensors: Vec<(&'static str, usize)>,
     skip: Option<&'static str>,
 }
@@ -83,12 +118,19 @@ fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
         .add_kv(key("vocab_size"), N_VOCAB as u32)
         // No tokenizer: llama.cpp makes N_VOCAB dummy tokens; prompts are ids.
         .add_kv("tokenizer.ggml.model", "none");
-    if f == Family::Qwen3 {
+    if f.qk_norm() {
         w.add_kv(key("attention.key_length"), hd as u32)
             .add_kv(key("attention.value_length"), hd as u32);
     }
+    if let Some((n, used)) = f.experts() {
+        w.add_kv(key("expert_count"), n as u32)
+            .add_kv(key("expert_used_count"), used as u32);
+        if f == Family::Qwen3Moe {
+            w.add_kv(key("expert_feed_forward_length"), f.n_ff_exp() as u32);
+        }
+    }
     for (k, v) in &extra.kv {
-        w.add_kv(key(k), *v);
+        w.add_kv(key(k), v.clone());
     }
 
     let (e, ff, v) = (N_EMBD, N_FF, N_VOCAB);
@@ -121,23 +163,32 @@ fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
     );
     // Matrices: (suffix, dims, sd). Types rotate over F16, Q8_0 and F32 by
     // layer and by matrix, so each layer mixes them.
-    let mut mats: Vec<(&str, [usize; 2], f32)> = match f {
-        Family::Phi3 => vec![("attn_qkv", [e, q + 2 * kv], 0.12)],
+    let mut mats: Vec<(&str, Vec<usize>, f32)> = match f {
+        Family::Phi3 => vec![("attn_qkv", vec![e, q + 2 * kv], 0.12)],
         _ => vec![
-            ("attn_q", [e, q], 0.12),
-            ("attn_k", [e, kv], 0.12),
-            ("attn_v", [e, kv], 0.1),
+            ("attn_q", vec![e, q], 0.12),
+            ("attn_k", vec![e, kv], 0.12),
+            ("attn_v", vec![e, kv], 0.1),
         ],
     };
-    mats.push(("attn_output", [q, e], 0.1));
-    match f {
-        Family::Phi3 => mats.push(("ffn_up", [e, 2 * ff], 0.1)),
+    mats.push(("attn_output", vec![q, e], 0.1));
+    match (f, f.experts()) {
+        (Family::Phi3, _) => mats.push(("ffn_up", vec![e, 2 * ff], 0.1)),
+        (_, Some((n, _))) => {
+            let fe = f.n_ff_exp();
+            mats.push(("ffn_gate_inp", vec![e, n], 0.3));
+            mats.push(("ffn_gate_exps", vec![e, fe, n], 0.1));
+            mats.push(("ffn_up_exps", vec![e, fe, n], 0.1));
+            mats.push(("ffn_down_exps", vec![fe, e, n], 0.1));
+        }
         _ => {
-            mats.push(("ffn_gate", [e, ff], 0.1));
-            mats.push(("ffn_up", [e, ff], 0.1));
+            mats.push(("ffn_gate", vec![e, ff], 0.1));
+            mats.push(("ffn_up", vec![e, ff], 0.1));
         }
     }
-    mats.push(("ffn_down", [ff, e], 0.1));
+    if f.experts().is_none() {
+        mats.push(("ffn_down", vec![ff, e], 0.1));
+    }
     let types = [F16, Q8_0, F32];
     for il in 0..N_LAYER as usize {
         for n in ["attn_norm", "ffn_norm"] {
@@ -147,7 +198,7 @@ fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
         for (i, (m, dims, sd)) in mats.iter().enumerate() {
             let name = format!("blk.{il}.{m}.weight");
             let ty = types[(il + i) % types.len()];
-            put(&name, ty, dims, normal(&name, dims[0] * dims[1], *sd));
+            put(&name, ty, dims, normal(&name, dims.iter().product(), *sd));
         }
         match f {
             Family::Qwen2 => {
@@ -156,13 +207,13 @@ fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
                     put(&name, F32, &[n], normal(&name, n, 0.5));
                 }
             }
-            Family::Qwen3 => {
+            _ if f.qk_norm() => {
                 for m in ["attn_q_norm", "attn_k_norm"] {
                     let name = format!("blk.{il}.{m}.weight");
                     put(&name, F32, &[hd], norm(&name, hd));
                 }
             }
-            Family::Phi3 => {}
+            _ => {}
         }
     }
     for (name, n) in &extra.tensors {
@@ -178,7 +229,7 @@ async fn matches_llama_cpp(f: Family) {
     let want = synth::reference(&m.0, &prompts, N_CTX, N_GEN);
     let g = Gguf::open(&m.0).unwrap();
     let cfg = LlamaConfig::from_gguf(&g).unwrap();
-    assert_eq!(cfg.arch.name, f.arch());
+    assert_eq!(cfg.arch.name, f.description());
     let workers = [start_worker(&[]), start_worker(&[])];
     let pipeline = |stages: Vec<StageRunner>| {
         Pipeline::new(cfg.clone(), Embedder::new(&g, &cfg).unwrap(), stages, N_CTX)
@@ -222,6 +273,16 @@ async fn phi3_matches_llama_cpp() {
     matches_llama_cpp(Family::Phi3).await;
 }
 
+#[tokio::test]
+async fn mixtral_matches_llama_cpp() {
+    matches_llama_cpp(Family::Mixtral).await;
+}
+
+#[tokio::test]
+async fn qwen3moe_matches_llama_cpp() {
+    matches_llama_cpp(Family::Qwen3Moe).await;
+}
+
 /// The error `from_gguf` gives for the family's model with `extra`.
 fn refusal(f: Family, name: &str, extra: Extra) -> ModelError {
     let m = write_model(f, name, &extra);
@@ -238,7 +299,7 @@ fn refusals_name_what_they_refuse() {
         Family::Qwen2,
         "yarn",
         Extra {
-            kv: vec![("rope.scaling.type", "yarn")],
+            kv: vec![("rope.scaling.type", "yarn".into())],
             ..Extra::default()
         },
     )
@@ -281,6 +342,34 @@ fn refusals_name_what_they_refuse() {
     assert!(
         matches!(&err, ModelError::MissingWeight(n) if n == "blk.2.attn_k.bias"),
         "{err}"
+    );
+
+    // Experts where the family has none, and more used than there are.
+    let msg = refusal(
+        Family::Qwen2,
+        "experts",
+        Extra {
+            kv: vec![
+                ("expert_count", 8u32.into()),
+                ("expert_used_count", 2u32.into()),
+            ],
+            ..Extra::default()
+        },
+    )
+    .to_string();
+    assert!(msg.contains("qwen2.expert_count = 8"), "{msg}");
+    let msg = refusal(
+        Family::Qwen3Moe,
+        "too-many-used",
+        Extra {
+            kv: vec![("expert_used_count", 7u32.into())],
+            ..Extra::default()
+        },
+    )
+    .to_string();
+    assert!(
+        msg.contains("qwen3moe.expert_used_count") && msg.contains('7'),
+        "{msg}"
     );
 
     // An architecture no family covers, named with the supported ones.

@@ -13,4 +13,6 @@ pub const LLAMA: Arch = Arch {
     rope: RopeStyle::Normal,
     rope_freqs: true,
     scale_q: false,
+    experts: false,
+    with_experts: Some(&super::mixtral::MIXTRAL),
 };

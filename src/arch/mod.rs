@@ -10,9 +10,11 @@
 //! in with the GGUF reader and the planner.
 
 pub mod llama;
+pub mod mixtral;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3moe;
 
 /// A width the hyperparameters fix, used to state tensor shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,10 @@ pub enum Width {
     HeadDim,
     /// `rope.dimension_count / 2`.
     HalfRot,
+    /// `expert_count`.
+    Expert,
+    /// `expert_feed_forward_length`, or `feed_forward_length` without it.
+    FfExp,
 }
 
 /// The weights of one transformer layer, by role.
@@ -72,11 +78,19 @@ pub enum LayerRole {
     GateUp,
     /// Feed-forward down projection.
     Down,
+    /// Router: one logit per expert.
+    GateInp,
+    /// Every expert's gate projection, `[n_embd, n_ff, n_expert]`.
+    GateExps,
+    /// Every expert's up projection, `[n_embd, n_ff, n_expert]`.
+    UpExps,
+    /// Every expert's down projection, `[n_ff, n_embd, n_expert]`.
+    DownExps,
 }
 
 impl LayerRole {
     /// Every role, in a fixed order (the order of [`LayerRole::index`]).
-    pub const ALL: [LayerRole; 16] = [
+    pub const ALL: [LayerRole; 20] = [
         LayerRole::AttnNorm,
         LayerRole::Q,
         LayerRole::K,
@@ -93,6 +107,10 @@ impl LayerRole {
         LayerRole::Up,
         LayerRole::GateUp,
         LayerRole::Down,
+        LayerRole::GateInp,
+        LayerRole::GateExps,
+        LayerRole::UpExps,
+        LayerRole::DownExps,
     ];
 
     /// Number of roles.
@@ -123,6 +141,10 @@ impl LayerRole {
             // Phi-3 stores the fused gate-up matrix under the up name.
             LayerRole::Up | LayerRole::GateUp => "ffn_up.weight",
             LayerRole::Down => "ffn_down.weight",
+            LayerRole::GateInp => "ffn_gate_inp.weight",
+            LayerRole::GateExps => "ffn_gate_exps.weight",
+            LayerRole::UpExps => "ffn_up_exps.weight",
+            LayerRole::DownExps => "ffn_down_exps.weight",
         }
     }
 
@@ -180,9 +202,24 @@ pub struct Arch {
     /// 1) rather than in it: the same product, rounded as the family's
     /// reference implementation rounds it.
     pub scale_q: bool,
+    /// Whether the feed-forward routes over experts (and `expert_count`
+    /// must be set).
+    pub experts: bool,
+    /// The family's layout when a file of the same architecture declares
+    /// experts (llama files with experts are Mixtral's).
+    pub with_experts: Option<&'static Arch>,
 }
 
 impl Arch {
+    /// This family, or its layout with experts when `has_experts` and it
+    /// has one.
+    pub fn variant(&'static self, has_experts: bool) -> &'static Arch {
+        match (has_experts, self.with_experts) {
+            (true, Some(moe)) => moe,
+            _ => self,
+        }
+    }
+
     /// Whether a layer has a tensor of role `r`.
     pub fn has(&self, r: LayerRole) -> bool {
         self.layer.iter().any(|t| t.role == r)
@@ -201,7 +238,14 @@ impl Arch {
 }
 
 /// Every family shardline runs.
-pub const FAMILIES: &[&Arch] = &[&llama::LLAMA, &qwen2::QWEN2, &qwen3::QWEN3, &phi3::PHI3];
+pub const FAMILIES: &[&Arch] = &[
+    &llama::LLAMA,
+    &mixtral::MIXTRAL,
+    &qwen2::QWEN2,
+    &qwen3::QWEN3,
+    &qwen3moe::QWEN3MOE,
+    &phi3::PHI3,
+];
 
 /// The family of `general.architecture` value `architecture`.
 pub fn lookup(architecture: &str) -> Option<&'static Arch> {
@@ -266,6 +310,11 @@ pub(crate) mod common {
         &[W::Ff, W::Embd],
         "feed_forward_length and embedding_length",
     );
+    pub const GATE_INP: LayerTensor = t(
+        R::GateInp,
+        &[W::Embd, W::Expert],
+        "embedding_length and expert_count",
+    );
 }
 
 #[cfg(test)]
@@ -284,6 +333,8 @@ mod tests {
         assert_eq!(lookup("llama").unwrap().name, "llama");
         assert_eq!(lookup("mistral").unwrap().name, "llama");
         assert_eq!(lookup("qwen2").unwrap().name, "qwen2");
+        assert_eq!(lookup("llama").unwrap().variant(true).name, "mixtral");
+        assert_eq!(lookup("qwen2").unwrap().variant(true).name, "qwen2");
         assert!(lookup("gpt2").is_none());
         assert!(supported().contains("qwen3"));
     }

@@ -28,4 +28,6 @@ pub const PHI3: Arch = Arch {
     rope: RopeStyle::Neox,
     rope_freqs: false,
     scale_q: true,
+    experts: false,
+    with_experts: None,
 };

@@ -25,4 +25,6 @@ pub const QWEN2: Arch = Arch {
     rope: RopeStyle::Neox,
     rope_freqs: false,
     scale_q: false,
+    experts: false,
+    with_experts: None,
 };

@@ -24,4 +24,6 @@ pub const QWEN3: Arch = Arch {
     rope: RopeStyle::Neox,
     rope_freqs: false,
     scale_q: false,
+    experts: false,
+    with_experts: None,
 };

@@ -87,7 +87,10 @@ pub(crate) fn build_layer<'c>(
     let cur = ctx
         .mul(cur, l.need(R::FfnNorm)?)?
         .set_name(&format!("ffn_norm-{il}"));
-    let cur = ffn(ctx, l, cur)?;
+    let cur = match l.get(R::GateInp) {
+        Some(router) => moe_ffn(ctx, graph, cfg, l, router, cur)?,
+        None => ffn(ctx, l, cur)?,
+    };
     Ok(ctx.add(cur, ffn_inp)?.set_name(&format!("l_out-{il}")))
 }
 
@@ -172,6 +175,63 @@ fn ffn<'c>(
         }
     };
     ctx.mul_mat(l.need(R::Down)?, act)
+}
+
+/// The feed-forward of a layer with routed experts: the router's softmax
+/// picks the `n_expert_used` most likely experts of each token, their
+/// weights are renormalised to sum to 1, and the token's output is the
+/// weighted sum of those experts' gated feed-forwards. The expert matrices
+/// stay whole on the device; `mul_mat_id` reads only the chosen ones.
+fn moe_ffn<'c>(
+    ctx: &'c Context,
+    graph: &mut Graph<'c>,
+    cfg: &LlamaConfig,
+    l: &LayerTensors<'c>,
+    router: Tensor<'c>,
+    cur: Tensor<'c>,
+) -> Result<Tensor<'c>, GgmlError> {
+    let (n_embd, n_tokens) = (cur.ne()[0], cur.ne()[1]);
+    let n_expert = i64::from(cfg.hp.n_expert);
+    let k = i64::from(cfg.hp.n_expert_used);
+    let il = l.il;
+
+    let logits = ctx.mul_mat(router, cur)?;
+    let probs = ctx
+        .soft_max(logits)?
+        .set_name(&format!("ffn_moe_probs-{il}"));
+    let chosen = ctx
+        .argsort_top_k(probs, k)?
+        .set_name(&format!("ffn_moe_topk-{il}"));
+    let probs = ctx.reshape_3d(probs, 1, n_expert, n_tokens)?;
+    let weights = ctx.get_rows(probs, chosen)?;
+    let weights = ctx.reshape_2d(weights, k, n_tokens)?;
+    // The floor keeps a row of underflowed weights from dividing by 0.
+    let sum = ctx.clamp(ctx.sum_rows(weights)?, 6.103_515_6e-5, f32::INFINITY)?;
+    let weights = ctx.div(weights, sum)?;
+    let weights = ctx
+        .reshape_3d(weights, 1, k, n_tokens)?
+        .set_name(&format!("ffn_moe_weights-{il}"));
+    graph.build_forward(weights)?;
+
+    let x = ctx.reshape_3d(cur, n_embd, 1, n_tokens)?;
+    let up = ctx.mul_mat_id(l.need(R::UpExps)?, x, chosen)?;
+    let gate = ctx.mul_mat_id(l.need(R::GateExps)?, x, chosen)?;
+    let act = ctx.swiglu_split(gate, up)?;
+    let experts = ctx.mul_mat_id(l.need(R::DownExps)?, act, chosen)?;
+    let experts = ctx.mul(experts, weights)?;
+    graph.build_forward(experts)?;
+
+    // Sum the chosen experts' outputs, in order of their weight.
+    let nb = experts.nb();
+    let mut out = ctx.view(experts, &[n_embd, n_tokens], &[nb[2]], 0)?;
+    for i in 1..k as usize {
+        let e = ctx.view(experts, &[n_embd, n_tokens], &[nb[2]], i * nb[1])?;
+        out = ctx.add(out, e)?;
+    }
+    if k == 1 {
+        out = ctx.cont(out)?;
+    }
+    Ok(out.set_name(&format!("ffn_moe_out-{il}")))
 }
 
 /// Flash attention of `q` (`[head_dim, n_head, n_tokens]`) over the whole

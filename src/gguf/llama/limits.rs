@@ -28,6 +28,8 @@ pub const MAX_HEADS: u32 = 1024;
 pub const MAX_HEAD_DIM: u32 = 4096;
 /// Widest Q projection, `n_head * head_dim` (which bounds K and V too).
 pub const MAX_ATTN_WIDTH: u32 = 1 << 20;
+/// Most routed experts per layer (`{arch}.expert_count`).
+pub const MAX_EXPERTS: u32 = 4096;
 /// Largest vocabulary (`tokenizer.ggml.tokens` or `{arch}.vocab_size`).
 pub const MAX_VOCAB: u32 = 1 << 22;
 /// Longest training context (`{arch}.context_length`); also keeps it, and
@@ -104,7 +106,9 @@ impl LlamaHparams {
     pub fn check_tensors(&self, tensors: &[TensorInfo]) -> Result<(), GgufError> {
         // An architecture shardline does not run is checked as llama, which
         // is what `inspect` and `plan` assumed before families were data.
-        let family = arch::lookup(&self.architecture).unwrap_or(&arch::llama::LLAMA);
+        let family = arch::lookup(&self.architecture)
+            .map(|a| a.variant(self.n_expert > 0))
+            .unwrap_or(&arch::llama::LLAMA);
         let mut seen = vec![false; self.n_layer as usize];
         for t in tensors {
             let name = t.name();
@@ -166,6 +170,8 @@ impl LlamaHparams {
                 (u64::from(self.n_head) + 2 * u64::from(self.n_head_kv)) * u64::from(self.head_dim)
             }
             Width::HeadDim => u64::from(self.head_dim),
+            Width::Expert => u64::from(self.n_expert),
+            Width::FfExp => u64::from(self.n_ff_exp.unwrap_or(self.n_ff)),
             Width::Embd => u64::from(self.n_embd),
             Width::Vocab => u64::from(self.n_vocab),
             Width::Ff => u64::from(self.n_ff),

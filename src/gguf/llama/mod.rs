@@ -65,6 +65,12 @@ pub mod keys {
     pub const KEY_LENGTH: &str = "attention.key_length";
     /// `{arch}.attention.value_length`: size of one value head.
     pub const VALUE_LENGTH: &str = "attention.value_length";
+    /// `{arch}.expert_count`: routed experts per layer (absent or 0: none).
+    pub const EXPERT_COUNT: &str = "expert_count";
+    /// `{arch}.expert_used_count`: experts each token goes through.
+    pub const EXPERT_USED_COUNT: &str = "expert_used_count";
+    /// `{arch}.expert_feed_forward_length`: width of each expert's feed-forward layer.
+    pub const EXPERT_FEED_FORWARD_LENGTH: &str = "expert_feed_forward_length";
     /// `{arch}.attention.layer_norm_rms_epsilon`: epsilon of the RMS norms.
     pub const RMS_EPS: &str = "attention.layer_norm_rms_epsilon";
     /// `{arch}.rope.dimension_count`: number of dimensions of each head that RoPE rotates.
@@ -178,6 +184,12 @@ pub struct LlamaHparams {
     pub rope_freq_base: f32,
     /// `{arch}.attention.layer_norm_rms_epsilon`, or [`DEFAULT_RMS_EPS`].
     pub rms_eps: f32,
+    /// `{arch}.expert_count`; 0 for a dense model.
+    pub n_expert: u32,
+    /// `{arch}.expert_used_count`, from 1 to `n_expert`; 0 for a dense model.
+    pub n_expert_used: u32,
+    /// `{arch}.expert_feed_forward_length`, when present.
+    pub n_ff_exp: Option<u32>,
 }
 
 impl LlamaHparams {
@@ -266,6 +278,23 @@ impl LlamaHparams {
             ));
         }
 
+        // Dense files may say `expert_count = 0`.
+        let n_expert = match md.contains(&key(keys::EXPERT_COUNT)) {
+            true => match md.get_unsigned(&key(keys::EXPERT_COUNT))? {
+                0 => 0,
+                n => limits::bounded(&key(keys::EXPERT_COUNT), n, limits::MAX_EXPERTS)?,
+            },
+            false => 0,
+        };
+        let (n_expert_used, n_ff_exp) = if n_expert > 0 {
+            (
+                count(keys::EXPERT_USED_COUNT, n_expert)?,
+                opt_count(keys::EXPERT_FEED_FORWARD_LENGTH, limits::MAX_FF)?,
+            )
+        } else {
+            (0, None)
+        };
+
         Ok(LlamaHparams {
             architecture,
             n_layer,
@@ -279,6 +308,9 @@ impl LlamaHparams {
             n_rot,
             rope_freq_base,
             rms_eps,
+            n_expert,
+            n_expert_used,
+            n_ff_exp,
         })
     }
 
