@@ -6,6 +6,9 @@ use ggml_sys::RopeParams;
 
 use crate::arch::Arch;
 
+mod window;
+pub use window::SlidingWindow;
+
 use crate::gguf::llama::limits::MAX_CONTEXT;
 use crate::gguf::llama::{keys, LlamaHparams};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
@@ -55,6 +58,8 @@ pub struct LlamaConfig {
     pub tied_output: bool,
     /// The model's family: its layers' tensors and its graph's choices.
     pub arch: &'static Arch,
+    /// Sliding-window attention, when the model has windowed layers.
+    pub swa: Option<SlidingWindow>,
 }
 
 impl LlamaConfig {
@@ -142,11 +147,26 @@ impl LlamaConfig {
             .ok()
             .flatten()
             .unwrap_or(0.0);
-        let kq_scale = if attn_scale == 0.0 || !attn_scale.is_finite() {
+        let kq_scale = if family.name == "gemma3" {
+            // Gemma 3 fixes its scale by model size, whatever the keys say:
+            // the 27B (62 layers) scales by the width per head rather than
+            // the head size (llama.cpp: `gemma3.cpp`, after gemma_pytorch).
+            let d = if hp.n_layer == 62 {
+                (hp.n_embd / hp.n_head) as f32
+            } else {
+                hp.head_dim as f32
+            };
+            1.0 / d.sqrt()
+        } else if attn_scale == 0.0 || !attn_scale.is_finite() {
             1.0 / (hp.head_dim as f32).sqrt()
         } else {
             attn_scale
         };
+        // The head does not cap logits; a model that asks for it is refused.
+        let softcap = key("final_logit_softcapping");
+        if let Some(c) = g.get_opt::<f32>(&softcap)?.filter(|&c| c != 0.0) {
+            return Err(ModelError::Unsupported(format!("{softcap} = {c}")));
+        }
         let rope = RopeParams {
             n_dims: hp.n_rot as i32,
             mode: family.rope.mode(),
@@ -158,7 +178,9 @@ impl LlamaConfig {
             beta_fast: 32.0,
             beta_slow: 1.0,
         };
+        let swa = SlidingWindow::read(g, &arch, hp.n_layer, rope)?;
         let cfg = LlamaConfig {
+            swa,
             // A family that does not read the factors ignores them, as
             // llama.cpp does.
             rope_freqs: family.rope_freqs && g.tensor(ROPE_FREQS).is_some(),
@@ -170,6 +192,28 @@ impl LlamaConfig {
         };
         cfg.check_weights(g)?;
         Ok(cfg)
+    }
+
+    /// The RoPE of layer `il`: windowed layers have their own.
+    pub fn rope_for(&self, il: u32) -> RopeParams {
+        match &self.swa {
+            Some(w) if w.is_windowed(il) => w.rope,
+            _ => self.rope,
+        }
+    }
+
+    /// Checks that a context of `n_ctx` tokens can run: windowed layers
+    /// attend over every cell here, which equals their window only while
+    /// no token is further back than the window.
+    pub fn check_context(&self, n_ctx: u32) -> Result<(), ModelError> {
+        match &self.swa {
+            Some(w) if n_ctx > w.window => Err(ModelError::Unsupported(format!(
+                "{} = {} with a context of {n_ctx} (sliding-window attention runs only with a context of at most the window)",
+                keys::arch_key(&self.hp.architecture, window::SLIDING_WINDOW),
+                w.window
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Width of K and V per token.

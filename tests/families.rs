@@ -38,6 +38,9 @@ enum Family {
     Mixtral,
     /// Qwen3's attention with experts narrower than `feed_forward_length`.
     Qwen3Moe,
+    /// Scaled embedding, pre- and post-norms, GELU, Q/K norms, windowed
+    /// layers (0 and 2) with their own RoPE base between global ones.
+    Gemma3,
 }
 
 impl Family {
@@ -48,6 +51,7 @@ impl Family {
             Family::Phi3 => "phi3",
             Family::Mixtral => "llama",
             Family::Qwen3Moe => "qwen3moe",
+            Family::Gemma3 => "gemma3",
         }
     }
 
@@ -55,7 +59,7 @@ impl Family {
         match self {
             // Qwen3 sets `key_length` (e.g. 128 with a width of 1024 and 16
             // heads): a head wider than the width per head.
-            Family::Qwen3 | Family::Qwen3Moe => 64,
+            Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3 => 64,
             _ => N_EMBD / N_HEAD,
         }
     }
@@ -69,7 +73,7 @@ impl Family {
     }
 
     fn qk_norm(self) -> bool {
-        matches!(self, Family::Qwen3 | Family::Qwen3Moe)
+        matches!(self, Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3)
     }
 
     /// Experts per layer and experts per token.
@@ -121,6 +125,13 @@ fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
     if f.qk_norm() {
         w.add_kv(key("attention.key_length"), hd as u32)
             .add_kv(key("attention.value_length"), hd as u32);
+    }
+    if f == Family::Gemma3 {
+        // A window no prompt here outgrows (see `check_context`); a period
+        // of 2 makes layers 0 and 2 windowed and layer 1 global.
+        w.add_kv(key("attention.sliding_window"), 512u32)
+            .add_kv(key("attention.sliding_window_pattern"), 2u32)
+            .add_kv(key("rope.freq_base_swa"), 10_000f32);
     }
     if let Some((n, used)) = f.experts() {
         w.add_kv(key("expert_count"), n as u32)
@@ -191,7 +202,16 @@ fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
     }
     let types = [F16, Q8_0, F32];
     for il in 0..N_LAYER as usize {
-        for n in ["attn_norm", "ffn_norm"] {
+        let norms: &[&str] = match f {
+            Family::Gemma3 => &[
+                "attn_norm",
+                "ffn_norm",
+                "post_attention_norm",
+                "post_ffw_norm",
+            ],
+            _ => &["attn_norm", "ffn_norm"],
+        };
+        for n in norms {
             let name = format!("blk.{il}.{n}.weight");
             put(&name, F32, &[e], norm(&name, e));
         }
@@ -281,6 +301,31 @@ async fn mixtral_matches_llama_cpp() {
 #[tokio::test]
 async fn qwen3moe_matches_llama_cpp() {
     matches_llama_cpp(Family::Qwen3Moe).await;
+}
+
+#[tokio::test]
+async fn gemma3_matches_llama_cpp() {
+    matches_llama_cpp(Family::Gemma3).await;
+}
+
+#[test]
+fn gemma3_window_and_context() {
+    let m = write_model(Family::Gemma3, "window", &Extra::default());
+    let g = Gguf::open(&m.0).unwrap();
+    let cfg = LlamaConfig::from_gguf(&g).unwrap();
+    let w = cfg.swa.as_ref().expect("windowed layers");
+    assert_eq!(
+        (w.window, w.layers.as_slice()),
+        (512, &[true, false, true][..])
+    );
+    assert_eq!(cfg.rope_for(0).freq_base, 10_000.0);
+    assert_eq!(cfg.rope_for(1).freq_base, 1_000_000.0);
+    cfg.check_context(512).unwrap();
+    let msg = cfg.check_context(1024).unwrap_err().to_string();
+    assert!(
+        msg.contains("gemma3.attention.sliding_window = 512") && !msg.contains('\n'),
+        "{msg}"
+    );
 }
 
 /// The error `from_gguf` gives for the family's model with `extra`.

@@ -3,7 +3,7 @@
 //! Llama 3 frequency factors.
 
 use super::common::*;
-use super::{Arch, RopeStyle};
+use super::{Activation, Arch, RopeStyle};
 
 /// The llama family.
 pub const LLAMA: Arch = Arch {
@@ -13,6 +13,8 @@ pub const LLAMA: Arch = Arch {
     rope: RopeStyle::Normal,
     rope_freqs: true,
     scale_q: false,
+    embd_scale: false,
+    act: Activation::Silu,
     experts: false,
     with_experts: Some(&super::mixtral::MIXTRAL),
 };

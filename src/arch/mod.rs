@@ -9,6 +9,7 @@
 //! This module is plain data with no ggml in it: the fuzz targets compile it
 //! in with the GGUF reader and the planner.
 
+pub mod gemma3;
 pub mod llama;
 pub mod mixtral;
 pub mod phi3;
@@ -70,6 +71,10 @@ pub enum LayerRole {
     Out,
     /// RMSNorm weight before the feed-forward.
     FfnNorm,
+    /// RMSNorm weight after attention, before the residual add.
+    PostAttnNorm,
+    /// RMSNorm weight after the feed-forward, before the residual add.
+    PostFfnNorm,
     /// Feed-forward gate projection.
     Gate,
     /// Feed-forward up projection.
@@ -90,7 +95,7 @@ pub enum LayerRole {
 
 impl LayerRole {
     /// Every role, in a fixed order (the order of [`LayerRole::index`]).
-    pub const ALL: [LayerRole; 20] = [
+    pub const ALL: [LayerRole; 22] = [
         LayerRole::AttnNorm,
         LayerRole::Q,
         LayerRole::K,
@@ -103,6 +108,8 @@ impl LayerRole {
         LayerRole::KNorm,
         LayerRole::Out,
         LayerRole::FfnNorm,
+        LayerRole::PostAttnNorm,
+        LayerRole::PostFfnNorm,
         LayerRole::Gate,
         LayerRole::Up,
         LayerRole::GateUp,
@@ -137,6 +144,8 @@ impl LayerRole {
             LayerRole::KNorm => "attn_k_norm.weight",
             LayerRole::Out => "attn_output.weight",
             LayerRole::FfnNorm => "ffn_norm.weight",
+            LayerRole::PostAttnNorm => "post_attention_norm.weight",
+            LayerRole::PostFfnNorm => "post_ffw_norm.weight",
             LayerRole::Gate => "ffn_gate.weight",
             // Phi-3 stores the fused gate-up matrix under the up name.
             LayerRole::Up | LayerRole::GateUp => "ffn_up.weight",
@@ -185,6 +194,15 @@ impl RopeStyle {
     }
 }
 
+/// The activation of the gated feed-forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) * up`.
+    Silu,
+    /// `gelu(gate) * up` (tanh approximation).
+    Gelu,
+}
+
 /// One model family.
 #[derive(Debug, PartialEq)]
 pub struct Arch {
@@ -202,6 +220,11 @@ pub struct Arch {
     /// 1) rather than in it: the same product, rounded as the family's
     /// reference implementation rounds it.
     pub scale_q: bool,
+    /// Whether the input embedding is multiplied by `sqrt(n_embd)` before
+    /// the first layer.
+    pub embd_scale: bool,
+    /// The feed-forward's activation.
+    pub act: Activation,
     /// Whether the feed-forward routes over experts (and `expert_count`
     /// must be set).
     pub experts: bool,
@@ -240,6 +263,7 @@ impl Arch {
 /// Every family shardline runs.
 pub const FAMILIES: &[&Arch] = &[
     &llama::LLAMA,
+    &gemma3::GEMMA3,
     &mixtral::MIXTRAL,
     &qwen2::QWEN2,
     &qwen3::QWEN3,

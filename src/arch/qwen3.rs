@@ -2,7 +2,7 @@
 //! before RoPE, and NeoX RoPE (llama.cpp: `src/models/qwen3.cpp`).
 
 use super::common::*;
-use super::{t, Arch, LayerRole as R, RopeStyle, Width as W};
+use super::{t, Activation, Arch, LayerRole as R, RopeStyle, Width as W};
 
 /// The qwen3 family.
 pub const QWEN3: Arch = Arch {
@@ -24,6 +24,8 @@ pub const QWEN3: Arch = Arch {
     rope: RopeStyle::Neox,
     rope_freqs: false,
     scale_q: false,
+    embd_scale: false,
+    act: Activation::Silu,
     experts: false,
     with_experts: None,
 };

@@ -8,6 +8,7 @@ use ggml_sys::ty::F16;
 use ggml_sys::{Context, GgmlError, Graph, Tensor};
 
 use super::llama::{LayerTensors, StageInputs};
+use crate::arch::Activation;
 use crate::model::{LayerRole as R, LlamaConfig};
 
 /// Adds `layer`'s computation on hidden state `inp_l` (`[n_embd, n_tokens]`)
@@ -28,6 +29,13 @@ pub(crate) fn build_layer<'c>(
     let head_dim = i64::from(hp.head_dim);
     let (n_head, n_head_kv) = (i64::from(hp.n_head), i64::from(hp.n_head_kv));
     let n_embd_kv = head_dim * n_head_kv;
+    // The embedding's scale, applied where the first layer reads it.
+    let inp_l = if il == 0 && cfg.arch.embd_scale {
+        ctx.scale(inp_l, (hp.n_embd as f32).sqrt())?
+    } else {
+        inp_l
+    };
+    let rope = cfg.rope_for(il);
 
     let cur = ctx
         .rms_norm(inp_l, hp.rms_eps)?
@@ -40,10 +48,10 @@ pub(crate) fn build_layer<'c>(
     let q = head_norm(ctx, cfg, q, l.get(R::QNorm))?;
     let k = head_norm(ctx, cfg, k, l.get(R::KNorm))?;
     let q = ctx
-        .rope_ext(q, inp.pos, rope_freqs, cfg.rope)?
+        .rope_ext(q, inp.pos, rope_freqs, rope)?
         .set_name(&format!("Qcur-{il}"));
     let k = ctx
-        .rope_ext(k, inp.pos, rope_freqs, cfg.rope)?
+        .rope_ext(k, inp.pos, rope_freqs, rope)?
         .set_name(&format!("Kcur-{il}"));
     let (q, kq_scale) = if cfg.arch.scale_q {
         (ctx.scale(q, cfg.kq_scale)?, 1.0)
@@ -82,6 +90,7 @@ pub(crate) fn build_layer<'c>(
             inp_sa = ctx.get_rows(inp_sa, ids)?;
         }
     }
+    let cur = post_norm(ctx, cfg, cur, l.get(R::PostAttnNorm))?;
     let ffn_inp = ctx.add(cur, inp_sa)?.set_name(&format!("ffn_inp-{il}"));
     let cur = ctx.rms_norm(ffn_inp, hp.rms_eps)?;
     let cur = ctx
@@ -89,8 +98,9 @@ pub(crate) fn build_layer<'c>(
         .set_name(&format!("ffn_norm-{il}"));
     let cur = match l.get(R::GateInp) {
         Some(router) => moe_ffn(ctx, graph, cfg, l, router, cur)?,
-        None => ffn(ctx, l, cur)?,
+        None => ffn(ctx, cfg, l, cur)?,
     };
+    let cur = post_norm(ctx, cfg, cur, l.get(R::PostFfnNorm))?;
     Ok(ctx.add(cur, ffn_inp)?.set_name(&format!("l_out-{il}")))
 }
 
@@ -156,10 +166,24 @@ fn head_norm<'c>(
     }
 }
 
-/// The gated feed-forward: `down(silu(gate x) * up x)`, from separate gate
+/// RMSNorm of a sublayer's output times `w`, when the layer has `w`.
+fn post_norm<'c>(
+    ctx: &'c Context,
+    cfg: &LlamaConfig,
+    x: Tensor<'c>,
+    w: Option<Tensor<'c>>,
+) -> Result<Tensor<'c>, GgmlError> {
+    match w {
+        Some(w) => ctx.mul(ctx.rms_norm(x, cfg.hp.rms_eps)?, w),
+        None => Ok(x),
+    }
+}
+
+/// The gated feed-forward: `down(act(gate x) * up x)`, from separate gate
 /// and up matrices or one fused matrix (gate rows first).
 fn ffn<'c>(
     ctx: &'c Context,
+    cfg: &LlamaConfig,
     l: &LayerTensors<'c>,
     cur: Tensor<'c>,
 ) -> Result<Tensor<'c>, GgmlError> {
@@ -171,7 +195,10 @@ fn ffn<'c>(
         None => {
             let up = ctx.mul_mat(l.need(R::Up)?, cur)?;
             let gate = ctx.mul_mat(l.need(R::Gate)?, cur)?;
-            ctx.swiglu_split(gate, up)?
+            match cfg.arch.act {
+                Activation::Silu => ctx.swiglu_split(gate, up)?,
+                Activation::Gelu => ctx.geglu_split(gate, up)?,
+            }
         }
     };
     ctx.mul_mat(l.need(R::Down)?, act)
