@@ -7,7 +7,7 @@ use ggml_sys::RopeParams;
 use crate::arch::Arch;
 
 mod window;
-pub use window::SlidingWindow;
+pub use window::{windowed_layers, SlidingWindow};
 
 use crate::gguf::llama::limits::MAX_CONTEXT;
 use crate::gguf::llama::{keys, LlamaHparams};

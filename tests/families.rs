@@ -328,6 +328,57 @@ fn gemma3_window_and_context() {
     );
 }
 
+#[test]
+fn inspect_and_plan_show_family_facts() {
+    use shardline::plan::{plan, DeviceSpec, ModelCost, PlanOptions, Strategy};
+    let m = write_model(Family::Qwen3Moe, "facts", &Extra::default());
+    let g = Gguf::open(&m.0).unwrap();
+    let s = shardline::inspect::summarize(&g).unwrap();
+    assert_eq!(s.family.as_deref(), Some("qwen3moe"));
+    assert_eq!((s.n_expert, s.n_expert_used, s.n_ff_exp), (6, 3, Some(128)));
+    let expert_bytes: u64 = g
+        .tensors()
+        .iter()
+        .filter(|t| t.name().ends_with("_exps.weight"))
+        .map(|t| t.n_bytes())
+        .sum();
+    assert_eq!(s.expert_bytes, expert_bytes);
+    assert!(expert_bytes > 0);
+    let text = s.to_string();
+    assert!(text.contains("6 per layer, 3 used per token"), "{text}");
+
+    // Every expert is counted with its layer, and shown.
+    let opts = PlanOptions {
+        n_ctx: N_CTX,
+        strategy: Strategy::Even,
+        ..PlanOptions::default()
+    };
+    let cost = ModelCost::from_gguf(&g, &opts).unwrap();
+    let device = |port: u16| DeviceSpec {
+        endpoint: format!("127.0.0.1:{port}"),
+        device: 0,
+        free: 1 << 30,
+        total: 1 << 30,
+        alignment: 32,
+        max_size: 0,
+    };
+    let p = plan(&cost, &[device(1), device(2)], &opts).unwrap();
+    let planned: u64 = p.stages.iter().map(|s| s.expert_bytes).sum();
+    assert!(planned >= expert_bytes, "{planned} < {expert_bytes}");
+    for st in &p.stages {
+        assert!(st.expert_bytes > 0 && st.expert_bytes < st.weight_bytes);
+    }
+    assert!(p.to_string().contains(" experts)"), "{p}");
+
+    let m = write_model(Family::Gemma3, "facts", &Extra::default());
+    let g = Gguf::open(&m.0).unwrap();
+    let s = shardline::inspect::summarize(&g).unwrap();
+    assert_eq!(s.sliding_window, Some(512));
+    assert_eq!(s.layer_pattern.as_deref(), Some("wGw"));
+    assert_eq!(s.n_expert, 0);
+    assert!(s.to_string().contains("wGw"));
+}
+
 /// The error `from_gguf` gives for the family's model with `extra`.
 fn refusal(f: Family, name: &str, extra: Extra) -> ModelError {
     let m = write_model(f, name, &extra);

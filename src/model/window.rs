@@ -7,7 +7,7 @@ use ggml_sys::RopeParams;
 
 use super::ModelError;
 use crate::gguf::llama::keys;
-use crate::gguf::{Array, Gguf, Value};
+use crate::gguf::{Array, Gguf, GgufError, Metadata, Value};
 
 /// `{arch}.attention.sliding_window`: tokens a windowed layer looks back over.
 pub const SLIDING_WINDOW: &str = "attention.sliding_window";
@@ -43,27 +43,8 @@ impl SlidingWindow {
         rope: RopeParams,
     ) -> Result<Option<SlidingWindow>, ModelError> {
         let key = |s: &str| keys::arch_key(arch, s);
-        let window = match g.get_opt::<u32>(&key(SLIDING_WINDOW))? {
-            None | Some(0) => return Ok(None),
-            Some(w) => w,
-        };
-        let pattern_key = key(SLIDING_WINDOW_PATTERN);
-        let layers = match g.metadata_map().get(&pattern_key) {
-            Some(Value::Array(Array::Bool(flags))) => {
-                if flags.len() != n_layer as usize {
-                    return Err(ModelError::Unsupported(format!(
-                        "{pattern_key} has {} flags for {n_layer} layers",
-                        flags.len()
-                    )));
-                }
-                flags.clone()
-            }
-            _ => {
-                let n = g.get_opt::<u32>(&pattern_key)?.unwrap_or(DEFAULT_PATTERN);
-                // Period n: the last layer of each period is global; 0 makes
-                // every layer windowed.
-                (0..n_layer).map(|il| n == 0 || il % n < n - 1).collect()
-            }
+        let Some((window, layers)) = windowed_layers(g.metadata_map(), arch, n_layer)? else {
+            return Ok(None);
         };
         let freq_base = g
             .get_opt::<f32>(&key(ROPE_FREQ_BASE_SWA))?
@@ -89,4 +70,38 @@ impl SlidingWindow {
     pub fn is_windowed(&self, il: u32) -> bool {
         self.layers.get(il as usize).copied().unwrap_or(false)
     }
+}
+
+/// The window and which of `n_layer` layers are windowed, as `arch`'s
+/// metadata `md` declares them; `None` without a window (absent or 0).
+pub fn windowed_layers(
+    md: &Metadata,
+    arch: &str,
+    n_layer: u32,
+) -> Result<Option<(u32, Vec<bool>)>, GgufError> {
+    let key = |s: &str| keys::arch_key(arch, s);
+    let window = match md.get_opt::<u32>(&key(SLIDING_WINDOW))? {
+        None | Some(0) => return Ok(None),
+        Some(w) => w,
+    };
+    let pattern_key = key(SLIDING_WINDOW_PATTERN);
+    let layers = match md.get(&pattern_key) {
+        Some(Value::Array(Array::Bool(flags))) => {
+            if flags.len() != n_layer as usize {
+                return Err(GgufError::BadHyperparameter {
+                    key: pattern_key,
+                    value: format!("{} flags", flags.len()),
+                    reason: "must have one flag per layer",
+                });
+            }
+            flags.clone()
+        }
+        _ => {
+            let n = md.get_opt::<u32>(&pattern_key)?.unwrap_or(DEFAULT_PATTERN);
+            // Period n: the last layer of each period is global; 0 makes
+            // every layer windowed.
+            (0..n_layer).map(|il| n == 0 || il % n < n - 1).collect()
+        }
+    };
+    Ok(Some((window, layers)))
 }

@@ -28,6 +28,13 @@ pub const OUTPUT_NORM: &str = "output_norm.weight";
 /// none, the output is tied to [`TOKEN_EMBD`].
 pub const OUTPUT: &str = "output.weight";
 
+/// Whether `name` holds routed experts' weights (every expert of a layer
+/// stacked in one tensor: `blk.N.ffn_{gate,up,down,gate_up}_exps.weight`,
+/// llama.cpp's names).
+pub fn is_expert_tensor(name: &str) -> bool {
+    name.ends_with("_exps.weight")
+}
+
 /// Bytes per element of the KV cache (f16).
 pub const KV_ELEMENT_BYTES: u64 = 2;
 /// Bytes per element of activations (f32).
@@ -95,6 +102,10 @@ pub struct TensorCost {
 pub struct ModelWeights {
     /// Byte size of each tensor of each layer (`blk.N.*`), indexed by layer.
     pub layers: Vec<Vec<u64>>,
+    /// Byte size of each routed-expert tensor of each layer (a subset of
+    /// `layers`, for showing how much of a layer its experts are), indexed
+    /// by layer; empty for a dense model.
+    pub experts: Vec<Vec<u64>>,
     /// Tensors outside any layer that every stage needs (anything not
     /// [`TOKEN_EMBD`], [`OUTPUT_NORM`] or [`OUTPUT`], e.g. llama 3's
     /// `rope_freqs.weight`, which every layer reads). Counted on every stage:
@@ -145,6 +156,13 @@ impl ModelWeights {
                         n_layer,
                     })?;
                 slot.push(t.n_bytes());
+                if is_expert_tensor(t.name()) {
+                    if w.experts.is_empty() {
+                        w.experts = vec![Vec::new(); n_layer as usize];
+                    }
+                    // The index was checked against the layers just above.
+                    w.experts[layer as usize].push(t.n_bytes());
+                }
                 continue;
             }
             match t.name() {
