@@ -216,8 +216,8 @@ pub struct Arch {
     pub rope: RopeStyle,
     /// Whether `rope_freqs.weight` (frequency factors) is read when present.
     pub rope_freqs: bool,
-    /// Whether the queries are scaled before attention (which then scales by
-    /// 1) rather than in it: the same product, rounded as the family's
+    /// Whether the queries are scaled before attention, which then scales
+    /// by one, rather than in it: the same product, rounded as the family's
     /// reference implementation rounds it.
     pub scale_q: bool,
     /// Whether the input embedding is multiplied by `sqrt(n_embd)` before
