@@ -202,20 +202,6 @@ impl LlamaConfig {
         }
     }
 
-    /// Checks that a context of `n_ctx` tokens can run: windowed layers
-    /// attend over every cell here, which equals their window only while
-    /// no token is further back than the window.
-    pub fn check_context(&self, n_ctx: u32) -> Result<(), ModelError> {
-        match &self.swa {
-            Some(w) if n_ctx > w.window => Err(ModelError::Unsupported(format!(
-                "{} = {} with a context of {n_ctx} (sliding-window attention runs only with a context of at most the window)",
-                keys::arch_key(&self.hp.architecture, window::SLIDING_WINDOW),
-                w.window
-            ))),
-            _ => Ok(()),
-        }
-    }
-
     /// Width of K and V per token.
     pub fn n_embd_kv(&self) -> u64 {
         u64::from(self.hp.n_embd_kv())

@@ -24,6 +24,8 @@ const N_HEAD_KV: usize = 2;
 const N_VOCAB: usize = 256;
 const N_CTX: u32 = 256;
 const N_GEN: usize = 16;
+/// Gemma 3's window: shorter than the 40-token prompt.
+const WINDOW: u32 = 16;
 
 /// A family under test.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,9 +129,9 @@ fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
             .add_kv(key("attention.value_length"), hd as u32);
     }
     if f == Family::Gemma3 {
-        // A window no prompt here outgrows (see `check_context`); a period
-        // of 2 makes layers 0 and 2 windowed and layer 1 global.
-        w.add_kv(key("attention.sliding_window"), 512u32)
+        // A window the longer prompt outgrows; a period of 2 makes layers
+        // 0 and 2 windowed and layer 1 global.
+        w.add_kv(key("attention.sliding_window"), WINDOW)
             .add_kv(key("attention.sliding_window_pattern"), 2u32)
             .add_kv(key("rope.freq_base_swa"), 10_000f32);
     }
@@ -309,22 +311,33 @@ async fn gemma3_matches_llama_cpp() {
 }
 
 #[test]
-fn gemma3_window_and_context() {
+fn gemma3_window_matters() {
     let m = write_model(Family::Gemma3, "window", &Extra::default());
     let g = Gguf::open(&m.0).unwrap();
     let cfg = LlamaConfig::from_gguf(&g).unwrap();
     let w = cfg.swa.as_ref().expect("windowed layers");
     assert_eq!(
         (w.window, w.layers.as_slice()),
-        (512, &[true, false, true][..])
+        (WINDOW, &[true, false, true][..])
     );
     assert_eq!(cfg.rope_for(0).freq_base, 10_000.0);
     assert_eq!(cfg.rope_for(1).freq_base, 1_000_000.0);
-    cfg.check_context(512).unwrap();
-    let msg = cfg.check_context(1024).unwrap_err().to_string();
-    assert!(
-        msg.contains("gemma3.attention.sliding_window = 512") && !msg.contains('\n'),
-        "{msg}"
+
+    // Without this, matching llama.cpp would say nothing about the window.
+    let wide = write_model(
+        Family::Gemma3,
+        "wide-window",
+        &Extra {
+            kv: vec![("attention.sliding_window", 4096u32.into())],
+            ..Extra::default()
+        },
+    );
+    let prompts = id_prompts(N_VOCAB, &[(2, 40)]);
+    let narrow = synth::reference(&m.0, &prompts, N_CTX, N_GEN);
+    let wide = synth::reference(&wide.0, &prompts, N_CTX, N_GEN);
+    assert_ne!(
+        narrow[0].0, wide[0].0,
+        "the window changes llama.cpp's tokens"
     );
 }
 
@@ -373,7 +386,7 @@ fn inspect_and_plan_show_family_facts() {
     let m = write_model(Family::Gemma3, "facts", &Extra::default());
     let g = Gguf::open(&m.0).unwrap();
     let s = shardline::inspect::summarize(&g).unwrap();
-    assert_eq!(s.sliding_window, Some(512));
+    assert_eq!(s.sliding_window, Some(WINDOW));
     assert_eq!(s.layer_pattern.as_deref(), Some("wGw"));
     assert_eq!(s.n_expert, 0);
     assert!(s.to_string().contains("wGw"));

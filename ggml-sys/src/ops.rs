@@ -404,6 +404,56 @@ impl Context {
         )
     }
 
+    /// `a * s + b`, element-wise.
+    pub fn scale_bias<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        s: f32,
+        b: f32,
+    ) -> Result<Tensor<'a>, GgmlError> {
+        if !a.is_contiguous() {
+            return Err(bad(
+                "scale_bias",
+                format!("a {:?} is not contiguous", a.ne()),
+            ));
+        }
+        self.ensure_room(a.nbytes())?;
+        // SAFETY: a contiguous (so padded) tensor, as ggml_scale_impl asserts.
+        self.made(
+            unsafe { sys::ggml_scale_bias(self.raw(), a.raw(), s, b) },
+            "scale_bias",
+        )
+    }
+
+    /// 1 where `a > 0`, else 0, element-wise.
+    pub fn step<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        if !a.is_contiguous_rows() {
+            return Err(bad("step", format!("a {:?} has gaps in its rows", a.ne())));
+        }
+        self.ensure_room(a.nbytes())?;
+        // SAFETY: rows contiguous, as ggml_unary_impl asserts.
+        self.made(unsafe { sys::ggml_step(self.raw(), a.raw()) }, "step")
+    }
+
+    /// `a` repeated to the shape of `b` (each extent of `b` a multiple of
+    /// `a`'s); `b` gives only the shape.
+    pub fn repeat<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        let (an, bn) = (a.ne(), b.ne());
+        if !(0..4).all(|i| an[i] > 0 && bn[i] % an[i] == 0) {
+            return Err(bad(
+                "repeat",
+                format!("b {bn:?} is not a repetition of a {an:?}"),
+            ));
+        }
+        let out = crate::context::shape_nbytes(a.ty(), &bn)?;
+        self.ensure_room(out)?;
+        // SAFETY: `a` repeats into `b`, as ggml_repeat asserts.
+        self.made(
+            unsafe { sys::ggml_repeat(self.raw(), a.raw(), b.raw()) },
+            "repeat",
+        )
+    }
+
     /// `a` converted to `ty`.
     pub fn cast<'a>(&'a self, a: Tensor<'a>, ty: GgmlType) -> Result<Tensor<'a>, GgmlError> {
         let n = a.ne();

@@ -185,7 +185,6 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         source,
     })?;
     let cfg = LlamaConfig::from_gguf(&gguf)?;
-    cfg.check_context(opts.n_ctx)?;
     let tokenizer = crate::exec::blocking(|| Tokenizer::from_gguf(&gguf))?;
     // Everything the file and the options decide is checked before any
     // worker starts or any server is reached.

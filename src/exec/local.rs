@@ -10,6 +10,7 @@ use ggml_sys::{ty, Context, CpuBackend, CpuGraphAllocator, Graph, Tensor};
 use super::{ExecError, Step};
 use crate::gguf::Gguf;
 use crate::graph::llama::{build_stage, StageInputs, StageTensors};
+pub(crate) use crate::graph::window::CELL_POS;
 use crate::model::{LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
 
 /// Graph size for one step: generous for the ~30 nodes a dense layer takes
@@ -95,7 +96,7 @@ impl LocalStage {
         threads: usize,
     ) -> Result<Self, ExecError> {
         let names = stage_weight_names(cfg, &layers, head);
-        let n_tensors = names.len() + 2 * layers.len();
+        let n_tensors = names.len() + 2 * layers.len() + 1;
         let ctx = Context::new(Context::tensor_overhead() * (n_tensors + 1), true)?;
         let mut data = Vec::new();
         for name in &names {
@@ -112,6 +113,10 @@ impl LocalStage {
                 .set_name(&k_cache_name(il));
             ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(kv_size), 1])?
                 .set_name(&v_cache_name(il));
+        }
+        if cfg.swa.is_some() {
+            ctx.new_tensor(ty::F32, &[1, i64::from(kv_size)])?
+                .set_name(CELL_POS);
         }
         let backend = CpuBackend::new(threads)?;
         backend.alloc_context(&ctx)?;

@@ -12,8 +12,10 @@ use crate::arch::Activation;
 use crate::model::{LayerRole as R, LlamaConfig};
 
 /// Adds `layer`'s computation on hidden state `inp_l` (`[n_embd, n_tokens]`)
-/// to `graph`, writing its K and V into its cache, and returns the layer's
-/// output (only the output rows after the model's last layer).
+/// to `graph`, writing its K and V into its cache and attending through
+/// `mask`, and returns the layer's output (only the output rows after the
+/// model's last layer).
+#[allow(clippy::too_many_arguments)] // the layer's tensors, inputs and state
 pub(crate) fn build_layer<'c>(
     ctx: &'c Context,
     graph: &mut Graph<'c>,
@@ -21,6 +23,7 @@ pub(crate) fn build_layer<'c>(
     l: &LayerTensors<'c>,
     rope_freqs: Option<Tensor<'c>>,
     inp: &StageInputs<'c>,
+    mask: Tensor<'c>,
     inp_l: Tensor<'c>,
 ) -> Result<Tensor<'c>, GgmlError> {
     let hp = &cfg.hp;
@@ -76,7 +79,7 @@ pub(crate) fn build_layer<'c>(
         .set_name(&format!("v_store-{il}"));
     graph.build_forward(v_store)?;
 
-    let cur = attention(ctx, cfg, q, l.k_cache, l.v_cache, inp.mask, kq_scale)?;
+    let cur = attention(ctx, cfg, q, l.k_cache, l.v_cache, mask, kq_scale)?;
     let cur = ctx.reshape_2d(cur, head_dim * n_head, n_tokens)?;
     graph.build_forward(cur)?;
     let mut cur = ctx

@@ -108,13 +108,17 @@ pub struct StageTensors<'c> {
     pub head: Option<HeadTensors<'c>>,
     /// RoPE frequency factors, when the model has them.
     pub rope_freqs: Option<Tensor<'c>>,
+    /// Position of each KV cell, F32 `[1, kv_size]`, when the model has
+    /// windowed layers ([`super::window`]).
+    pub cell_pos: Option<Tensor<'c>>,
 }
 
 impl<'c> StageTensors<'c> {
     /// A stage's tensors for layers `layers` (plus the output weights when
     /// `head`, and the RoPE factors when the model has them), each weight
     /// found by its GGUF name with `weight` and each layer's K and V cache by
-    /// `cache(layer, is_v)`.
+    /// `cache(layer, is_v)`; with windowed layers, the cell positions too,
+    /// by [`super::window::CELL_POS`] with `weight`.
     pub fn gather<E>(
         cfg: &LlamaConfig,
         layers: impl Iterator<Item = u32>,
@@ -149,10 +153,17 @@ impl<'c> StageTensors<'c> {
         } else {
             None
         };
+        // Not a weight, but the stage's own state, found by name with them.
+        let cell_pos = if cfg.swa.is_some() {
+            Some(weight(super::window::CELL_POS)?)
+        } else {
+            None
+        };
         Ok(StageTensors {
             layers: out,
             head,
             rope_freqs,
+            cell_pos,
         })
     }
 
@@ -171,6 +182,7 @@ impl<'c> StageTensors<'c> {
             .collect();
         v.extend(self.head.iter().flat_map(|h| [h.output_norm, h.output]));
         v.extend(self.rope_freqs);
+        v.extend(self.cell_pos);
         v
     }
 }
@@ -186,9 +198,21 @@ pub fn build_stage<'c>(
     inp: &StageInputs<'c>,
 ) -> Result<Tensor<'c>, GgmlError> {
     let hp = &cfg.hp;
+    // Windowed layers get their own mask, made once for the stage.
+    let windowed = |il: u32| cfg.swa.as_ref().is_some_and(|w| w.is_windowed(il));
+    let swa_mask = match (&cfg.swa, st.cell_pos) {
+        (Some(w), Some(cell_pos)) if st.layers.iter().any(|l| windowed(l.il)) => Some(
+            super::window::windowed_mask(ctx, graph, w.window, cell_pos, inp)?,
+        ),
+        _ => None,
+    };
     let mut inp_l = inp.hidden;
     for l in &st.layers {
-        inp_l = build_layer(ctx, graph, cfg, l, st.rope_freqs, inp, inp_l)?;
+        let mask = match swa_mask {
+            Some(m) if windowed(l.il) => m,
+            _ => inp.mask,
+        };
+        inp_l = build_layer(ctx, graph, cfg, l, st.rope_freqs, inp, mask, inp_l)?;
     }
 
     let out = match &st.head {

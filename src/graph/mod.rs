@@ -5,6 +5,7 @@ pub mod layer;
 pub mod layout;
 pub mod llama;
 pub mod measure;
+pub mod window;
 pub mod wire;
 
 pub use layout::{layout_nodes, Layout};
