@@ -155,10 +155,15 @@ pub fn summarize(gguf: &Gguf) -> Result<ModelSummary, GgufError> {
             name: FileType(id).name().map(str::to_owned),
         });
 
-    let window = crate::model::windowed_layers(md, &hp.architecture, hp.n_layer)?;
+    let family = crate::arch::lookup(&hp.architecture).map(|a| a.variant(hp.n_expert > 0));
+    let window = match family {
+        Some(f) if f.sliding_window => {
+            crate::model::windowed_layers(md, &hp.architecture, hp.n_layer)?
+        }
+        _ => None,
+    };
     Ok(ModelSummary {
-        family: crate::arch::lookup(&hp.architecture)
-            .map(|a| a.variant(hp.n_expert > 0).name.to_owned()),
+        family: family.map(|f| f.name.to_owned()),
         n_expert: hp.n_expert,
         n_expert_used: hp.n_expert_used,
         n_ff_exp: hp.n_ff_exp,

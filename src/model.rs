@@ -178,7 +178,11 @@ impl LlamaConfig {
             beta_fast: 32.0,
             beta_slow: 1.0,
         };
-        let swa = SlidingWindow::read(g, &arch, hp.n_layer, rope)?;
+        let swa = if family.sliding_window {
+            SlidingWindow::read(g, &arch, hp.n_layer, rope)?
+        } else {
+            None
+        };
         let cfg = LlamaConfig {
             swa,
             // A family that does not read the factors ignores them, as

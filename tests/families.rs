@@ -342,6 +342,27 @@ fn gemma3_window_matters() {
 }
 
 #[test]
+fn every_family_measures_its_stage_graphs() {
+    // The planner's compute figures come from the same graphs, built on
+    // the coordinator without running them.
+    for f in [
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Phi3,
+        Family::Mixtral,
+        Family::Qwen3Moe,
+        Family::Gemma3,
+    ] {
+        let m = write_model(f, "measure", &Extra::default());
+        let g = Gguf::open(&m.0).unwrap();
+        let cfg = LlamaConfig::from_gguf(&g).unwrap();
+        let c = shardline::graph::measure::measure_model(&g, &cfg, N_CTX, 32, 2)
+            .unwrap_or_else(|e| panic!("{f:?}: {e}"));
+        eprintln!("{f:?}: {c:?}");
+    }
+}
+
+#[test]
 fn inspect_and_plan_show_family_facts() {
     use shardline::plan::{plan, DeviceSpec, ModelCost, PlanOptions, Strategy};
     let m = write_model(Family::Qwen3Moe, "facts", &Extra::default());
@@ -439,6 +460,19 @@ fn refusals_name_what_they_refuse() {
     )
     .to_string();
     assert!(msg.contains("rope_factors_long.weight"), "{msg}");
+
+    // Phi-3 files carry a sliding window that llama.cpp ignores: so does
+    // shardline.
+    let m = write_model(
+        Family::Phi3,
+        "phi3-window",
+        &Extra {
+            kv: vec![("attention.sliding_window", 8u32.into())],
+            ..Extra::default()
+        },
+    );
+    let g = Gguf::open(&m.0).unwrap();
+    assert!(LlamaConfig::from_gguf(&g).unwrap().swa.is_none());
 
     let err = refusal(
         Family::Qwen2,

@@ -33,6 +33,7 @@ pub const GEMMA3: Arch = Arch {
     scale_q: true,
     embd_scale: true,
     act: Activation::Gelu,
+    sliding_window: true,
     experts: false,
     with_experts: None,
 };

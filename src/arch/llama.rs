@@ -15,6 +15,7 @@ pub const LLAMA: Arch = Arch {
     scale_q: false,
     embd_scale: false,
     act: Activation::Silu,
+    sliding_window: false,
     experts: false,
     with_experts: Some(&super::mixtral::MIXTRAL),
 };

@@ -225,6 +225,10 @@ pub struct Arch {
     pub embd_scale: bool,
     /// The feed-forward's activation.
     pub act: Activation,
+    /// Whether `attention.sliding_window` makes some layers windowed (other
+    /// families' files may carry the key; llama.cpp ignores it for them,
+    /// Phi-3 and Mistral among them).
+    pub sliding_window: bool,
     /// Whether the feed-forward routes over experts (and `expert_count`
     /// must be set).
     pub experts: bool,

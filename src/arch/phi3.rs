@@ -30,6 +30,7 @@ pub const PHI3: Arch = Arch {
     scale_q: true,
     embd_scale: false,
     act: Activation::Silu,
+    sliding_window: false,
     experts: false,
     with_experts: None,
 };

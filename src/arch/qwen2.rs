@@ -27,6 +27,7 @@ pub const QWEN2: Arch = Arch {
     scale_q: false,
     embd_scale: false,
     act: Activation::Silu,
+    sliding_window: false,
     experts: false,
     with_experts: None,
 };

@@ -26,6 +26,7 @@ pub const QWEN3: Arch = Arch {
     scale_q: false,
     embd_scale: false,
     act: Activation::Silu,
+    sliding_window: false,
     experts: false,
     with_experts: None,
 };

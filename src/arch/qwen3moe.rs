@@ -32,6 +32,7 @@ pub const QWEN3MOE: Arch = Arch {
     scale_q: false,
     embd_scale: false,
     act: Activation::Silu,
+    sliding_window: false,
     experts: true,
     with_experts: None,
 };
