@@ -388,6 +388,7 @@ fn inspect_and_plan_show_family_facts() {
         ..PlanOptions::default()
     };
     let cost = ModelCost::from_gguf(&g, &opts).unwrap();
+    assert_eq!(cost.cell_pos_bytes, 0);
     let device = |port: u16| DeviceSpec {
         endpoint: format!("127.0.0.1:{port}"),
         device: 0,
@@ -409,6 +410,14 @@ fn inspect_and_plan_show_family_facts() {
     let s = shardline::inspect::summarize(&g).unwrap();
     assert_eq!(s.sliding_window, Some(WINDOW));
     assert_eq!(s.layer_pattern.as_deref(), Some("wGw"));
+    // Each stage keeps its cells' positions for the window.
+    let cost = ModelCost::from_gguf(&g, &opts).unwrap();
+    assert_eq!(cost.cell_pos_bytes, 4 * u64::from(N_CTX));
+    let p = plan(&cost, &[device(1), device(2)], &opts).unwrap();
+    for st in &p.stages {
+        let kv = 2 * st.n_layers() as u64 * cost.kv_tensor_bytes;
+        assert_eq!(st.kv_bytes, kv + 4 * u64::from(N_CTX), "{p}");
+    }
     assert_eq!(s.n_expert, 0);
     assert!(s.to_string().contains("wGw"));
 }

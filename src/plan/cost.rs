@@ -217,6 +217,9 @@ pub struct ModelCost {
     /// The compute buffers measured on the stage graphs; when present they
     /// replace [`compute_estimate`] and `logits_bytes`.
     pub measured: Option<MeasuredCompute>,
+    /// Position of each KV cell (F32), which every stage of a model with
+    /// windowed layers keeps beside its cache; 0 for other models.
+    pub cell_pos_bytes: u64,
 }
 
 /// One stage graph's compute buffer, measured at ggml's CPU alignment
@@ -305,7 +308,22 @@ impl ModelCost {
         let hp = LlamaHparams::from_metadata(gguf.metadata_map())?;
         hp.check_tensors(gguf.tensors())?;
         let weights = ModelWeights::from_tensors(gguf.tensors(), hp.n_layer)?;
-        ModelCost::from_parts(ModelShape::from(&hp), weights, opts)
+        let mut cost = ModelCost::from_parts(ModelShape::from(&hp), weights, opts)?;
+        // A family that windows, with a window set: see `graph::window`.
+        let windowed = crate::arch::lookup(&hp.architecture).is_some_and(|a| a.sliding_window)
+            && gguf
+                .metadata_map()
+                .get_opt::<u32>(&keys::arch_key(
+                    &hp.architecture,
+                    "attention.sliding_window",
+                ))
+                .ok()
+                .flatten()
+                .is_some_and(|w| w > 0);
+        if windowed {
+            cost.cell_pos_bytes = 4 * u64::from(cost.n_ctx);
+        }
+        Ok(cost)
     }
 
     /// A cost from its parts, with `opts`' context, batch and sequence count
@@ -345,6 +363,7 @@ impl ModelCost {
                 ACTIVATION_BYTES,
             ]),
             measured: None,
+            cell_pos_bytes: 0,
         })
     }
 

@@ -180,7 +180,10 @@ impl<'a> Placer<'a> {
             layers,
             weight_bytes: weights.saturating_add(self.shared(alignment)),
             expert_bytes,
-            kv_bytes: self.kv_layer(alignment).saturating_mul(n),
+            kv_bytes: self
+                .kv_layer(alignment)
+                .saturating_mul(n)
+                .saturating_add(align(self.cost.cell_pos_bytes, alignment)),
             compute_bytes: self.compute(alignment, last),
             output_bytes: if last { self.output(alignment) } else { 0 },
             holds_output: last,
