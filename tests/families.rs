@@ -102,6 +102,9 @@ struct Extra {
     kv: Vec<(&'static str, Value)>,
     tensors: Vec<(&'static str, usize)>,
     skip: Option<&'static str>,
+    /// A SentencePiece vocabulary of `N_VOCAB` tokens instead of none, for
+    /// the engine, which needs a tokenizer even for token prompts.
+    vocab: bool,
 }
 
 /// Writes the family's synthetic model.
@@ -141,6 +144,20 @@ fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
         if f == Family::Qwen3Moe {
             w.add_kv(key("expert_feed_forward_length"), f.n_ff_exp() as u32);
         }
+    }
+    if extra.vocab {
+        let mut tokens = vec!["<unk>".to_owned(), "<s>".to_owned(), "</s>".to_owned()];
+        tokens.extend((3..N_VOCAB).map(|i| format!("t{i}")));
+        let types: Vec<i32> = (0..N_VOCAB as i32)
+            .map(|i| if i < 3 { 3 } else { 1 })
+            .collect();
+        w.add_kv("tokenizer.ggml.model", "llama")
+            .add_kv(
+                "tokenizer.ggml.tokens",
+                tokens.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .add_kv("tokenizer.ggml.scores", vec![0f32; N_VOCAB])
+            .add_kv("tokenizer.ggml.token_type", types);
     }
     for (k, v) in &extra.kv {
         w.add_kv(key(k), v.clone());
@@ -339,6 +356,58 @@ fn gemma3_window_matters() {
         narrow[0].0, wide[0].0,
         "the window changes llama.cpp's tokens"
     );
+}
+
+/// The whole engine (measure, plan, upload, scheduler, two workers it
+/// starts itself, a layer on the coordinator) gives llama.cpp's tokens.
+async fn engine_matches_llama_cpp(f: Family) {
+    use shardline::engine::{Engine, Event, GenerateRequest, Prompt};
+    let m = write_model(
+        f,
+        "engine",
+        &Extra {
+            vocab: true,
+            ..Extra::default()
+        },
+    );
+    // The same weights without the vocabulary: llama.cpp's reference.
+    let plain = write_model(f, "engine-ref", &Extra::default());
+    let prompts = id_prompts(N_VOCAB, &[(2, 40)]);
+    let want = synth::reference(&plain.0, &prompts, N_CTX, N_GEN);
+    let engine = Engine::builder(&m.0)
+        .worker_exe(env!("CARGO_BIN_EXE_shardline"))
+        .ctx(N_CTX)
+        .batch(32)
+        .local_layers(1)
+        .threads(1)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{f:?}: {e}"));
+    eprintln!("{f:?}:\n{}", engine.plan());
+    let req = GenerateRequest {
+        max_tokens: N_GEN,
+        stop_at_eog: false,
+        ..GenerateRequest::new(Prompt::Tokens(prompts[0].clone()))
+    };
+    let mut stream = engine.generate(req).unwrap();
+    while let Some(ev) = stream.next().await {
+        if let Event::Error(e) = ev {
+            panic!("{f:?}: {e}");
+        }
+    }
+    // The engine leaves end-of-generation tokens out of its list.
+    let want: Vec<u32> = want[0].0.iter().copied().filter(|&t| t != 2).collect();
+    assert_eq!(stream.token_ids(), want, "{f:?}: the engine's tokens");
+}
+
+#[tokio::test]
+async fn engine_runs_qwen3moe_as_llama_cpp_does() {
+    engine_matches_llama_cpp(Family::Qwen3Moe).await;
+}
+
+#[tokio::test]
+async fn engine_runs_gemma3_as_llama_cpp_does() {
+    engine_matches_llama_cpp(Family::Gemma3).await;
 }
 
 #[test]
