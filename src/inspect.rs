@@ -63,6 +63,21 @@ pub struct ModelSummary {
     pub rope_freq_base: f32,
     /// Epsilon of the RMS norms.
     pub rms_eps: f32,
+    /// The description shardline runs the model with (`crate::arch`), when
+    /// it runs the architecture.
+    pub family: Option<String>,
+    /// Routed experts per layer (0: a dense model).
+    pub n_expert: u32,
+    /// Experts each token goes through.
+    pub n_expert_used: u32,
+    /// Width of each expert's feed-forward layer, when the file sets it.
+    pub n_ff_exp: Option<u32>,
+    /// Bytes of all routed experts' weights (part of `tensor_bytes`).
+    pub expert_bytes: u64,
+    /// Tokens a windowed layer looks back over, when the model has windowed layers.
+    pub sliding_window: Option<u32>,
+    /// One letter per layer: `w` windowed, `G` global (with a window).
+    pub layer_pattern: Option<String>,
     /// `tokenizer.ggml.model`, e.g. `gpt2` or `llama`.
     pub tokenizer_model: Option<String>,
     /// Number of metadata key-value pairs.
@@ -140,7 +155,27 @@ pub fn summarize(gguf: &Gguf) -> Result<ModelSummary, GgufError> {
             name: FileType(id).name().map(str::to_owned),
         });
 
+    let family = crate::arch::lookup(&hp.architecture).map(|a| a.variant(hp.n_expert > 0));
+    let window = match family {
+        Some(f) if f.sliding_window => {
+            crate::model::windowed_layers(md, &hp.architecture, hp.n_layer)?
+        }
+        _ => None,
+    };
     Ok(ModelSummary {
+        family: family.map(|f| f.name.to_owned()),
+        n_expert: hp.n_expert,
+        n_expert_used: hp.n_expert_used,
+        n_ff_exp: hp.n_ff_exp,
+        expert_bytes: gguf
+            .tensors()
+            .iter()
+            .filter(|t| crate::plan::cost::is_expert_tensor(t.name()))
+            .map(|t| t.n_bytes())
+            .sum(),
+        sliding_window: window.as_ref().map(|(w, _)| *w),
+        layer_pattern: window
+            .map(|(_, layers)| layers.iter().map(|&w| if w { 'w' } else { 'G' }).collect()),
         path: None,
         gguf_version: gguf.version(),
         file_size: gguf.bytes().len() as u64,
@@ -265,6 +300,29 @@ impl fmt::Display for ModelSummary {
             &format!("{} (head size {})", self.n_head, self.head_dim),
         )?;
         row(f, "KV heads", &self.n_head_kv)?;
+        if let Some(family) = &self.family {
+            row(f, "runs as", family)?;
+        }
+        if self.n_expert > 0 {
+            let width = self
+                .n_ff_exp
+                .map(|w| format!(", feed-forward {w} each"))
+                .unwrap_or_default();
+            row(
+                f,
+                "experts",
+                &format!(
+                    "{} per layer, {} used per token{width}; {} of expert weights",
+                    self.n_expert,
+                    self.n_expert_used,
+                    bytes(self.expert_bytes)
+                ),
+            )?;
+        }
+        if let (Some(w), Some(p)) = (self.sliding_window, &self.layer_pattern) {
+            row(f, "sliding window", &format!("{w} tokens"))?;
+            row(f, "layer pattern", &format!("{p} (w windowed, G global)"))?;
+        }
         let tokenizer = self
             .tokenizer_model
             .as_deref()

@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod cache;
 pub mod chat;
 pub mod cluster;

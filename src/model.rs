@@ -1,7 +1,13 @@
-//! The llama family as shardline runs it: hyperparameters resolved into the
-//! numbers the graph needs, and the weights as named roles with shapes.
+//! A model as shardline runs it: hyperparameters resolved into the numbers
+//! the graph needs, its family's description ([`crate::arch`]), and the
+//! weights as named roles with shapes.
 
 use ggml_sys::RopeParams;
+
+use crate::arch::Arch;
+
+mod window;
+pub use window::{windowed_layers, SlidingWindow};
 
 use crate::gguf::llama::limits::MAX_CONTEXT;
 use crate::gguf::llama::{keys, LlamaHparams};
@@ -13,8 +19,11 @@ pub enum ModelError {
     /// The metadata is missing or malformed.
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    /// Not a llama-family architecture.
-    #[error("architecture '{0}' is not supported (supported: llama and its derivatives)")]
+    /// An architecture no family in [`crate::arch`] covers.
+    #[error(
+        "general.architecture = '{0}' is not supported (supported: {list})",
+        list = crate::arch::supported()
+    )]
     Architecture(String),
     /// A required weight is missing.
     #[error("weight '{0}' is missing from the model")]
@@ -47,18 +56,42 @@ pub struct LlamaConfig {
     pub rope_freqs: bool,
     /// Whether the output matrix is the token embedding (no `output.weight`).
     pub tied_output: bool,
+    /// The model's family: its layers' tensors and its graph's choices.
+    pub arch: &'static Arch,
+    /// Sliding-window attention, when the model has windowed layers.
+    pub swa: Option<SlidingWindow>,
 }
 
 impl LlamaConfig {
     /// Reads the configuration and checks every weight's presence and shape.
     pub fn from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
+        // The family first: an unknown one is named as such, not as its
+        // first missing key.
+        let arch = g.metadata_map().get_str(keys::ARCHITECTURE)?.to_owned();
+        let family =
+            crate::arch::lookup(&arch).ok_or_else(|| ModelError::Architecture(arch.clone()))?;
         let hp = LlamaHparams::from_metadata(g.metadata_map())?;
-        let arch = hp.architecture.clone();
-        if !matches!(arch.as_str(), "llama" | "mistral") {
-            return Err(ModelError::Architecture(arch));
+        let family = family.variant(hp.n_expert > 0);
+        if family.experts != (hp.n_expert > 0) {
+            let k = keys::arch_key(&arch, keys::EXPERT_COUNT);
+            return Err(ModelError::Unsupported(if family.experts {
+                format!("{k} is missing or 0, and {arch} layers route over experts")
+            } else {
+                format!("{k} = {}, and {arch} layers have no experts", hp.n_expert)
+            }));
         }
         hp.check_tensors(g.tensors())?;
         let key = |s: &str| keys::arch_key(&arch, s);
+        // Values wider than keys are not something the graph handles.
+        if let Some(v) = g.get_opt::<u32>(&key(keys::VALUE_LENGTH)).ok().flatten() {
+            if v != hp.head_dim {
+                return Err(ModelError::Unsupported(format!(
+                    "{} = {v} differs from the key size {}",
+                    key(keys::VALUE_LENGTH),
+                    hp.head_dim
+                )));
+            }
+        }
         if hp.n_rot != hp.head_dim {
             return Err(ModelError::Unsupported(format!(
                 "rope dimension count {} differs from head size {}",
@@ -94,7 +127,8 @@ impl LlamaConfig {
             }
             other => {
                 return Err(ModelError::Unsupported(format!(
-                    "rope scaling type '{other}'"
+                    "{} = '{other}'",
+                    key(keys::ROPE_SCALING_TYPE)
                 )));
             }
         };
@@ -113,14 +147,29 @@ impl LlamaConfig {
             .ok()
             .flatten()
             .unwrap_or(0.0);
-        let kq_scale = if attn_scale == 0.0 || !attn_scale.is_finite() {
+        let kq_scale = if family.name == "gemma3" {
+            // Gemma 3 fixes its scale by model size, whatever the keys say:
+            // the 27B (62 layers) scales by the width per head rather than
+            // the head size (llama.cpp: `gemma3.cpp`, after gemma_pytorch).
+            let d = if hp.n_layer == 62 {
+                (hp.n_embd / hp.n_head) as f32
+            } else {
+                hp.head_dim as f32
+            };
+            1.0 / d.sqrt()
+        } else if attn_scale == 0.0 || !attn_scale.is_finite() {
             1.0 / (hp.head_dim as f32).sqrt()
         } else {
             attn_scale
         };
+        // The head does not cap logits; a model that asks for it is refused.
+        let softcap = key("final_logit_softcapping");
+        if let Some(c) = g.get_opt::<f32>(&softcap)?.filter(|&c| c != 0.0) {
+            return Err(ModelError::Unsupported(format!("{softcap} = {c}")));
+        }
         let rope = RopeParams {
             n_dims: hp.n_rot as i32,
-            mode: 0,
+            mode: family.rope.mode(),
             n_ctx_orig: n_ctx_orig as i32,
             freq_base: hp.rope_freq_base,
             freq_scale,
@@ -129,8 +178,17 @@ impl LlamaConfig {
             beta_fast: 32.0,
             beta_slow: 1.0,
         };
+        let swa = if family.sliding_window {
+            SlidingWindow::read(g, &arch, hp.n_layer, rope)?
+        } else {
+            None
+        };
         let cfg = LlamaConfig {
-            rope_freqs: g.tensor(ROPE_FREQS).is_some(),
+            swa,
+            // A family that does not read the factors ignores them, as
+            // llama.cpp does.
+            rope_freqs: family.rope_freqs && g.tensor(ROPE_FREQS).is_some(),
+            arch: family,
             tied_output: g.tensor(OUTPUT).is_none(),
             hp,
             rope,
@@ -140,6 +198,14 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// The RoPE of layer `il`: windowed layers have their own.
+    pub fn rope_for(&self, il: u32) -> RopeParams {
+        match &self.swa {
+            Some(w) if w.is_windowed(il) => w.rope,
+            _ => self.rope,
+        }
+    }
+
     /// Width of K and V per token.
     pub fn n_embd_kv(&self) -> u64 {
         u64::from(self.hp.n_embd_kv())
@@ -147,10 +213,19 @@ impl LlamaConfig {
 
     /// Name and expected dims of every weight a layer has.
     pub fn layer_weights(&self, il: u32) -> Vec<(String, Vec<u64>)> {
-        LayerRole::ALL
+        self.arch
+            .layer
             .iter()
-            .map(|r| (r.name(il), r.dims(self)))
+            .map(|t| {
+                let dims = t.dims.iter().map(|&w| self.hp.width(w)).collect();
+                (t.role.name(il), dims)
+            })
             .collect()
+    }
+
+    /// Names of the weights of layer `il`, in the description's order.
+    pub fn layer_weight_names(&self, il: u32) -> impl Iterator<Item = String> + '_ {
+        self.arch.roles().map(move |r| r.name(il))
     }
 
     fn check_weights(&self, g: &Gguf) -> Result<(), ModelError> {
@@ -173,6 +248,28 @@ impl LlamaConfig {
                 .tensor(&name)
                 .ok_or_else(|| ModelError::MissingWeight(name.clone()))?;
             check_dims(t, &dims)?;
+        }
+        // A layer tensor the description does not list (a bias, an extra
+        // norm, experts) would change the output if it were ignored.
+        // Outside the layers likewise (Phi-3's long-context RoPE factors,
+        // an output bias): llama.cpp too refuses a file with tensors it
+        // does not load.
+        for t in g.tensors() {
+            let known = match t
+                .name()
+                .strip_prefix("blk.")
+                .and_then(|r| r.split_once('.'))
+            {
+                Some((_, rest)) => self.arch.layer_tensor(rest).is_some(),
+                None => [TOKEN_EMBD, OUTPUT_NORM, OUTPUT, ROPE_FREQS].contains(&t.name()),
+            };
+            if !known {
+                return Err(ModelError::Unsupported(format!(
+                    "tensor '{}' (not part of a {} model)",
+                    t.name(),
+                    self.hp.architecture
+                )));
+            }
         }
         Ok(())
     }
@@ -207,73 +304,4 @@ pub const OUTPUT: &str = "output.weight";
 /// Llama 3 RoPE frequency factors.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
-/// The weights of one transformer layer, by role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LayerRole {
-    /// RMSNorm weight before attention.
-    AttnNorm,
-    /// Query projection.
-    Q,
-    /// Key projection.
-    K,
-    /// Value projection.
-    V,
-    /// Attention output projection.
-    Out,
-    /// RMSNorm weight before the feed-forward.
-    FfnNorm,
-    /// Feed-forward gate projection.
-    Gate,
-    /// Feed-forward up projection.
-    Up,
-    /// Feed-forward down projection.
-    Down,
-}
-
-impl LayerRole {
-    /// Every role, in a fixed order.
-    pub const ALL: [LayerRole; 9] = [
-        LayerRole::AttnNorm,
-        LayerRole::Q,
-        LayerRole::K,
-        LayerRole::V,
-        LayerRole::Out,
-        LayerRole::FfnNorm,
-        LayerRole::Gate,
-        LayerRole::Up,
-        LayerRole::Down,
-    ];
-
-    /// The GGUF tensor name of this role in layer `il`.
-    pub fn name(self, il: u32) -> String {
-        let suffix = match self {
-            LayerRole::AttnNorm => "attn_norm",
-            LayerRole::Q => "attn_q",
-            LayerRole::K => "attn_k",
-            LayerRole::V => "attn_v",
-            LayerRole::Out => "attn_output",
-            LayerRole::FfnNorm => "ffn_norm",
-            LayerRole::Gate => "ffn_gate",
-            LayerRole::Up => "ffn_up",
-            LayerRole::Down => "ffn_down",
-        };
-        format!("blk.{il}.{suffix}.weight")
-    }
-
-    /// Its dims (ggml order) for this model.
-    pub fn dims(self, cfg: &LlamaConfig) -> Vec<u64> {
-        let hp = &cfg.hp;
-        let e = u64::from(hp.n_embd);
-        let q = u64::from(hp.head_dim) * u64::from(hp.n_head);
-        let kv = cfg.n_embd_kv();
-        let ff = u64::from(hp.n_ff);
-        match self {
-            LayerRole::AttnNorm | LayerRole::FfnNorm => vec![e],
-            LayerRole::Q => vec![e, q],
-            LayerRole::K | LayerRole::V => vec![e, kv],
-            LayerRole::Out => vec![q, e],
-            LayerRole::Gate | LayerRole::Up => vec![e, ff],
-            LayerRole::Down => vec![ff, e],
-        }
-    }
-}
+pub use crate::arch::LayerRole;

@@ -2,6 +2,11 @@
 //! error, never a panic, an abort or an out-of-bounds read.
 #![no_main]
 
+// The family descriptions: the GGUF checks read per-layer shapes from them.
+#[path = "../../src/arch/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod arch;
+
 #[path = "../../src/gguf/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod gguf;

@@ -9,6 +9,11 @@
 //! file in `tests/data/hostile/`, which `tests/hostile_gguf.rs` replays.
 #![no_main]
 
+// The family descriptions: the GGUF checks read per-layer shapes from them.
+#[path = "../../src/arch/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod arch;
+
 #[path = "../../src/gguf/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod gguf;

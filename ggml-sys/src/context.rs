@@ -311,7 +311,7 @@ impl<'ctx> Tensor<'ctx> {
         self.fields().nb
     }
 
-    fn is_transposed(&self) -> bool {
+    pub(crate) fn is_transposed(&self) -> bool {
         let nb = self.nb();
         nb[0] > nb[1]
     }

@@ -14,6 +14,8 @@
 mod alloc;
 mod backend;
 mod context;
+mod elementwise;
+mod experts;
 mod graph;
 mod kept;
 mod log;

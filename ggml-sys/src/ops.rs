@@ -33,12 +33,12 @@ pub struct RopeParams {
     pub beta_slow: f32,
 }
 
-fn bad(op: &'static str, detail: String) -> GgmlError {
+pub(crate) fn bad(op: &'static str, detail: String) -> GgmlError {
     GgmlError::IncompatibleOperands { op, detail }
 }
 
 impl Context {
-    fn made<'a>(
+    pub(crate) fn made<'a>(
         &'a self,
         p: *mut sys::ggml_tensor,
         op: &'static str,
@@ -259,6 +259,18 @@ impl Context {
             unsafe { sys::ggml_swiglu_split(self.raw(), a.raw(), b.raw()) },
             "swiglu_split",
         )
+    }
+
+    /// SwiGLU of one tensor holding both halves of each row: `silu(x0) * x1`
+    /// where `x0` is the first half of the row and `x1` the second.
+    pub fn swiglu<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        let an = a.ne();
+        if an[0] % 2 != 0 || !a.is_contiguous_1() || !matches!(a.ty(), F32 | F16) {
+            return Err(bad("swiglu", format!("a {an:?} of type {}", a.ty())));
+        }
+        self.ensure_room(a.nbytes() / 2)?;
+        // SAFETY: an even, row-contiguous F32/F16 row, as ggml_glu_impl asserts.
+        self.made(unsafe { sys::ggml_swiglu(self.raw(), a.raw()) }, "swiglu")
     }
 
     /// `a` converted to `ty`.

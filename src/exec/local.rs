@@ -10,11 +10,13 @@ use ggml_sys::{ty, Context, CpuBackend, CpuGraphAllocator, Graph, KeptGraph, Ten
 use super::{ExecError, Step};
 use crate::gguf::Gguf;
 use crate::graph::llama::{build_stage, Head, StageInputs, StageTensors};
-use crate::model::{LayerRole, LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
+pub(crate) use crate::graph::window::CELL_POS;
+use crate::model::{LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
 
-/// Graph size for one step: generous for the ~30 nodes a layer takes.
+/// Graph size for one step: generous for the ~30 nodes a dense layer takes
+/// and the ~50 of a layer routing over 8 experts.
 pub(crate) fn graph_size(n_layers: usize) -> usize {
-    64 * n_layers + 256
+    128 * n_layers + 256
 }
 
 /// Weight names a stage holds: its layers' weights, the RoPE factors, and the
@@ -26,7 +28,7 @@ pub(crate) fn stage_weight_names(
 ) -> Vec<String> {
     let mut names: Vec<String> = layers
         .clone()
-        .flat_map(|il| LayerRole::ALL.iter().map(move |r| r.name(il)))
+        .flat_map(|il| cfg.layer_weight_names(il))
         .collect();
     if cfg.rope_freqs {
         names.push(ROPE_FREQS.into());
@@ -100,7 +102,7 @@ impl LocalStage {
         threads: usize,
     ) -> Result<Self, ExecError> {
         let names = stage_weight_names(cfg, &layers, head);
-        let n_tensors = names.len() + 2 * layers.len();
+        let n_tensors = names.len() + 2 * layers.len() + 1;
         let ctx = Context::new(Context::tensor_overhead() * (n_tensors + 1), true)?;
         let mut data = Vec::new();
         for name in &names {
@@ -117,6 +119,10 @@ impl LocalStage {
                 .set_name(&k_cache_name(il));
             ctx.new_tensor(ty::F16, &[n_embd_kv, i64::from(kv_size), 1])?
                 .set_name(&v_cache_name(il));
+        }
+        if cfg.swa.is_some() {
+            ctx.new_tensor(ty::F32, &[1, i64::from(kv_size)])?
+                .set_name(CELL_POS);
         }
         let backend = CpuBackend::new(threads)?;
         backend.alloc_context(&ctx)?;

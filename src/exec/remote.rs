@@ -8,7 +8,9 @@ use std::ops::Range;
 use ggml_sys::{ty, Context, Device, Tensor, TensorId};
 use shardline_protocol::RpcTensor;
 
-use super::local::{graph_size, k_cache_name, stage_tensors, stage_weight_names, v_cache_name};
+use super::local::{
+    graph_size, k_cache_name, stage_tensors, stage_weight_names, v_cache_name, CELL_POS,
+};
 use super::{ExecError, Step};
 use crate::gguf::Gguf;
 use crate::graph::llama::{build_stage, Head, StageInputs};
@@ -123,8 +125,17 @@ impl RemoteStage {
         let alignment = client.alignment(device).await.map_err(rpc)?.max(1);
         let kv_tensor = 2 * cfg.n_embd_kv() * u64::from(kv_size);
         let kv_stride = kv_tensor.div_ceil(alignment) * alignment;
+        // With windowed layers, the cells' positions follow the caches.
+        let pos_bytes = if cfg.swa.is_some() {
+            4 * u64::from(kv_size)
+        } else {
+            0
+        };
         let kv_buf = client
-            .alloc_buffer(device, (2 * kv_stride * layers.len() as u64).max(1))
+            .alloc_buffer(
+                device,
+                (2 * kv_stride * layers.len() as u64 + pos_bytes).max(1),
+            )
             .await
             .map_err(rpc)?;
         // A zeroed cache: attention multiplies masked cells by 0.
@@ -240,6 +251,17 @@ impl RemoteStage {
         }
     }
 
+    /// Where the cell positions of a model with windowed layers live: after
+    /// the last layer's V cache.
+    fn cell_pos_location(&self, cfg: &LlamaConfig) -> RemoteLocation {
+        let kv_tensor = 2 * cfg.n_embd_kv() * u64::from(self.kv_size);
+        let stride = kv_tensor.div_ceil(self.alignment) * self.alignment;
+        RemoteLocation {
+            buffer: self.kv_buf.remote_ptr,
+            data: self.kv_buf.base + 2 * stride * self.layers.len() as u64,
+        }
+    }
+
     fn err(&self, source: RpcError) -> ExecError {
         ExecError::Rpc {
             endpoint: self.endpoint.clone(),
@@ -283,6 +305,13 @@ impl RemoteStage {
                 place.insert(t.id(), self.kv_location(cfg, il, v));
                 by_name.insert(name, t);
             }
+        }
+        if cfg.swa.is_some() {
+            let t = ctx
+                .new_tensor(ty::F32, &[1, i64::from(self.kv_size)])?
+                .set_name(CELL_POS);
+            place.insert(t.id(), self.cell_pos_location(cfg));
+            by_name.insert(CELL_POS.to_owned(), t);
         }
         let st = stage_tensors(cfg, &self.layers, self.head, &by_name)?;
         let n = key.n_tokens as i64;

@@ -1,4 +1,6 @@
-//! The llama-family forward graph, one pipeline stage at a time.
+//! The forward graph, one pipeline stage at a time: the stage's tensors and
+//! inputs, its layers (built by [`super::layer`] from the family's
+//! description) and the output head.
 //!
 //! A stage runs a contiguous range of layers. It takes the hidden state of
 //! its batch (`[n_embd, n_tokens]`, F32) and returns either the hidden state
@@ -9,7 +11,8 @@
 
 use ggml_sys::{Context, GgmlError, Graph, Tensor};
 
-use crate::model::LlamaConfig;
+use super::layer::build_layer;
+use crate::model::{LayerRole, LlamaConfig};
 
 use ggml_sys::ty::F16;
 
@@ -18,28 +21,28 @@ use ggml_sys::ty::F16;
 pub struct LayerTensors<'c> {
     /// Layer index in the model.
     pub il: u32,
-    /// RMSNorm weight before attention, `[n_embd]`.
-    pub attn_norm: Tensor<'c>,
-    /// `[n_embd, n_head*head_dim]`.
-    pub wq: Tensor<'c>,
-    /// `[n_embd, n_embd_kv]`.
-    pub wk: Tensor<'c>,
-    /// `[n_embd, n_embd_kv]`.
-    pub wv: Tensor<'c>,
-    /// `[n_head*head_dim, n_embd]`.
-    pub wo: Tensor<'c>,
-    /// RMSNorm weight before the feed-forward, `[n_embd]`.
-    pub ffn_norm: Tensor<'c>,
-    /// `[n_embd, n_ff]`.
-    pub gate: Tensor<'c>,
-    /// `[n_embd, n_ff]`.
-    pub up: Tensor<'c>,
-    /// `[n_ff, n_embd]`.
-    pub down: Tensor<'c>,
+    /// The layer's weights by role ([`LayerRole::index`]); `None` for the
+    /// roles its family does not have.
+    pub weights: [Option<Tensor<'c>>; LayerRole::COUNT],
     /// K cache, F16 `[n_embd_kv, kv_size, 1]`.
     pub k_cache: Tensor<'c>,
     /// V cache, F16 `[n_embd_kv, kv_size, 1]` (not transposed).
     pub v_cache: Tensor<'c>,
+}
+
+impl<'c> LayerTensors<'c> {
+    /// The weight of role `r`, if the layer has one.
+    pub fn get(&self, r: LayerRole) -> Option<Tensor<'c>> {
+        self.weights[r.index()]
+    }
+
+    /// The weight of role `r`, which the family's graph needs.
+    pub fn need(&self, r: LayerRole) -> Result<Tensor<'c>, GgmlError> {
+        self.get(r).ok_or_else(|| GgmlError::IncompatibleOperands {
+            op: "build_stage",
+            detail: format!("layer {} has no {}", self.il, r.suffix()),
+        })
+    }
 }
 
 /// The final norm and output matrix, on the stage that produces logits.
@@ -129,13 +132,17 @@ pub struct StageTensors<'c> {
     pub head: Option<HeadTensors<'c>>,
     /// RoPE frequency factors, when the model has them.
     pub rope_freqs: Option<Tensor<'c>>,
+    /// Position of each KV cell, F32 `[1, kv_size]`, when the model has
+    /// windowed layers ([`super::window`]).
+    pub cell_pos: Option<Tensor<'c>>,
 }
 
 impl<'c> StageTensors<'c> {
     /// A stage's tensors for layers `layers` (plus the output weights when
     /// `head`, and the RoPE factors when the model has them), each weight
     /// found by its GGUF name with `weight` and each layer's K and V cache by
-    /// `cache(layer, is_v)`.
+    /// `cache(layer, is_v)`; with windowed layers, the cell positions too,
+    /// by [`super::window::CELL_POS`] with `weight`.
     pub fn gather<E>(
         cfg: &LlamaConfig,
         layers: impl Iterator<Item = u32>,
@@ -143,21 +150,16 @@ impl<'c> StageTensors<'c> {
         mut weight: impl FnMut(&str) -> Result<Tensor<'c>, E>,
         mut cache: impl FnMut(u32, bool) -> Result<Tensor<'c>, E>,
     ) -> Result<Self, E> {
-        use crate::model::{LayerRole, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
+        use crate::model::{OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
         let mut out = Vec::new();
         for il in layers {
-            let mut w = |r: LayerRole| weight(&r.name(il));
+            let mut weights = [None; LayerRole::COUNT];
+            for r in cfg.arch.roles() {
+                weights[r.index()] = Some(weight(&r.name(il))?);
+            }
             out.push(LayerTensors {
                 il,
-                attn_norm: w(LayerRole::AttnNorm)?,
-                wq: w(LayerRole::Q)?,
-                wk: w(LayerRole::K)?,
-                wv: w(LayerRole::V)?,
-                wo: w(LayerRole::Out)?,
-                ffn_norm: w(LayerRole::FfnNorm)?,
-                gate: w(LayerRole::Gate)?,
-                up: w(LayerRole::Up)?,
-                down: w(LayerRole::Down)?,
+                weights,
                 k_cache: cache(il, false)?,
                 v_cache: cache(il, true)?,
             });
@@ -178,10 +180,17 @@ impl<'c> StageTensors<'c> {
         } else {
             None
         };
+        // Not a weight, but the stage's own state, found by name with them.
+        let cell_pos = if cfg.swa.is_some() {
+            Some(weight(super::window::CELL_POS)?)
+        } else {
+            None
+        };
         Ok(StageTensors {
             layers: out,
             head,
             rope_freqs,
+            cell_pos,
         })
     }
 
@@ -191,19 +200,11 @@ impl<'c> StageTensors<'c> {
             .layers
             .iter()
             .flat_map(|l| {
-                [
-                    l.attn_norm,
-                    l.wq,
-                    l.wk,
-                    l.wv,
-                    l.wo,
-                    l.ffn_norm,
-                    l.gate,
-                    l.up,
-                    l.down,
-                    l.k_cache,
-                    l.v_cache,
-                ]
+                l.weights
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .chain([l.k_cache, l.v_cache])
             })
             .collect();
         if let Some(h) = &self.head {
@@ -211,6 +212,7 @@ impl<'c> StageTensors<'c> {
             v.extend(h.output);
         }
         v.extend(self.rope_freqs);
+        v.extend(self.cell_pos);
         v
     }
 }
@@ -228,75 +230,21 @@ pub fn build_stage<'c>(
     inp: &StageInputs<'c>,
 ) -> Result<Tensor<'c>, GgmlError> {
     let hp = &cfg.hp;
-    let n_tokens = inp.hidden.ne()[1];
-    let head_dim = i64::from(hp.head_dim);
-    let (n_head, n_head_kv) = (i64::from(hp.n_head), i64::from(hp.n_head_kv));
-    let n_embd_kv = head_dim * n_head_kv;
-    let last_layer = hp.n_layer - 1;
-
+    // Windowed layers get their own mask, made once for the stage.
+    let windowed = |il: u32| cfg.swa.as_ref().is_some_and(|w| w.is_windowed(il));
+    let swa_mask = match (&cfg.swa, st.cell_pos) {
+        (Some(w), Some(cell_pos)) if st.layers.iter().any(|l| windowed(l.il)) => Some(
+            super::window::windowed_mask(ctx, graph, w.window, cell_pos, inp)?,
+        ),
+        _ => None,
+    };
     let mut inp_l = inp.hidden;
     for l in &st.layers {
-        let il = l.il;
-        let inp_sa = inp_l;
-        let cur = ctx
-            .rms_norm(inp_l, hp.rms_eps)?
-            .set_name(&format!("norm-{il}"));
-        let cur = ctx
-            .mul(cur, l.attn_norm)?
-            .set_name(&format!("attn_norm-{il}"));
-
-        let q = ctx.mul_mat(l.wq, cur)?;
-        let q = ctx.reshape_3d(q, head_dim, n_head, n_tokens)?;
-        let k = ctx.mul_mat(l.wk, cur)?;
-        let k = ctx.reshape_3d(k, head_dim, n_head_kv, n_tokens)?;
-        let v = ctx.mul_mat(l.wv, cur)?;
-        let v = ctx.reshape_3d(v, head_dim, n_head_kv, n_tokens)?;
-        let q = ctx
-            .rope_ext(q, inp.pos, st.rope_freqs, cfg.rope)?
-            .set_name(&format!("Qcur-{il}"));
-        let k = ctx
-            .rope_ext(k, inp.pos, st.rope_freqs, cfg.rope)?
-            .set_name(&format!("Kcur-{il}"));
-        graph.build_forward(q)?;
-        graph.build_forward(v)?;
-        graph.build_forward(k)?;
-
-        // Store this batch's K and V in the cache before attending to it: the
-        // attention reads the cache tensors, not these nodes, so the order of
-        // expansion is what makes the writes come first.
-        let k_rows = ctx.view(k, &[n_embd_kv, n_tokens], &[k.nb()[2]], 0)?;
-        let k_store = ctx
-            .set_rows(l.k_cache, k_rows, inp.kv_idx)?
-            .set_name(&format!("k_store-{il}"));
-        graph.build_forward(k_store)?;
-        let v_rows = ctx.view(v, &[n_embd_kv, n_tokens], &[v.nb()[2]], 0)?;
-        let v_store = ctx
-            .set_rows(l.v_cache, v_rows, inp.kv_idx)?
-            .set_name(&format!("v_store-{il}"));
-        graph.build_forward(v_store)?;
-
-        let cur = attention(ctx, cfg, q, l.k_cache, l.v_cache, inp.mask)?;
-        let cur = ctx.reshape_2d(cur, head_dim * n_head, n_tokens)?;
-        graph.build_forward(cur)?;
-        let mut cur = ctx.mul_mat(l.wo, cur)?.set_name(&format!("attn_out-{il}"));
-
-        let mut inp_sa = inp_sa;
-        if il == last_layer {
-            if let Some(ids) = inp.out_ids {
-                cur = ctx.get_rows(cur, ids)?;
-                inp_sa = ctx.get_rows(inp_sa, ids)?;
-            }
-        }
-        let ffn_inp = ctx.add(cur, inp_sa)?.set_name(&format!("ffn_inp-{il}"));
-        let cur = ctx.rms_norm(ffn_inp, hp.rms_eps)?;
-        let cur = ctx
-            .mul(cur, l.ffn_norm)?
-            .set_name(&format!("ffn_norm-{il}"));
-        let up = ctx.mul_mat(l.up, cur)?;
-        let gate = ctx.mul_mat(l.gate, cur)?;
-        let cur = ctx.swiglu_split(gate, up)?;
-        let cur = ctx.mul_mat(l.down, cur)?;
-        inp_l = ctx.add(cur, ffn_inp)?.set_name(&format!("l_out-{il}"));
+        let mask = match swa_mask {
+            Some(m) if windowed(l.il) => m,
+            _ => inp.mask,
+        };
+        inp_l = build_layer(ctx, graph, cfg, l, st.rope_freqs, inp, mask, inp_l)?;
     }
 
     let out = match &st.head {
@@ -331,43 +279,4 @@ pub fn build_head_shard<'c>(
         .set_output();
     graph.build_forward(out)?;
     Ok(out)
-}
-
-/// Flash attention of `q` (`[head_dim, n_head, n_tokens]`) over the whole
-/// KV cache, F32 accumulation; result `[head_dim, n_head, n_tokens]`.
-fn attention<'c>(
-    ctx: &'c Context,
-    cfg: &LlamaConfig,
-    q: Tensor<'c>,
-    k_cache: Tensor<'c>,
-    v_cache: Tensor<'c>,
-    mask: Tensor<'c>,
-) -> Result<Tensor<'c>, GgmlError> {
-    let hp = &cfg.hp;
-    let head_dim = i64::from(hp.head_dim);
-    let (n_head, n_head_kv) = (i64::from(hp.n_head), i64::from(hp.n_head_kv));
-    let n_tokens = q.ne()[2];
-    // Only the first n_kv cells (the mask's width) can hold anything.
-    let n_kv = mask.ne()[0];
-    let f16_row = |n: i64| 2 * n as usize;
-
-    let qn = q.nb();
-    let q = ctx.view(
-        q,
-        &[head_dim, n_head, n_tokens, 1],
-        &[qn[1], qn[2], qn[2] * n_tokens as usize],
-        0,
-    )?;
-    let q = ctx.permute(q, [0, 2, 1, 3])?;
-    let kv_nb = [
-        f16_row(head_dim),
-        f16_row(head_dim * n_head_kv),
-        f16_row(head_dim * n_head_kv * k_cache.ne()[1]),
-    ];
-    debug_assert_eq!(k_cache.ty(), F16);
-    let k = ctx.view(k_cache, &[head_dim, n_head_kv, n_kv, 1], &kv_nb, 0)?;
-    let k = ctx.permute(k, [0, 2, 1, 3])?;
-    let v = ctx.view(v_cache, &[head_dim, n_head_kv, n_kv, 1], &kv_nb, 0)?;
-    let v = ctx.permute(v, [0, 2, 1, 3])?;
-    ctx.flash_attn_ext(q, k, v, Some(mask), cfg.kq_scale, 0.0, 0.0)
 }

@@ -98,8 +98,8 @@ fn measure_stage(
     n_batch: u32,
     n_outputs: u32,
 ) -> Result<StageCompute, MeasureError> {
-    // ~30 nodes per layer; the same headroom the runtime gives a stage.
-    let gsize = 64 * MEASURED_LAYERS as usize + 256;
+    // The same headroom the runtime gives a stage.
+    let gsize = crate::exec::local::graph_size(MEASURED_LAYERS as usize);
     let ctx = Context::new(
         Context::tensor_overhead() * gsize + Context::graph_overhead(gsize),
         true,
@@ -115,7 +115,13 @@ fn measure_stage(
             .new_tensor(ty::F16, &[n_embd_kv, i64::from(n_ctx), 1])?
             .set_name(&name))
     };
-    let st = StageTensors::gather(cfg, layers.clone(), head, |n| weight(&ctx, g, n), cache)?;
+    let lookup = |n: &str| -> Result<Tensor<'_>, MeasureError> {
+        if n == super::window::CELL_POS {
+            return Ok(ctx.new_tensor(ty::F32, &[1, i64::from(n_ctx)])?.set_name(n));
+        }
+        weight(&ctx, g, n)
+    };
+    let st = StageTensors::gather(cfg, layers.clone(), head, lookup, cache)?;
     let mut elsewhere = st.held();
     let is_last = *layers.end() + 1 == cfg.hp.n_layer;
     let inp = StageInputs::new(

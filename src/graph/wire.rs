@@ -144,8 +144,42 @@ fn visit<'c>(root: Tensor<'c>, ids: &mut HashMap<TensorId, u64>, order: &mut Vec
         if let Some(v) = t.view_source() {
             stack.push((v, false));
         }
-        for s in t.sources().into_iter().rev() {
+        // A cast (ggml_cast) names itself as its second source.
+        for s in t.sources().into_iter().rev().filter(|s| s.id() != t.id()) {
             stack.push((s, false));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ggml_sys::{ty, Context};
+
+    #[test]
+    fn a_cast_that_names_itself_as_a_source_is_listed_once() {
+        let ctx = Context::new(
+            Context::tensor_overhead() * 8 + Context::graph_overhead(8),
+            true,
+        )
+        .unwrap();
+        let a = ctx.new_tensor(ty::I32, &[4]).unwrap().set_name("a");
+        let b = ctx.cast(a, ty::F32).unwrap();
+        assert!(
+            b.sources().iter().any(|s| s.id() == b.id()),
+            "ggml_cast's own quirk"
+        );
+        let mut g = ctx.new_graph(8).unwrap();
+        g.build_forward(b).unwrap();
+        let place = |_: &Tensor<'_>| {
+            Some(RemoteLocation {
+                buffer: 1,
+                data: 64,
+            })
+        };
+        let w = to_wire(&g, 0, place).unwrap();
+        assert_eq!(w.msg.tensors.len(), 2);
+        let cast = &w.msg.tensors[1];
+        assert_eq!((cast.src[0], cast.src[1]), (1, cast.id));
     }
 }

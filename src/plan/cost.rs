@@ -28,6 +28,13 @@ pub const OUTPUT_NORM: &str = "output_norm.weight";
 /// none, the output is tied to [`TOKEN_EMBD`].
 pub const OUTPUT: &str = "output.weight";
 
+/// Whether `name` holds routed experts' weights (every expert of a layer
+/// stacked in one tensor: `blk.N.ffn_{gate,up,down,gate_up}_exps.weight`,
+/// llama.cpp's names).
+pub fn is_expert_tensor(name: &str) -> bool {
+    name.ends_with("_exps.weight")
+}
+
 /// Bytes per element of the KV cache (f16).
 pub const KV_ELEMENT_BYTES: u64 = 2;
 /// Bytes per element of activations (f32).
@@ -95,6 +102,10 @@ pub struct TensorCost {
 pub struct ModelWeights {
     /// Byte size of each tensor of each layer (`blk.N.*`), indexed by layer.
     pub layers: Vec<Vec<u64>>,
+    /// Byte size of each routed-expert tensor of each layer (a subset of
+    /// `layers`, for showing how much of a layer its experts are), indexed
+    /// by layer; empty for a dense model.
+    pub experts: Vec<Vec<u64>>,
     /// Tensors outside any layer that every stage needs (anything not
     /// [`TOKEN_EMBD`], [`OUTPUT_NORM`] or [`OUTPUT`], e.g. llama 3's
     /// `rope_freqs.weight`, which every layer reads). Counted on every stage:
@@ -145,6 +156,13 @@ impl ModelWeights {
                         n_layer,
                     })?;
                 slot.push(t.n_bytes());
+                if is_expert_tensor(t.name()) {
+                    if w.experts.is_empty() {
+                        w.experts = vec![Vec::new(); n_layer as usize];
+                    }
+                    // The index was checked against the layers just above.
+                    w.experts[layer as usize].push(t.n_bytes());
+                }
                 continue;
             }
             match t.name() {
@@ -199,6 +217,9 @@ pub struct ModelCost {
     /// The compute buffers measured on the stage graphs; when present they
     /// replace [`compute_estimate`] and `logits_bytes`.
     pub measured: Option<MeasuredCompute>,
+    /// Position of each KV cell (F32), which every stage of a model with
+    /// windowed layers keeps beside its cache; 0 for other models.
+    pub cell_pos_bytes: u64,
 }
 
 /// One stage graph's compute buffer, measured at ggml's CPU alignment
@@ -287,7 +308,22 @@ impl ModelCost {
         let hp = LlamaHparams::from_metadata(gguf.metadata_map())?;
         hp.check_tensors(gguf.tensors())?;
         let weights = ModelWeights::from_tensors(gguf.tensors(), hp.n_layer)?;
-        ModelCost::from_parts(ModelShape::from(&hp), weights, opts)
+        let mut cost = ModelCost::from_parts(ModelShape::from(&hp), weights, opts)?;
+        // A family that windows, with a window set: see `graph::window`.
+        let windowed = crate::arch::lookup(&hp.architecture).is_some_and(|a| a.sliding_window)
+            && gguf
+                .metadata_map()
+                .get_opt::<u32>(&keys::arch_key(
+                    &hp.architecture,
+                    "attention.sliding_window",
+                ))
+                .ok()
+                .flatten()
+                .is_some_and(|w| w > 0);
+        if windowed {
+            cost.cell_pos_bytes = 4 * u64::from(cost.n_ctx);
+        }
+        Ok(cost)
     }
 
     /// A cost from its parts, with `opts`' context, batch and sequence count
@@ -327,6 +363,7 @@ impl ModelCost {
                 ACTIVATION_BYTES,
             ]),
             measured: None,
+            cell_pos_bytes: 0,
         })
     }
 

@@ -46,7 +46,15 @@ impl fmt::Display for Plan {
                     i.to_string(),
                     s.target.to_string(),
                     layer_range(&s.layers),
-                    human_bytes(s.weight_bytes),
+                    if s.expert_bytes > 0 {
+                        format!(
+                            "{} ({} experts)",
+                            human_bytes(s.weight_bytes),
+                            human_bytes(s.expert_bytes)
+                        )
+                    } else {
+                        human_bytes(s.weight_bytes)
+                    },
                     human_bytes(s.kv_bytes),
                     human_bytes(s.compute_bytes),
                     if s.holds_output || s.output_bytes > 0 {

@@ -239,6 +239,8 @@ pub struct Stage {
     pub layers: Range<u32>,
     /// The layers' weights, plus tensors every stage needs.
     pub weight_bytes: u64,
+    /// The part of `weight_bytes` that is routed experts (0 for a dense model).
+    pub expert_bytes: u64,
     /// K and V of the layers.
     pub kv_bytes: u64,
     /// The compute buffer (the logits too on the last stage) and, with a

@@ -17,6 +17,7 @@ fn model(n_layer: u32) -> ModelCost {
     };
     let weights = ModelWeights {
         layers: (0..n_layer).map(|_| vec![8 * MIB, 8 * MIB]).collect(),
+        experts: Vec::new(),
         shared: Vec::new(),
         output: vec![TensorCost {
             name: "output.weight".into(),

@@ -142,6 +142,17 @@ impl<'a> Placer<'a> {
             .fold(0, u64::saturating_add)
     }
 
+    /// Aligned bytes of the experts of `layers`.
+    fn experts(&self, alignment: u64, layers: &Range<u32>) -> u64 {
+        let per_layer = &self.cost.weights.experts;
+        layers
+            .clone()
+            .filter_map(|l| per_layer.get(l as usize))
+            .flatten()
+            .map(|&b| align(b, alignment))
+            .fold(0, u64::saturating_add)
+    }
+
     fn shared(&self, alignment: u64) -> u64 {
         self.cost
             .weights
@@ -156,6 +167,7 @@ impl<'a> Placer<'a> {
         let prefix = self.prefix_of(device);
         let weights = prefix[layers.end as usize] - prefix[layers.start as usize];
         let n = u64::from(layers.end - layers.start);
+        let expert_bytes = self.experts(alignment, &layers);
         let mut stage = Stage {
             target: match device {
                 None => Target::Local,
@@ -167,7 +179,11 @@ impl<'a> Placer<'a> {
             },
             layers,
             weight_bytes: weights.saturating_add(self.shared(alignment)),
-            kv_bytes: self.kv_layer(alignment).saturating_mul(n),
+            expert_bytes,
+            kv_bytes: self
+                .kv_layer(alignment)
+                .saturating_mul(n)
+                .saturating_add(align(self.cost.cell_pos_bytes, alignment)),
             compute_bytes: self.compute(alignment, last),
             output_bytes: if last { self.output(alignment) } else { 0 },
             holds_output: last,

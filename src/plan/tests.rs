@@ -21,6 +21,7 @@ fn weights(n_layer: u32, layer_bytes: u64) -> ModelWeights {
         layers: (0..n_layer)
             .map(|_| vec![layer_bytes / 2, layer_bytes - layer_bytes / 2])
             .collect(),
+        experts: Vec::new(),
         shared: Vec::new(),
         output: vec![
             TensorCost {

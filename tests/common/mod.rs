@@ -5,6 +5,7 @@
 pub mod http;
 pub mod llama_ref;
 pub mod pipeline;
+pub mod synth;
 pub mod tiny;
 
 use std::path::{Path, PathBuf};

@@ -13,6 +13,7 @@
 use super::super::error::GgufError;
 use super::super::reader::TensorInfo;
 use super::{keys, layer_index, LlamaHparams};
+use crate::arch::{self, Width};
 
 /// Most transformer layers (`{arch}.block_count`).
 pub const MAX_LAYERS: u32 = 4096;
@@ -27,6 +28,8 @@ pub const MAX_HEADS: u32 = 1024;
 pub const MAX_HEAD_DIM: u32 = 4096;
 /// Widest Q projection, `n_head * head_dim` (which bounds K and V too).
 pub const MAX_ATTN_WIDTH: u32 = 1 << 20;
+/// Most routed experts per layer (`{arch}.expert_count`).
+pub const MAX_EXPERTS: u32 = 4096;
 /// Largest vocabulary (`tokenizer.ggml.tokens` or `{arch}.vocab_size`).
 pub const MAX_VOCAB: u32 = 1 << 22;
 /// Longest training context (`{arch}.context_length`); also keeps it, and
@@ -70,20 +73,10 @@ pub(super) fn bounded_product(
     Ok(product as u32)
 }
 
-/// Where a tensor's expected dims come from.
-#[derive(Clone, Copy)]
-enum Width {
-    Embd,
-    Vocab,
-    Ff,
-    Q,
-    Kv,
-    HalfRot,
-}
-
-/// Expected dims (ggml order) of the tensors whose shape the hyperparameters
-/// fix, by name (per-layer names without their `blk.N.` prefix), and the
-/// keys to blame when they disagree.
+/// Expected dims (ggml order) of the tensors outside the layers whose shape
+/// the hyperparameters fix, by name, and the keys to blame when they
+/// disagree. Per-layer shapes come from the family's description
+/// ([`crate::arch`]).
 const SHAPES: &[(&str, &[Width], &str)] = &[
     (
         "token_embd.weight",
@@ -101,52 +94,21 @@ const SHAPES: &[(&str, &[Width], &str)] = &[
         &[Width::HalfRot],
         "rope.dimension_count / 2",
     ),
-    ("attn_norm.weight", &[Width::Embd], "embedding_length"),
-    ("ffn_norm.weight", &[Width::Embd], "embedding_length"),
-    (
-        "attn_q.weight",
-        &[Width::Embd, Width::Q],
-        "embedding_length and head_count x key_length",
-    ),
-    (
-        "attn_k.weight",
-        &[Width::Embd, Width::Kv],
-        "embedding_length and head_count_kv x key_length",
-    ),
-    (
-        "attn_v.weight",
-        &[Width::Embd, Width::Kv],
-        "embedding_length and head_count_kv x key_length",
-    ),
-    (
-        "attn_output.weight",
-        &[Width::Q, Width::Embd],
-        "head_count x key_length and embedding_length",
-    ),
-    (
-        "ffn_gate.weight",
-        &[Width::Embd, Width::Ff],
-        "embedding_length and feed_forward_length",
-    ),
-    (
-        "ffn_up.weight",
-        &[Width::Embd, Width::Ff],
-        "embedding_length and feed_forward_length",
-    ),
-    (
-        "ffn_down.weight",
-        &[Width::Ff, Width::Embd],
-        "feed_forward_length and embedding_length",
-    ),
 ];
 
 impl LlamaHparams {
     /// Cross-checks the hyperparameters against `tensors`: every `blk.N.`
     /// tensor lies below the layer count, every layer below it has tensors,
     /// and every tensor whose shape the hyperparameters fix (embeddings,
-    /// norms, attention and feed-forward projections) has that shape.
+    /// norms, and every per-layer tensor the family's description lists)
+    /// has that shape.
     /// Allocates at most one flag per layer ([`MAX_LAYERS`]).
     pub fn check_tensors(&self, tensors: &[TensorInfo]) -> Result<(), GgufError> {
+        // An architecture shardline does not run is checked as llama, which
+        // is what `inspect` and `plan` assumed before families were data.
+        let family = arch::lookup(&self.architecture)
+            .map(|a| a.variant(self.n_expert > 0))
+            .unwrap_or(&arch::llama::LLAMA);
         let mut seen = vec![false; self.n_layer as usize];
         for t in tensors {
             let name = t.name();
@@ -168,7 +130,15 @@ impl LlamaHparams {
                         .map_or(name, |(_, role)| role)
                 }
             };
-            if let Some(&(_, widths, keys)) = SHAPES.iter().find(|(n, _, _)| *n == role) {
+            let shape = if layer_index(name).is_some() {
+                family.layer_tensor(role).map(|t| (t.dims, t.keys))
+            } else {
+                SHAPES
+                    .iter()
+                    .find(|(n, _, _)| *n == role)
+                    .map(|&(_, dims, keys)| (dims, keys))
+            };
+            if let Some((widths, keys)) = shape {
                 let expected: Vec<u64> = widths.iter().map(|&w| self.width(w)).collect();
                 if trim(t.dims()) != trim(&expected) {
                     return Err(GgufError::TensorDisagrees {
@@ -191,9 +161,17 @@ impl LlamaHparams {
         Ok(())
     }
 
-    fn width(&self, w: Width) -> u64 {
+    /// The value of width `w` for these hyperparameters.
+    pub fn width(&self, w: Width) -> u64 {
         // Each factor is capped, so no product here overflows a u64.
         match w {
+            Width::Ff2 => 2 * u64::from(self.n_ff),
+            Width::Qkv => {
+                (u64::from(self.n_head) + 2 * u64::from(self.n_head_kv)) * u64::from(self.head_dim)
+            }
+            Width::HeadDim => u64::from(self.head_dim),
+            Width::Expert => u64::from(self.n_expert),
+            Width::FfExp => u64::from(self.n_ff_exp.unwrap_or(self.n_ff)),
             Width::Embd => u64::from(self.n_embd),
             Width::Vocab => u64::from(self.n_vocab),
             Width::Ff => u64::from(self.n_ff),
