@@ -4,7 +4,7 @@
 
 use ggml_sys::RopeParams;
 
-use crate::arch::Arch;
+use crate::arch::{Arch, AttnScale};
 
 mod window;
 pub use window::{windowed_layers, SlidingWindow};
@@ -147,20 +147,15 @@ impl LlamaConfig {
             .ok()
             .flatten()
             .unwrap_or(0.0);
-        let kq_scale = if family.name == "gemma3" {
-            // Gemma 3 fixes its scale by model size, whatever the keys say:
-            // the 27B (62 layers) scales by the width per head rather than
-            // the head size (llama.cpp: `gemma3.cpp`, after gemma_pytorch).
-            let d = if hp.n_layer == 62 {
-                (hp.n_embd / hp.n_head) as f32
-            } else {
-                hp.head_dim as f32
-            };
-            1.0 / d.sqrt()
-        } else if attn_scale == 0.0 || !attn_scale.is_finite() {
-            1.0 / (hp.head_dim as f32).sqrt()
-        } else {
-            attn_scale
+        let kq_scale = match family.attn_scale {
+            AttnScale::GemmaBySize if hp.n_layer == 62 => {
+                1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt()
+            }
+            AttnScale::GemmaBySize => 1.0 / (hp.head_dim as f32).sqrt(),
+            AttnScale::KeyLength if attn_scale == 0.0 || !attn_scale.is_finite() => {
+                1.0 / (hp.head_dim as f32).sqrt()
+            }
+            AttnScale::KeyLength => attn_scale,
         };
         // The head does not cap logits; a model that asks for it is refused.
         let softcap = key("final_logit_softcapping");

@@ -7,7 +7,7 @@
 //! `rope.freq_base_swa`; read in `model.rs`).
 
 use super::common::*;
-use super::{t, Activation, Arch, LayerRole as R, RopeStyle, Width as W};
+use super::{t, Activation, Arch, AttnScale, LayerRole as R, RopeStyle, Width as W};
 
 /// The gemma3 family.
 pub const GEMMA3: Arch = Arch {
@@ -31,6 +31,7 @@ pub const GEMMA3: Arch = Arch {
     rope: RopeStyle::Neox,
     rope_freqs: false,
     scale_q: true,
+    attn_scale: AttnScale::GemmaBySize,
     embd_scale: true,
     act: Activation::Gelu,
     sliding_window: true,

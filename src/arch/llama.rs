@@ -3,7 +3,7 @@
 //! Llama 3 frequency factors.
 
 use super::common::*;
-use super::{Activation, Arch, RopeStyle};
+use super::{Activation, Arch, AttnScale, RopeStyle};
 
 /// The llama family.
 pub const LLAMA: Arch = Arch {
@@ -13,6 +13,7 @@ pub const LLAMA: Arch = Arch {
     rope: RopeStyle::Normal,
     rope_freqs: true,
     scale_q: false,
+    attn_scale: AttnScale::KeyLength,
     embd_scale: false,
     act: Activation::Silu,
     sliding_window: false,

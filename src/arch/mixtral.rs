@@ -5,7 +5,7 @@
 //! `expert_used_count` experts by softmax weight run, weights renormalised.
 
 use super::common::*;
-use super::{t, Activation, Arch, LayerRole as R, RopeStyle, Width as W};
+use super::{t, Activation, Arch, AttnScale, LayerRole as R, RopeStyle, Width as W};
 
 /// Keys behind the expert matrices' shapes.
 const KEYS: &str = "embedding_length, feed_forward_length and expert_count";
@@ -30,6 +30,7 @@ pub const MIXTRAL: Arch = Arch {
     rope: RopeStyle::Normal,
     rope_freqs: true,
     scale_q: false,
+    attn_scale: AttnScale::KeyLength,
     embd_scale: false,
     act: Activation::Silu,
     sliding_window: false,

@@ -194,6 +194,18 @@ impl RopeStyle {
     }
 }
 
+/// Where the attention scale comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnScale {
+    /// `attention.scale` when set (and not 0), else `1/sqrt(key_length)`.
+    KeyLength,
+    /// Gemma's rule, whatever the keys say: `1/sqrt(key_length)`, except
+    /// the 62-layer (27B) model, which scales by the width per head,
+    /// `1/sqrt(embedding_length / head_count)` (llama.cpp: `gemma3.cpp`,
+    /// after gemma_pytorch).
+    GemmaBySize,
+}
+
 /// The activation of the gated feed-forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -220,6 +232,8 @@ pub struct Arch {
     /// by one, rather than in it: the same product, rounded as the family's
     /// reference implementation rounds it.
     pub scale_q: bool,
+    /// Where the attention scale comes from.
+    pub attn_scale: AttnScale,
     /// Whether the input embedding is multiplied by `sqrt(n_embd)` before
     /// the first layer.
     pub embd_scale: bool,

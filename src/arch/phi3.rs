@@ -3,7 +3,7 @@
 //! attention (llama.cpp: `src/models/phi3.cpp`).
 
 use super::common::*;
-use super::{t, Activation, Arch, LayerRole as R, RopeStyle, Width as W};
+use super::{t, Activation, Arch, AttnScale, LayerRole as R, RopeStyle, Width as W};
 
 /// The phi3 family.
 pub const PHI3: Arch = Arch {
@@ -28,6 +28,7 @@ pub const PHI3: Arch = Arch {
     rope: RopeStyle::Neox,
     rope_freqs: false,
     scale_q: true,
+    attn_scale: AttnScale::KeyLength,
     embd_scale: false,
     act: Activation::Silu,
     sliding_window: false,

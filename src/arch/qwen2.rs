@@ -2,7 +2,7 @@
 //! RoPE (llama.cpp: `src/models/qwen2.cpp`, `llama_model_rope_type`).
 
 use super::common::*;
-use super::{t, Activation, Arch, LayerRole as R, RopeStyle, Width as W};
+use super::{t, Activation, Arch, AttnScale, LayerRole as R, RopeStyle, Width as W};
 
 /// The qwen2 family.
 pub const QWEN2: Arch = Arch {
@@ -25,6 +25,7 @@ pub const QWEN2: Arch = Arch {
     rope: RopeStyle::Neox,
     rope_freqs: false,
     scale_q: false,
+    attn_scale: AttnScale::KeyLength,
     embd_scale: false,
     act: Activation::Silu,
     sliding_window: false,

@@ -2,7 +2,7 @@
 //! before RoPE, and NeoX RoPE (llama.cpp: `src/models/qwen3.cpp`).
 
 use super::common::*;
-use super::{t, Activation, Arch, LayerRole as R, RopeStyle, Width as W};
+use super::{t, Activation, Arch, AttnScale, LayerRole as R, RopeStyle, Width as W};
 
 /// The qwen3 family.
 pub const QWEN3: Arch = Arch {
@@ -24,6 +24,7 @@ pub const QWEN3: Arch = Arch {
     rope: RopeStyle::Neox,
     rope_freqs: false,
     scale_q: false,
+    attn_scale: AttnScale::KeyLength,
     embd_scale: false,
     act: Activation::Silu,
     sliding_window: false,

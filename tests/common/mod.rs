@@ -2,6 +2,7 @@
 //! `shardline worker` processes on loopback.
 #![allow(dead_code)]
 
+pub mod families;
 pub mod http;
 pub mod llama_ref;
 pub mod pipeline;
