@@ -351,9 +351,14 @@ fn head_stays_whole_without_speeds_room_or_a_second_device() {
 fn throughput_uses_a_second_device_when_sharing_the_head_pays() {
     let cost = model(8);
     let devices = [dev(1, 8 * GIB), dev(2, 8 * GIB)];
-    // A 0.3 ms round trip: a second stage costs 3% of a token, so with the
-    // head whole one device is fastest; sharing the head (2 ms) saves more.
-    let speeds = [Some(speed(1.0, 0.3)), Some(speed(1.0, 0.3))];
+    // A 0.5 ms round trip: a second stage costs 3% of a token, so with the
+    // head whole one device is fastest; sharing the head (6 ms) saves more.
+    let big_head = || {
+        let mut s = speed(1.0, 0.5);
+        s.head = Curve(vec![(1, 6e-3), (8, 24e-3)]);
+        Some(s)
+    };
+    let speeds = [big_head(), big_head()];
     let plan = |mode| {
         let opts = PlanOptions {
             strategy: Strategy::Throughput,
