@@ -60,9 +60,9 @@ struct ClusterArgs {
     #[arg(long, value_delimiter = ',')]
     mem_cap: Vec<shardline::memcap::MemCap>,
     /// Split the output matrix by vocabulary rows over the servers that run
-    /// layers, which then compute it at the same time: auto (when the
-    /// measured speeds predict faster decoding; needs --strategy
-    /// throughput), on, or off.
+    /// layers, which then compute it at the same time: auto (for one
+    /// stream, when the measured speeds predict faster decoding; needs
+    /// --strategy throughput), on, or off.
     #[arg(long, default_value = "auto")]
     head_split: shardline::plan::HeadSplit,
 }

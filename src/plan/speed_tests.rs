@@ -379,3 +379,15 @@ fn throughput_uses_a_second_device_when_sharing_the_head_pays() {
     );
     assert!(b.decode_tok_s > a.decode_tok_s * 1.02);
 }
+
+#[test]
+fn auto_keeps_the_head_whole_for_an_engine_of_several_streams() {
+    let mut cost = model(8);
+    cost.n_seq_max = 8;
+    let devices = [dev(1, 8 * GIB), dev(2, 8 * GIB)];
+    let fast = [Some(speed(1.0, 0.1)), Some(speed(1.0, 0.1))];
+    let p = with_head(&cost, &devices, &fast, vec![4, 4], HeadSplit::Auto);
+    assert!(p.head_shares.is_empty());
+    let p = with_head(&cost, &devices, &fast, vec![4, 4], HeadSplit::On);
+    assert_eq!(p.head_shares.len(), 2);
+}
