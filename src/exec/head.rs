@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use ggml_sys::{ty, Context, Device, Tensor, TensorId};
+use ggml_sys::{ty, Context, Tensor, TensorId};
 use shardline_protocol::{GraphCompute, RpcTensor};
 
 use super::remote::{new_graph_owner, SharedClient};
@@ -198,17 +198,7 @@ impl HeadShard {
             .set_input();
         let mut graph = ctx.new_graph(8)?;
         let out = build_head_shard(&ctx, &mut graph, w, x)?;
-        if let Some(cpu) = Device::cpu() {
-            for node in graph.nodes() {
-                if !cpu.supports_op(&node) {
-                    let info = node.info();
-                    return Err(ExecError::Unsupported {
-                        op: ggml_sys::op_name(info.op).unwrap_or("?").to_string(),
-                        name: info.name,
-                    });
-                }
-            }
-        }
+        super::check_cpu_supports(&graph)?;
         let mut place: HashMap<TensorId, RemoteLocation> = HashMap::new();
         let at = |b: &RemoteBuffer| RemoteLocation {
             buffer: b.remote_ptr,

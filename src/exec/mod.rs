@@ -115,6 +115,24 @@ pub(crate) fn le_bytes_u16(v: &[u16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// A graph a server cannot compute would abort it: checks every node of
+/// `graph` against ggml's CPU backend, which is what CPU servers run.
+pub(crate) fn check_cpu_supports(graph: &ggml_sys::Graph<'_>) -> Result<(), ExecError> {
+    let Some(cpu) = ggml_sys::Device::cpu() else {
+        return Ok(());
+    };
+    match graph.nodes().into_iter().find(|n| !cpu.supports_op(n)) {
+        None => Ok(()),
+        Some(node) => {
+            let info = node.info();
+            Err(ExecError::Unsupported {
+                op: ggml_sys::op_name(info.op).unwrap_or("?").to_string(),
+                name: info.name,
+            })
+        }
+    }
+}
+
 /// Runs CPU-heavy `f` (a ggml computation on the coordinator, copying
 /// weights) without stalling the other tasks of a multi-threaded tokio
 /// runtime: `block_in_place` hands this worker thread's queued tasks to

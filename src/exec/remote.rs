@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use ggml_sys::{ty, Context, Device, Tensor, TensorId};
+use ggml_sys::{ty, Context, Tensor, TensorId};
 use shardline_protocol::RpcTensor;
 
 use super::local::{
@@ -348,19 +348,7 @@ impl RemoteStage {
         let mut graph = ctx.new_graph(gsize)?;
         let out = build_stage(&ctx, &mut graph, cfg, &st, &inp)?;
 
-        // A graph the server cannot compute would abort it: check every node
-        // against ggml's CPU backend, which is what CPU servers run.
-        if let Some(cpu) = Device::cpu() {
-            for node in graph.nodes() {
-                if !cpu.supports_op(&node) {
-                    let info = node.info();
-                    return Err(ExecError::Unsupported {
-                        op: ggml_sys::op_name(info.op).unwrap_or("?").to_string(),
-                        name: info.name,
-                    });
-                }
-            }
-        }
+        super::check_cpu_supports(&graph)?;
 
         let layout = layout_nodes(
             &graph,
