@@ -56,27 +56,7 @@ pub struct HeadTensors<'c> {
     pub output: Option<Tensor<'c>>,
 }
 
-/// How much of the output head a stage computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Head {
-    /// None: the stage returns its last layer's hidden state.
-    None,
-    /// The final norm only: the output matrix is split over devices
-    /// (`build_head_shard` on each), which all need the normalised state.
-    Norm,
-    /// Norm and output matrix: the stage returns logits.
-    Full,
-}
-
-impl From<bool> for Head {
-    fn from(full: bool) -> Head {
-        if full {
-            Head::Full
-        } else {
-            Head::None
-        }
-    }
-}
+pub use crate::plan::Head;
 
 /// Per-step inputs of a stage.
 #[derive(Debug, Clone, Copy)]

@@ -20,9 +20,31 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use super::cost::ACTIVATION_BYTES;
+use super::cost::{OUTPUT, TOKEN_EMBD};
 use super::speed::{DeviceSpeed, NEAR_TIE};
 use super::{ModelCost, Plan, Target};
-use crate::model::{OUTPUT, TOKEN_EMBD};
+
+/// How much of the output head a stage computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// None: the stage returns its last layer's hidden state.
+    None,
+    /// The final norm only: the output matrix is split over devices
+    /// (`graph::llama::build_head_shard` on each), which all need the normalised state.
+    Norm,
+    /// Norm and output matrix: the stage returns logits.
+    Full,
+}
+
+impl From<bool> for Head {
+    fn from(full: bool) -> Head {
+        if full {
+            Head::Full
+        } else {
+            Head::None
+        }
+    }
+}
 
 /// Rows of the output matrix are shared out in multiples of this.
 pub const ROW_QUANTUM: u32 = 64;

@@ -50,7 +50,7 @@ pub use cost::{
 };
 pub use display::human_bytes;
 pub(crate) use display::write_table;
-pub use head::{HeadShare, HeadSplit};
+pub use head::{Head, HeadShare, HeadSplit};
 pub use speed::{predict, Curve, DeviceSpeed, LeftOut, Prediction, StageTime};
 pub use speed_display::PredictionTable;
 pub use split::parse_split;
@@ -326,8 +326,7 @@ impl Plan {
 
     /// How much of the output head stage `i` computes: all of it on the
     /// last stage, only the final norm there when the head is split.
-    pub fn head_of(&self, i: usize) -> crate::graph::llama::Head {
-        use crate::graph::llama::Head;
+    pub fn head_of(&self, i: usize) -> Head {
         if i + 1 != self.stages.len() {
             Head::None
         } else if self.head_shares.is_empty() {
