@@ -162,3 +162,109 @@ async fn engine_runs_qwen3moe_as_llama_cpp_does() {
 async fn engine_runs_gemma3_as_llama_cpp_does() {
     engine_matches_llama_cpp(Family::Gemma3).await;
 }
+
+/// A mixture-of-experts model whose weights (experts included) do not fit
+/// one worker's memory cap runs split over two such workers, with
+/// llama.cpp's tokens. The cap comes from the plan's own figures for the
+/// model on these workers: less than the weights of every layer and the
+/// output, more than each of two devices needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moe_too_large_for_one_worker_runs_split() {
+    use shardline::engine::{Engine, EngineError, EngineOptions, Event, GenerateRequest, Prompt};
+    use shardline::memcap::{apply_caps, MemCap};
+    use shardline::plan::{plan, PlanError, PlanOptions, Strategy};
+    let f = Family::Qwen3Moe;
+    let vocab = Extra {
+        vocab: true,
+        ..Extra::default()
+    };
+    let m = write_model(f, "too-large", &vocab);
+    let plain = write_model(f, "too-large-ref", &Extra::default());
+    let workers = [start_worker(&[]), start_worker(&[])];
+    let endpoints: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
+    let batch = 32;
+    // The engine's planning options for these settings.
+    let popts = PlanOptions {
+        n_ctx: N_CTX,
+        n_batch: batch,
+        strategy: Strategy::Memory,
+        ..PlanOptions::default()
+    };
+    let g = Gguf::open(&m.0).unwrap();
+    let cost = shardline::graph::measure::measured_cost(&g, &popts).unwrap();
+    let reports =
+        shardline::cluster::probe_all(&endpoints, shardline::rpc::ClientOptions::default())
+            .await
+            .unwrap();
+    let devices = shardline::cluster::devices_from_reports(&reports);
+    let one = plan(&cost, &devices[..1], &popts).unwrap_or_else(|e| panic!("{e}"));
+    let two = plan(&cost, &devices, &popts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(two.stages.len(), 2, "{two}");
+    let all = one.stages[0].needed_bytes();
+    let each = two.stages.iter().map(|s| s.needed_bytes()).max().unwrap();
+    let weights: u64 = one.stages[0].weight_bytes + one.stages[0].output_bytes;
+    eprintln!("one device needs {all} B (weights and output {weights} B), two need {each} B each");
+    // Halfway between what each of two devices needs and the weights
+    // alone (less than `all`): the cap is what the device has, the reserve
+    // kept.
+    assert!(each < weights, "{two}");
+    let usable = each + (weights - each) / 2;
+    let cap = MemCap {
+        endpoint: None,
+        bytes: usable + popts.reserve,
+    };
+    let mut capped = devices.clone();
+    apply_caps(&mut capped, std::slice::from_ref(&cap));
+    match plan(&cost, &capped[..1], &popts) {
+        Err(PlanError::DoesNotFit { needed, .. }) => assert_eq!(needed, all),
+        other => panic!("one capped worker: {other:?}"),
+    }
+
+    let load = |servers: Vec<String>| {
+        Engine::load(EngineOptions {
+            strategy: Strategy::Memory,
+            model: m.0.clone(),
+            servers,
+            n_ctx: N_CTX,
+            n_batch: batch,
+            threads: 1,
+            progress: false,
+            mem_caps: vec![cap.clone()],
+            ..EngineOptions::default()
+        })
+    };
+    match load(endpoints[..1].to_vec()).await {
+        Err(EngineError::Plan(PlanError::DoesNotFit { needed, .. })) => assert_eq!(needed, all),
+        Err(e) => panic!("one capped worker: {e}"),
+        Ok(e) => panic!("one capped worker took the model:\n{}", e.plan()),
+    }
+    let engine = load(endpoints.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = engine.plan().clone();
+    eprintln!("{p}");
+    assert_eq!(p.stages.len(), 2, "{p}");
+    for (s, ep) in p.stages.iter().zip(&endpoints) {
+        match &s.target {
+            shardline::plan::Target::Remote { endpoint, .. } => assert_eq!(endpoint, ep, "{p}"),
+            t => panic!("a stage on {t:?}: {p}"),
+        }
+        assert!(s.n_layers() > 0 && s.needed_bytes() <= usable, "{p}");
+    }
+
+    let prompts = id_prompts(N_VOCAB, &[(2, 40)]);
+    let want = synth::reference(&plain.0, &prompts, N_CTX, N_GEN);
+    let req = GenerateRequest {
+        max_tokens: N_GEN,
+        stop_at_eog: false,
+        ..GenerateRequest::new(Prompt::Tokens(prompts[0].clone()))
+    };
+    let mut stream = engine.generate(req).unwrap();
+    while let Some(ev) = stream.next().await {
+        if let Event::Error(e) = ev {
+            panic!("{e}");
+        }
+    }
+    let want: Vec<u32> = want[0].0.iter().copied().filter(|&t| t != 2).collect();
+    assert_eq!(stream.token_ids(), want, "the split MoE's tokens");
+}

@@ -8,6 +8,7 @@ pub mod llama_ref;
 pub mod pipeline;
 pub mod synth;
 pub mod tiny;
+pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
