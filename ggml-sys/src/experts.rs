@@ -102,17 +102,6 @@ impl Context {
         a: Tensor<'a>,
         b: Tensor<'a>,
     ) -> Result<Tensor<'a>, GgmlError> {
-        if a.ne() != b.ne() || a.ty() != b.ty() || !a.is_contiguous_1() || !b.is_contiguous_1() {
-            return Err(bad(
-                "geglu_split",
-                format!("a {:?}, b {:?}", a.ne(), b.ne()),
-            ));
-        }
-        self.ensure_room(a.nbytes())?;
-        // SAFETY: same shape and type, row-contiguous, as ggml_glu_impl asserts.
-        self.made(
-            unsafe { sys::ggml_geglu_split(self.raw(), a.raw(), b.raw()) },
-            "geglu_split",
-        )
+        self.glu_split(a, b, "geglu_split", sys::ggml_geglu_split)
     }
 }

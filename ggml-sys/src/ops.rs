@@ -247,18 +247,28 @@ impl Context {
         a: Tensor<'a>,
         b: Tensor<'a>,
     ) -> Result<Tensor<'a>, GgmlError> {
+        self.glu_split(a, b, "swiglu_split", sys::ggml_swiglu_split)
+    }
+
+    /// A gated unit of two same-shaped tensors made by ggml's `f`, one of
+    /// its `*_split` GLU functions (checked as they all assert).
+    pub(crate) fn glu_split<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        b: Tensor<'a>,
+        name: &'static str,
+        f: unsafe extern "C" fn(
+            *mut sys::ggml_context,
+            *mut sys::ggml_tensor,
+            *mut sys::ggml_tensor,
+        ) -> *mut sys::ggml_tensor,
+    ) -> Result<Tensor<'a>, GgmlError> {
         if a.ne() != b.ne() || a.ty() != b.ty() || !a.is_contiguous_1() || !b.is_contiguous_1() {
-            return Err(bad(
-                "swiglu_split",
-                format!("a {:?}, b {:?}", a.ne(), b.ne()),
-            ));
+            return Err(bad(name, format!("a {:?}, b {:?}", a.ne(), b.ne())));
         }
         self.ensure_room(a.nbytes())?;
         // SAFETY: same shape and type, row-contiguous, as ggml_glu_impl asserts.
-        self.made(
-            unsafe { sys::ggml_swiglu_split(self.raw(), a.raw(), b.raw()) },
-            "swiglu_split",
-        )
+        self.made(unsafe { f(self.raw(), a.raw(), b.raw()) }, name)
     }
 
     /// SwiGLU of one tensor holding both halves of each row: `silu(x0) * x1`

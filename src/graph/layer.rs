@@ -48,8 +48,8 @@ pub(crate) fn build_layer<'c>(
         .set_name(&format!("attn_norm-{il}"));
 
     let (q, k, v) = qkv(ctx, cfg, l, cur)?;
-    let q = head_norm(ctx, cfg, q, l.get(R::QNorm))?;
-    let k = head_norm(ctx, cfg, k, l.get(R::KNorm))?;
+    let q = optional_norm(ctx, cfg, q, l.get(R::QNorm))?;
+    let k = optional_norm(ctx, cfg, k, l.get(R::KNorm))?;
     let q = ctx
         .rope_ext(q, inp.pos, rope_freqs, rope)?
         .set_name(&format!("Qcur-{il}"));
@@ -93,7 +93,7 @@ pub(crate) fn build_layer<'c>(
             inp_sa = ctx.get_rows(inp_sa, ids)?;
         }
     }
-    let cur = post_norm(ctx, cfg, cur, l.get(R::PostAttnNorm))?;
+    let cur = optional_norm(ctx, cfg, cur, l.get(R::PostAttnNorm))?;
     let ffn_inp = ctx.add(cur, inp_sa)?.set_name(&format!("ffn_inp-{il}"));
     let cur = ctx.rms_norm(ffn_inp, hp.rms_eps)?;
     let cur = ctx
@@ -103,7 +103,7 @@ pub(crate) fn build_layer<'c>(
         Some(router) => moe_ffn(ctx, graph, cfg, l, router, cur)?,
         None => ffn(ctx, cfg, l, cur)?,
     };
-    let cur = post_norm(ctx, cfg, cur, l.get(R::PostFfnNorm))?;
+    let cur = optional_norm(ctx, cfg, cur, l.get(R::PostFfnNorm))?;
     Ok(ctx.add(cur, ffn_inp)?.set_name(&format!("l_out-{il}")))
 }
 
@@ -152,25 +152,10 @@ fn qkv<'c>(
     ))
 }
 
-/// RMSNorm of each head of `x` (`[head_dim, heads, n]`) times `w`
-/// (`[head_dim]`), when the layer has `w`.
-fn head_norm<'c>(
-    ctx: &'c Context,
-    cfg: &LlamaConfig,
-    x: Tensor<'c>,
-    w: Option<Tensor<'c>>,
-) -> Result<Tensor<'c>, GgmlError> {
-    match w {
-        Some(w) => {
-            let n = ctx.rms_norm(x, cfg.hp.rms_eps)?;
-            ctx.mul(n, w)
-        }
-        None => Ok(x),
-    }
-}
-
-/// RMSNorm of a sublayer's output times `w`, when the layer has `w`.
-fn post_norm<'c>(
+/// RMSNorm of `x` times `w`, when the layer has `w`: per head for Q/K norms
+/// (`x` is `[head_dim, heads, n]`, `w` `[head_dim]`), per token for the
+/// norms after a sublayer.
+fn optional_norm<'c>(
     ctx: &'c Context,
     cfg: &LlamaConfig,
     x: Tensor<'c>,
