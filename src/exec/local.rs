@@ -266,7 +266,7 @@ impl LocalStage {
     }
 
     /// Graphs built so far (one per step shape, until the cache of
-    /// [`MAX_KEPT_GRAPHS`] is full).
+    /// eight is full).
     pub fn graphs_built(&self) -> u64 {
         self.graphs_built
     }
