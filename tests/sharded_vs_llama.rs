@@ -284,3 +284,31 @@ async fn graphs_dropped_by_another_stage_are_sent_again() {
     .await;
     assert_eq!(shared, separate);
 }
+
+/// A share of the head with rows the output matrix does not have is a
+/// clear error before anything is sent.
+#[tokio::test]
+async fn a_head_share_outside_the_vocabulary_is_refused() {
+    use shardline::exec::head::HeadShard;
+    use shardline::load::UploadError;
+    let worker = start_worker(&[]);
+    let g = shardline::gguf::Gguf::open(model_path()).unwrap();
+    let cfg = shardline::model::LlamaConfig::from_gguf(&g).unwrap();
+    let client = shardline::rpc::RpcClient::connect(
+        &worker.endpoint.to_string(),
+        shardline::rpc::ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    let shared = std::sync::Arc::new(tokio::sync::Mutex::new(client));
+    let n_vocab = cfg.hp.n_vocab;
+    for rows in [n_vocab - 10..n_vocab + 10, 5..5] {
+        let err = HeadShard::load(shared.clone(), 0, &g, &cfg, rows.clone(), 1, &|_, _| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UploadError::BadShare(_)), "{rows:?}: {err}");
+        assert!(err.to_string().contains("output head"), "{err}");
+    }
+    // The connection is still good.
+    shared.lock().await.sync().await.unwrap();
+}

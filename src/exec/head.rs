@@ -84,8 +84,8 @@ impl HeadShard {
         let row_bytes = info.row_bytes();
         let n_vocab = info.dims().get(1).copied().unwrap_or(1);
         if rows.is_empty() || u64::from(rows.end) > n_vocab {
-            return Err(UploadError::Missing(format!(
-                "{name} rows {}..{} (it has {n_vocab})",
+            return Err(UploadError::BadShare(format!(
+                "rows {}..{} of '{name}', which has {n_vocab}",
                 rows.start, rows.end
             )));
         }
@@ -95,7 +95,9 @@ impl HeadShard {
         let bytes = g
             .tensor_data(info)
             .get(start..start.saturating_add(len))
-            .ok_or_else(|| UploadError::Missing(format!("{name} data")))?;
+            .ok_or_else(|| {
+                UploadError::BadShare(format!("'{name}' data is shorter than its shape"))
+            })?;
 
         let mut guard = shared.lock().await;
         let c = &mut *guard;
@@ -220,12 +222,13 @@ impl HeadShard {
             let i = wire.index[&t.id()];
             (wire.msg.tensors[i], wire.nbytes[i])
         };
+        let (input, output) = (find(x), find(out));
         Ok(ShardGraph {
             n_outputs,
-            input: find(x),
-            output: find(out),
-            msg: wire.msg.clone(),
-            nbytes: wire.nbytes.clone(),
+            input,
+            output,
+            msg: wire.msg,
+            nbytes: wire.nbytes,
         })
     }
 

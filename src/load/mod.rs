@@ -83,6 +83,10 @@ pub enum UploadError {
     /// A weight cannot be described on the wire.
     #[error(transparent)]
     Weight(#[from] WeightError),
+    /// A share of the split output head names rows the output matrix does
+    /// not have (or the file's data is short).
+    #[error("share of the output head: {0}")]
+    BadShare(String),
     /// One tensor is larger than the server's largest buffer.
     #[error(
         "weight '{name}' needs {size} bytes, more than the largest buffer ({max}) of {endpoint}"
