@@ -26,5 +26,13 @@ if ! "$venv/bin/python" -c 'import openai, prometheus_client' >/dev/null 2>&1; t
 fi
 export SHARDLINE_TEST_PYTHON="$venv/bin/python"
 cargo test --workspace --locked
+# The library on its own: no HTTP server, no command line, none of their crates.
+echo "library without default features:" >&2
+cargo build --locked --no-default-features --examples
+if cargo tree --locked --no-default-features -e normal -p shardline \
+  | grep -E ' (axum|hyper|clap|anyhow|tracing-subscriber) v'; then
+  echo "test: the library without default features still depends on the crates above" >&2
+  exit 1
+fi
 echo "fuzz targets:" >&2
 cargo check --manifest-path fuzz/Cargo.toml --bins

@@ -28,6 +28,7 @@ pub mod progress;
 pub mod relay;
 pub mod rpc;
 pub mod sample;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod tokenizer;
 pub mod worker;

@@ -61,7 +61,7 @@ pub struct BenchShape {
 }
 
 pub fn run(
-    cluster: &crate::ClusterArgs,
+    cluster: &crate::args::ClusterArgs,
     args: &LayoutArgs,
     shape: &BenchShape,
     threads: usize,
@@ -106,7 +106,7 @@ pub fn run(
 }
 
 fn measure(
-    cluster: &crate::ClusterArgs,
+    cluster: &crate::args::ClusterArgs,
     args: &LayoutArgs,
     shape: &BenchShape,
     layouts: Vec<Layout>,

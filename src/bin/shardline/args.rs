@@ -1,0 +1,125 @@
+//! Options several commands share, and the small helpers around them.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+/// Where the model runs: servers, layer split, context.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// The model (.gguf).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// rpc-servers as host:port, comma separated. Without it, shardline
+    /// starts --local-workers workers on this machine.
+    #[arg(long, value_delimiter = ',')]
+    pub rpc: Vec<String>,
+    /// Local workers to start when no --rpc is given.
+    #[arg(long, default_value_t = 2)]
+    pub local_workers: usize,
+    /// Context size (KV cache cells).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: u32,
+    /// Largest batch of tokens per step (prompts are processed in chunks of it).
+    #[arg(long, default_value_t = 512)]
+    pub batch: u32,
+    /// How to spread layers: memory (by free memory), even, or throughput
+    /// (measures each server's speed and link first, then picks the layer
+    /// counts that decode fastest; servers that only slow tokens down are
+    /// left out).
+    #[arg(long, default_value = "throughput")]
+    pub strategy: shardline::plan::Strategy,
+    /// Explicit layer counts per server, e.g. 10,20 (overrides --strategy).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Keep the first N layers on this machine's CPU.
+    #[arg(long, default_value_t = 0)]
+    pub local_layers: u32,
+    /// Micro-batches in the pipeline at once (0: one per stage, so every
+    /// server computes while the others do; 1: one step at a time).
+    #[arg(long, default_value_t = 0)]
+    pub micro_batches: usize,
+    /// Most memory the plan may use on each device of a server:
+    /// HOST:PORT=SIZE for one server, SIZE for all (e.g. 24GiB, 512MiB;
+    /// binary units). Repeat or comma-separate for several servers. ggml's
+    /// server cannot report less than its device has, so this is applied
+    /// here, to keep memory free on a shared machine.
+    #[arg(long, value_delimiter = ',')]
+    pub mem_cap: Vec<shardline::memcap::MemCap>,
+    /// Split the output matrix by vocabulary rows over the servers that run
+    /// layers, which then compute it at the same time: auto (for one
+    /// stream, when the measured speeds predict faster decoding; needs
+    /// --strategy throughput), on, or off.
+    #[arg(long, default_value = "auto")]
+    pub head_split: shardline::plan::HeadSplit,
+}
+
+impl ClusterArgs {
+    pub fn strategy(&self) -> anyhow::Result<shardline::plan::Strategy> {
+        Ok(match &self.split {
+            Some(s) => shardline::plan::Strategy::Split(shardline::plan::parse_split(s)?),
+            None => self.strategy.clone(),
+        })
+    }
+}
+
+pub fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::EngineOptions> {
+    Ok(shardline::engine::EngineOptions {
+        model: c.model.clone(),
+        servers: c.rpc.clone(),
+        local_workers: c.local_workers,
+        worker_exe: Some(std::env::current_exe().context("locating the shardline binary")?),
+        n_ctx: c.ctx,
+        n_batch: c.batch,
+        strategy: c.strategy()?,
+        local_layers: c.local_layers,
+        micro_batches: c.micro_batches,
+        mem_caps: c.mem_cap.clone(),
+        head_split: c.head_split,
+        ..Default::default()
+    })
+}
+
+/// A seed from the clock, for sampling when none is given.
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Threads to use when none are given: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Probes the servers in `rpc`, or `local_workers` workers started here
+/// when there are none (returned, so they live as long as the caller needs).
+pub fn survey(
+    rpc: &[String],
+    local_workers: usize,
+) -> anyhow::Result<(
+    Vec<shardline::worker::LocalWorker>,
+    Vec<shardline::cluster::ServerReport>,
+)> {
+    let workers = if rpc.is_empty() {
+        let exe = std::env::current_exe().context("locating the shardline binary")?;
+        shardline::worker::start_local(&exe, local_workers, default_threads())
+            .context("starting local workers")?
+    } else {
+        Vec::new()
+    };
+    let endpoints: Vec<String> = if rpc.is_empty() {
+        workers.iter().map(|w| w.endpoint.to_string()).collect()
+    } else {
+        rpc.to_vec()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let reports = rt
+        .block_on(shardline::cluster::probe_all(
+            &endpoints,
+            Default::default(),
+        ))
+        .map_err(|(ep, e)| anyhow::Error::new(e).context(format!("probing {ep}")))?;
+    Ok((workers, reports))
+}
+
