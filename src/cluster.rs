@@ -4,11 +4,11 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::plan::{human_bytes, DeviceSpec};
+use crate::plan::{human_bytes, DeviceKind, DeviceSpec};
 use crate::rpc::{ClientOptions, RpcClient, RpcError};
 
 /// One device of one server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceReport {
     /// Index on its server.
     pub index: u32,
@@ -20,6 +20,28 @@ pub struct DeviceReport {
     pub alignment: u64,
     /// Largest single buffer in bytes.
     pub max_size: u64,
+}
+
+impl DeviceReport {
+    /// The device's kind, inferred from its alignment and largest buffer
+    /// (the protocol reports no names).
+    pub fn kind(&self) -> DeviceKind {
+        DeviceKind::infer(self.alignment, self.max_size)
+    }
+}
+
+impl Serialize for DeviceReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("DeviceReport", 6)?;
+        st.serialize_field("index", &self.index)?;
+        st.serialize_field("kind", &self.kind())?;
+        st.serialize_field("free", &self.free)?;
+        st.serialize_field("total", &self.total)?;
+        st.serialize_field("alignment", &self.alignment)?;
+        st.serialize_field("max_size", &self.max_size)?;
+        st.end()
+    }
 }
 
 /// One server.
@@ -93,17 +115,18 @@ impl fmt::Display for ClusterTable<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<22} {:<8} {:>6} {:>11} {:>11} {:>7} {:>11}",
-            "server", "protocol", "device", "free", "total", "align", "max buffer"
+            "{:<22} {:<8} {:>6} {:<10} {:>11} {:>11} {:>7} {:>11}",
+            "server", "protocol", "device", "kind", "free", "total", "align", "max buffer"
         )?;
         for s in self.0 {
             for d in &s.devices {
                 writeln!(
                     f,
-                    "{:<22} {:<8} {:>6} {:>11} {:>11} {:>7} {:>11}",
+                    "{:<22} {:<8} {:>6} {:<10} {:>11} {:>11} {:>7} {:>11}",
                     s.endpoint,
                     s.protocol,
                     d.index,
+                    d.kind().short(),
                     human_bytes(d.free),
                     human_bytes(d.total),
                     d.alignment,

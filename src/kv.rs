@@ -3,6 +3,8 @@
 //! owns the layer; every stage uses the same cell indices, so one table serves
 //! all of them.
 
+use half::f16;
+
 /// A sequence id.
 pub type SeqId = u32;
 
@@ -146,12 +148,13 @@ impl KvCells {
     }
 
     /// The attention mask for a batch of query tokens over the first `width`
-    /// cells, as f16 bits, row-major `[rows][width]`: 0 where query `q` may
-    /// see the cell (same sequence, not a later position), -inf elsewhere.
-    /// Rows past `queries.len()` (padding) are all -inf.
-    pub fn mask_f16(&self, queries: &[Cell], rows: usize, width: usize) -> Vec<u16> {
-        const ZERO: u16 = 0x0000;
-        const NEG_INF: u16 = 0xfc00;
+    /// cells, in f16 (what ggml's flash attention takes), row-major
+    /// `[rows][width]`: 0 where query `q` may see the cell (same sequence,
+    /// not a later position), -inf elsewhere. Rows past `queries.len()`
+    /// (padding) are all -inf.
+    pub fn mask_f16(&self, queries: &[Cell], rows: usize, width: usize) -> Vec<f16> {
+        const ZERO: f16 = f16::ZERO;
+        const NEG_INF: f16 = f16::NEG_INFINITY;
         let n = width.min(self.cells.len()).max(1);
         let mut m = vec![NEG_INF; rows * n];
         for (q, row) in queries.iter().zip(m.chunks_exact_mut(n)) {
@@ -210,7 +213,7 @@ mod tests {
         assert_eq!(KvCells::new(100).attention_window(), 100);
         let m = kv.mask_f16(&[cell(0, 5)], 1, 512);
         assert_eq!(m.len(), 512);
-        assert_eq!(m[300], 0);
+        assert_eq!(m[300], f16::ZERO);
     }
 
     #[test]
@@ -218,8 +221,9 @@ mod tests {
         let mut kv = KvCells::new(4);
         kv.claim(&[cell(0, 0), cell(1, 0), cell(0, 1)]).unwrap();
         let m = kv.mask_f16(&[cell(0, 1), cell(1, 0)], 3, 4);
-        let z = 0u16;
-        let x = 0xfc00u16;
+        let z = f16::ZERO;
+        let x = f16::NEG_INFINITY;
+        assert_eq!(x.to_bits(), 0xfc00, "ggml's f16 -inf");
         assert_eq!(
             &m[0..4],
             &[z, x, z, x],

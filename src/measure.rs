@@ -343,14 +343,38 @@ pub async fn measure_cluster(
 ) -> Vec<Option<DeviceSpeed>> {
     let mut out = Vec::new();
     for r in reports {
-        let devices: Vec<u32> = r.devices.iter().map(|d| d.index).collect();
-        match measure_server(&r.endpoint, &devices, g, cfg, hashes, opts).await {
-            Ok(speeds) => out.extend(speeds.into_iter().map(Some)),
-            Err(e) => {
-                tracing::warn!("{e}; planning without its speed");
-                out.extend(devices.iter().map(|_| None));
+        // A device whose kind cannot run the model is not sent its graphs
+        // (the server would abort); the planner leaves it out.
+        let runs = |d: &crate::cluster::DeviceReport| {
+            d.kind()
+                .attention_refusal(cfg.hp.head_dim, cfg.hp.head_dim)
+                .is_none()
+        };
+        let devices: Vec<u32> = r
+            .devices
+            .iter()
+            .filter(|d| runs(d))
+            .map(|d| d.index)
+            .collect();
+        let mut speeds = if devices.is_empty() {
+            Vec::new()
+        } else {
+            match measure_server(&r.endpoint, &devices, g, cfg, hashes, opts).await {
+                Ok(speeds) => speeds.into_iter().map(Some).collect(),
+                Err(e) => {
+                    tracing::warn!("{e}; planning without its speed");
+                    devices.iter().map(|_| None).collect()
+                }
             }
         }
+        .into_iter();
+        out.extend(r.devices.iter().map(|d| {
+            if runs(d) {
+                speeds.next().flatten()
+            } else {
+                None
+            }
+        }));
     }
     out
 }

@@ -17,7 +17,7 @@ import urllib.request
 
 import openai
 from openai import OpenAI
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 PROMPTS = [
     "What is the capital of France?",
@@ -173,7 +173,7 @@ def main():
         check(together[p] == alone[p], f"concurrent equals alone for {p!r}:\n{together[p]!r}\n{alone[p]!r}")
     check(len(set(alone.values())) > 1, "different prompts, different answers")
 
-    # /metrics parses with the reference parser.
+    # /metrics parses with the reference (OpenMetrics) parser.
     root = base_url.rsplit("/v1", 1)[0]
     with urllib.request.urlopen(root + "/metrics", timeout=30) as resp:
         text = resp.read().decode()

@@ -168,7 +168,7 @@ async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| panic!("{name} for local in {text}"))
             };
-            let steps = local("shardline_stage_step_seconds_count");
+            let steps = local("shardline_stage_steps_total");
             let built = local("shardline_graphs_sent_total");
             assert!(steps >= 90.0, "{}: {steps} local steps", case.name);
             assert!(

@@ -22,6 +22,7 @@ pub mod op {
     pub const TRANSPOSE: u32 = sys::GGML_OP_TRANSPOSE;
     pub const GET_ROWS: u32 = sys::GGML_OP_GET_ROWS;
     pub const CPY: u32 = sys::GGML_OP_CPY;
+    pub const FLASH_ATTN_EXT: u32 = sys::GGML_OP_FLASH_ATTN_EXT;
 
     /// Whether ggml's graph allocator lets a node of `op` write over a
     /// source it is the last reader of (same type, shape and strides): the

@@ -7,6 +7,7 @@ use crate::command::{Command, ResponseShape};
 use crate::error::DecodeError;
 use crate::wire::{len_u64, put_u32, put_u64, put_u8, Reader};
 use crate::{Version, CONN_CAPS_SIZE, RESPONSE_HEADER_LEN};
+use bytes::BufMut;
 
 /// `ALLOC_BUFFER`'s answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,7 +333,7 @@ impl<'a> Response<'a> {
 
     /// Appends the whole frame (`size u64 | payload`) to `out`, as a server
     /// would send it.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub fn encode(&self, out: &mut impl BufMut) {
         put_u64(out, self.expected().len);
         match self {
             Response::AllocBuffer(a) => {
@@ -344,7 +345,7 @@ impl<'a> Response<'a> {
             | Response::BufferGetBase(v)
             | Response::GetAllocSize(v) => put_u64(out, *v),
             Response::SetTensorHash(b) | Response::CopyTensor(b) => put_u8(out, u8::from(*b)),
-            Response::GetTensor(data) => out.extend_from_slice(data),
+            Response::GetTensor(data) => out.put_slice(data),
             Response::GetDeviceMemory(m) => {
                 put_u64(out, m.free);
                 put_u64(out, m.total);
@@ -354,7 +355,7 @@ impl<'a> Response<'a> {
                 put_u8(out, h.version.minor);
                 put_u8(out, h.version.patch);
                 put_u8(out, 0);
-                out.extend_from_slice(&h.conn_caps);
+                out.put_slice(&h.conn_caps);
             }
             Response::DeviceCount(n) => put_u32(out, *n),
         }

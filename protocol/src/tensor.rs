@@ -1,5 +1,6 @@
 //! `rpc_tensor`: a ggml tensor as it travels on the wire (296 bytes, packed).
 
+use bytes::BufMut;
 use std::fmt;
 
 use crate::error::NameError;
@@ -156,8 +157,8 @@ impl RpcTensor {
     }
 
     /// Appends the wire form to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_bytes());
+    pub fn encode(&self, out: &mut impl BufMut) {
+        out.put_slice(&self.to_bytes());
     }
 
     /// Parses the wire form from a slice of exactly [`RpcTensor::WIRE_SIZE`]

@@ -3,6 +3,8 @@
 //! The reader never indexes: every read is a checked split that yields `None`
 //! when the bytes run out.
 
+use bytes::BufMut;
+
 /// A cursor over untrusted bytes.
 #[derive(Debug)]
 pub(crate) struct Reader<'a> {
@@ -47,16 +49,16 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(crate) fn put_u8(out: &mut Vec<u8>, v: u8) {
-    out.push(v);
+pub(crate) fn put_u8(out: &mut impl BufMut, v: u8) {
+    out.put_u8(v);
 }
 
-pub(crate) fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
+pub(crate) fn put_u32(out: &mut impl BufMut, v: u32) {
+    out.put_u32_le(v);
 }
 
-pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
+pub(crate) fn put_u64(out: &mut impl BufMut, v: u64) {
+    out.put_u64_le(v);
 }
 
 /// `usize` → `u64` without a lossy cast (every supported target has

@@ -1,19 +1,15 @@
-//! The engine's counters, rendered in Prometheus text format.
+//! The engine's counters, exposed through `prometheus-client` in
+//! OpenMetrics text (what Prometheus scrapes).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-pub use crate::exec::StageStat;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-/// A per-server family: name, Prometheus type (empty: continues the family
-/// above), help text, and the value of one server.
-type PerServer = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&StageStat) -> String,
-);
+pub use crate::exec::StageStat;
 
 /// Counters and gauges of an engine.
 #[derive(Debug, Default)]
@@ -112,113 +108,142 @@ impl Metrics {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// The counters in Prometheus text exposition format.
+    /// The counters in OpenMetrics text (what Prometheus scrapes), ending
+    /// with `# EOF`.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        metric(
-            "shardline_requests_total",
-            "counter",
-            "Generation requests accepted.",
-            self.requests().to_string(),
-        );
-        metric(
-            "shardline_prompt_tokens_total",
-            "counter",
-            "Prompt tokens processed.",
-            self.prompt_tokens.load(Ordering::Relaxed).to_string(),
-        );
-        metric(
-            "shardline_tokens_generated_total",
-            "counter",
-            "Tokens generated.",
-            self.tokens_generated().to_string(),
-        );
-        metric(
-            "shardline_tokens_per_second",
-            "gauge",
-            "Tokens generated per second in the last decode step (all sequences).",
-            f64::from_bits(self.rate_bits.load(Ordering::Relaxed)).to_string(),
-        );
-        metric(
-            "shardline_server_failures_total",
-            "counter",
-            "Server failures seen (a step or keepalive probe that failed or hung).",
-            self.failures().to_string(),
-        );
-        metric(
-            "shardline_recoveries_total",
-            "counter",
-            "Recoveries completed (reconnected, reloaded, serving again).",
-            self.recoveries().to_string(),
-        );
-        metric(
-            "shardline_last_recovery_seconds",
-            "gauge",
-            "Seconds from the last failure until serving again.",
-            f64::from_bits(self.last_recovery_bits.load(Ordering::Relaxed)).to_string(),
-        );
-        metric(
-            "shardline_queue_depth",
-            "gauge",
-            "Requests waiting for a sequence.",
-            self.queue_depth().to_string(),
-        );
-        metric(
-            "shardline_active_sequences",
-            "gauge",
-            "Sequences being generated.",
-            self.active_sequences().to_string(),
-        );
-        let stages = self.stages.lock().map(|s| s.clone()).unwrap_or_default();
-        // One family per server-level number, a sample per server.
-        let per_server: [PerServer; 5] = [
-            (
-                "shardline_stage_step_seconds_sum",
-                "summary",
-                "Time per step spent on each server (send, compute, receive).",
-                |s| s.seconds.to_string(),
-            ),
-            ("shardline_stage_step_seconds_count", "", "", |s| {
-                s.steps.to_string()
-            }),
-            (
-                "shardline_bytes_sent_total",
-                "counter",
-                "Bytes sent to each server while generating.",
-                |s| s.bytes_sent.to_string(),
-            ),
-            (
-                "shardline_bytes_received_total",
-                "counter",
-                "Bytes received from each server while generating.",
-                |s| s.bytes_received.to_string(),
-            ),
-            (
-                "shardline_graphs_sent_total",
-                "counter",
-                "Steps that sent a stage's graph instead of rerunning the one its server held.",
-                |s| s.graphs_sent.to_string(),
-            ),
-        ];
-        for (name, kind, help, value) in per_server {
-            if !kind.is_empty() {
-                // A summary's family is named without its _sum/_count suffix.
-                let family = name.strip_suffix("_sum").unwrap_or(name);
-                let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
-            }
-            for s in &stages {
-                let server = s.server.replace('\\', "\\\\").replace('"', "\\\"");
-                let _ = writeln!(out, "{name}{{server=\"{server}\"}} {}", value(s));
-            }
-        }
-        out
+        let mut reg = Registry::default();
+        self.register(&mut reg);
+        encode_registry(&reg)
     }
+
+    /// Adds a snapshot of every counter to `reg` (for an exposition that
+    /// holds other families too, such as the HTTP server's).
+    pub fn register(&self, reg: &mut Registry) {
+        counter(
+            reg,
+            "shardline_requests",
+            "Generation requests accepted",
+            self.requests(),
+        );
+        counter(
+            reg,
+            "shardline_prompt_tokens",
+            "Prompt tokens processed",
+            self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            reg,
+            "shardline_tokens_generated",
+            "Tokens generated",
+            self.tokens_generated(),
+        );
+        gauge_f64(
+            reg,
+            "shardline_tokens_per_second",
+            "Tokens generated per second in the last decode step (all sequences)",
+            f64::from_bits(self.rate_bits.load(Ordering::Relaxed)),
+        );
+        counter(
+            reg,
+            "shardline_server_failures",
+            "Server failures seen (a step or keepalive probe that failed or hung)",
+            self.failures(),
+        );
+        counter(
+            reg,
+            "shardline_recoveries",
+            "Recoveries completed (reconnected, reloaded, serving again)",
+            self.recoveries(),
+        );
+        gauge_f64(
+            reg,
+            "shardline_last_recovery_seconds",
+            "Seconds from the last failure until serving again",
+            f64::from_bits(self.last_recovery_bits.load(Ordering::Relaxed)),
+        );
+        gauge(
+            reg,
+            "shardline_queue_depth",
+            "Requests waiting for a sequence",
+            self.queue_depth(),
+        );
+        gauge(
+            reg,
+            "shardline_active_sequences",
+            "Sequences being generated",
+            self.active_sequences(),
+        );
+        // One family per server-level number, a sample per server.
+        let stages = self.stages();
+        let per_server = |f: fn(&StageStat) -> u64| {
+            let fam = Family::<Vec<(String, String)>, Counter>::default();
+            for s in &stages {
+                fam.get_or_create(&vec![("server".to_owned(), s.server.clone())])
+                    .inc_by(f(s));
+            }
+            fam
+        };
+        let seconds = Family::<Vec<(String, String)>, Counter<f64, AtomicU64>>::default();
+        for s in &stages {
+            seconds
+                .get_or_create(&vec![("server".to_owned(), s.server.clone())])
+                .inc_by(s.seconds);
+        }
+        reg.register(
+            "shardline_stage_step_seconds",
+            "Time spent on each server's steps (send, compute, receive)",
+            seconds,
+        );
+        reg.register(
+            "shardline_stage_steps",
+            "Steps each server took part in",
+            per_server(|s| s.steps),
+        );
+        reg.register(
+            "shardline_bytes_sent",
+            "Bytes sent to each server while generating",
+            per_server(|s| s.bytes_sent),
+        );
+        reg.register(
+            "shardline_bytes_received",
+            "Bytes received from each server while generating",
+            per_server(|s| s.bytes_received),
+        );
+        reg.register(
+            "shardline_graphs_sent",
+            "Steps that sent a stage's graph instead of rerunning the one its server held",
+            per_server(|s| s.graphs_sent),
+        );
+    }
+}
+
+/// `reg` in OpenMetrics text.
+pub fn encode_registry(reg: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, reg);
+    out
+}
+
+/// Registers a counter (exposed as `NAME_total`) holding `v`.
+pub fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(v);
+    reg.register(name, help, c);
+}
+
+/// Registers an integer gauge holding `v`.
+pub fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+/// Registers a float gauge holding `v`.
+pub fn gauge_f64(reg: &mut Registry, name: &str, help: &str, v: f64) {
+    let g = Gauge::<f64, AtomicU64>::default();
+    g.set(v);
+    reg.register(name, help, g);
 }
 
 #[cfg(test)]
@@ -244,8 +269,10 @@ mod tests {
         assert!(text.contains("shardline_requests_total 3"));
         assert!(text.contains("shardline_queue_depth 2"));
         assert!(text.contains("shardline_active_sequences 2"));
-        assert!(text.contains("shardline_tokens_per_second 20"));
-        assert!(text.contains("shardline_stage_step_seconds_count{server=\"127.0.0.1:1\"} 4"));
+        assert!(text.contains("shardline_tokens_per_second 20.0"), "{text}");
+        assert!(text.contains("shardline_stage_steps_total{server=\"127.0.0.1:1\"} 4"));
+        assert!(text.contains("shardline_stage_step_seconds_total{server=\"127.0.0.1:1\"} 0.25"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("shardline_bytes_received_total{server=\"127.0.0.1:1\"} 200"));
         // Every sample line belongs to a family declared by a TYPE line.
         let families: Vec<&str> = text
@@ -254,6 +281,7 @@ mod tests {
             .filter_map(|l| l.split_whitespace().next())
             .collect();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(!line.is_empty());
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(
                 families

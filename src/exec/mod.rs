@@ -65,6 +65,21 @@ pub enum ExecError {
         /// The tensor.
         name: String,
     },
+    /// The server's device is of a kind that cannot compute a node the
+    /// graph needs (it would abort); the planner leaves such devices out.
+    #[error("op {op} of tensor '{name}' cannot run on {endpoint} device {device}: {reason}")]
+    UnsupportedOnDevice {
+        /// The server.
+        endpoint: String,
+        /// The device there.
+        device: u32,
+        /// The op.
+        op: String,
+        /// The tensor.
+        name: String,
+        /// Why, from the device kind's rules.
+        reason: String,
+    },
 }
 
 impl ExecError {
@@ -111,7 +126,7 @@ pub(crate) fn le_bytes_i64(v: &[i64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-pub(crate) fn le_bytes_u16(v: &[u16]) -> Vec<u8> {
+pub(crate) fn le_bytes_f16(v: &[half::f16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -131,6 +146,38 @@ pub(crate) fn check_cpu_supports(graph: &ggml_sys::Graph<'_>) -> Result<(), Exec
             })
         }
     }
+}
+
+/// [`check_cpu_supports`], then the rules known for a server device of
+/// `kind` (`endpoint`, `device`): the graph must run there before it is
+/// sent, since a server aborts on one it cannot compute.
+pub(crate) fn check_device_supports(
+    graph: &ggml_sys::Graph<'_>,
+    kind: crate::plan::DeviceKind,
+    endpoint: &str,
+    device: u32,
+) -> Result<(), ExecError> {
+    check_cpu_supports(graph)?;
+    for node in graph.nodes() {
+        let info = node.info();
+        if info.op != ggml_sys::op::FLASH_ATTN_EXT {
+            continue;
+        }
+        let src = node.sources();
+        let (Some(k), Some(v)) = (src.get(1), src.get(2)) else {
+            continue;
+        };
+        if let Some(reason) = kind.attention_refusal(k.ne()[0] as u32, v.ne()[0] as u32) {
+            return Err(ExecError::UnsupportedOnDevice {
+                endpoint: endpoint.to_string(),
+                device,
+                op: "FLASH_ATTN_EXT".to_string(),
+                name: info.name,
+                reason: format!("a {kind}: {reason}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs CPU-heavy `f` (a ggml computation on the coordinator, copying

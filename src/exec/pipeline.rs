@@ -331,7 +331,7 @@ impl Pipeline {
             pos: super::le_bytes_i32(&pos),
             kv_idx: super::le_bytes_i64(&kv_idx),
             n_kv,
-            mask: super::le_bytes_u16(&self.kv.mask_f16(cells, n, n_kv)),
+            mask: super::le_bytes_f16(&self.kv.mask_f16(cells, n, n_kv)),
             out_ids: super::le_bytes_i32(&out_ids),
             n_outputs: outputs.len(),
         };

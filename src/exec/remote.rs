@@ -17,7 +17,7 @@ use crate::graph::llama::{build_stage, Head, StageInputs};
 use crate::graph::{layout_nodes, to_wire, RemoteLocation};
 use crate::load::{upload_weights, PlacedWeight, TensorHashes, UploadError, UploadStats};
 use crate::model::LlamaConfig;
-use crate::plan::InputLayout;
+use crate::plan::{DeviceKind, InputLayout};
 use crate::rpc::{RemoteBuffer, RpcClient, RpcError};
 
 /// One connection to a server, shared by the stages on its devices (a server
@@ -71,6 +71,7 @@ pub struct RemoteStage {
     layers: Range<u32>,
     head: Head,
     alignment: u64,
+    kind: DeviceKind,
     n_batch: u32,
     kv_size: u32,
     weights: HashMap<String, PlacedWeight>,
@@ -123,6 +124,8 @@ impl RemoteStage {
         let (weights, upload) = upload_weights(client, device, g, &names, hashes, progress).await?;
         // A server that reports 0 means no constraint (and must not divide by 0).
         let alignment = client.alignment(device).await.map_err(rpc)?.max(1);
+        // The protocol names no device; its kind decides which graphs it takes.
+        let kind = DeviceKind::infer(alignment, client.max_size(device).await.map_err(rpc)?);
         let kv_tensor = 2 * cfg.n_embd_kv() * u64::from(kv_size);
         let kv_stride = kv_tensor.div_ceil(alignment) * alignment;
         // With windowed layers, the cells' positions follow the caches.
@@ -158,6 +161,7 @@ impl RemoteStage {
             layers,
             head,
             alignment,
+            kind,
             n_batch,
             kv_size,
             weights,
@@ -348,7 +352,7 @@ impl RemoteStage {
         let mut graph = ctx.new_graph(gsize)?;
         let out = build_stage(&ctx, &mut graph, cfg, &st, &inp)?;
 
-        super::check_cpu_supports(&graph)?;
+        super::check_device_supports(&graph, self.kind, self.endpoint(), self.device)?;
 
         let layout = layout_nodes(
             &graph,

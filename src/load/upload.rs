@@ -141,6 +141,18 @@ pub async fn upload_weights(
         }
     }
     let wires: Vec<RpcTensor> = wires.into_iter().flatten().collect();
+    // A GPU pads quantized rows (it asked for more than the data), and its
+    // matrix kernels read the padding: INIT_TENSOR has its backend zero it,
+    // as llama.cpp's client asks. Left as the allocation found it, it can
+    // hold NaNs that turn whole rows of results into NaN.
+    for ((wire, info), &size) in wires.iter().zip(&infos).zip(&sizes) {
+        if size > info.n_bytes() {
+            client
+                .init_tensor(wire, info.n_bytes())
+                .await
+                .map_err(rpc)?;
+        }
+    }
 
     // Ask by hash in waves: each wave takes the tensors whose hashes are
     // known, waiting for at least half of those left, so a cold load (hashes

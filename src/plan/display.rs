@@ -4,9 +4,10 @@ use std::fmt;
 
 use super::{layer_range, Plan};
 
-const HEADERS: [&str; 8] = [
+const HEADERS: [&str; 9] = [
     "stage",
     "device",
+    "kind",
     "layers",
     "weights",
     "KV",
@@ -37,7 +38,7 @@ impl fmt::Display for Plan {
         }
         writeln!(f)?;
 
-        let mut rows: Vec<[String; 8]> = self
+        let mut rows: Vec<[String; 9]> = self
             .stages
             .iter()
             .enumerate()
@@ -45,6 +46,7 @@ impl fmt::Display for Plan {
                 [
                     i.to_string(),
                     s.target.to_string(),
+                    s.kind.short().to_owned(),
                     layer_range(&s.layers),
                     if s.expert_bytes > 0 {
                         format!(
@@ -71,6 +73,7 @@ impl fmt::Display for Plan {
         rows.push([
             "total".to_owned(),
             String::new(),
+            String::new(),
             format!("{} layers", self.n_layer),
             sum(|s| s.weight_bytes),
             sum(|s| s.kv_bytes),
@@ -80,7 +83,10 @@ impl fmt::Display for Plan {
         ]);
 
         // Text columns left-aligned, sizes right-aligned.
-        write_table(f, &HEADERS, &rows, 3)?;
+        write_table(f, &HEADERS, &rows, 4)?;
+        for e in &self.excluded {
+            writeln!(f, "left out {}/{}: {}", e.endpoint, e.device, e.reason)?;
+        }
         if !self.head_shares.is_empty() {
             let shares: Vec<String> = self
                 .head_shares

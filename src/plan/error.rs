@@ -51,6 +51,24 @@ pub enum PlanError {
         /// Layers that need a device.
         layers: u32,
     },
+    /// Every device given is of a kind that cannot run the model.
+    #[error("no device given can run this model: {reasons}")]
+    NoDeviceRuns {
+        /// Each device and why, `; `-separated.
+        reasons: String,
+    },
+    /// A [`Strategy::Split`] gives layers to a device that cannot run them.
+    #[error("the split gives {layers} layers to {endpoint} device {device}, which cannot run them: {reason}")]
+    SplitOnExcluded {
+        /// Its server.
+        endpoint: String,
+        /// Its index there.
+        device: u32,
+        /// Layers the split gives it.
+        layers: u32,
+        /// Why it cannot run them.
+        reason: String,
+    },
     /// A [`Strategy::Split`] has a different number of counts from the devices.
     #[error("the split gives {given} layer counts but there are {devices} devices: give one count per device, in order")]
     SplitCount {

@@ -29,6 +29,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod head;
+pub mod kind;
 pub mod speed;
 mod speed_display;
 #[cfg(test)]
@@ -51,6 +52,7 @@ pub use display::human_bytes;
 pub(crate) use display::write_table;
 pub use error::{layer_range, PlanError};
 pub use head::{Head, HeadShare, HeadSplit};
+pub use kind::DeviceKind;
 pub use speed::{predict, Curve, DeviceSpeed, LeftOut, Prediction, StageTime};
 pub use speed_display::PredictionTable;
 pub use split::parse_split;
@@ -235,6 +237,8 @@ impl fmt::Display for Target {
 pub struct Stage {
     /// The device the stage runs on.
     pub target: Target,
+    /// The device's kind (the coordinator's own is its CPU).
+    pub kind: DeviceKind,
     /// The layers it runs, a non-empty contiguous range.
     pub layers: Range<u32>,
     /// The layers' weights, plus tensors every stage needs.
@@ -300,6 +304,9 @@ pub struct Plan {
     /// The output matrix split by rows over these devices, computed at once;
     /// empty when the last stage computes the whole head.
     pub head_shares: Vec<HeadShare>,
+    /// Devices given but left out because their kind cannot run the model.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<kind::Excluded>,
 }
 
 impl Plan {
@@ -396,6 +403,20 @@ pub fn plan_with_speeds(
     if n_remote > 0 && devices.is_empty() {
         return Err(PlanError::NoDevices { layers: n_remote });
     }
+    let excluded = kind::excluded(cost, devices);
+    if !excluded.is_empty() {
+        let (kept, devices, speeds, opts) = kind::without(&excluded, devices, speeds, opts)?;
+        let mut p = plan_with_speeds(cost, &devices, &speeds, &opts)?;
+        // Server indices point into the devices given, not the ones kept.
+        let targets = p.stages.iter_mut().map(|s| &mut s.target);
+        for t in targets.chain(p.head_shares.iter_mut().map(|h| &mut h.target)) {
+            if let Target::Remote { server, .. } = t {
+                *server = kept[*server];
+            }
+        }
+        p.excluded = excluded;
+        return Ok(p);
+    }
     let placer = split::Placer::new(cost, devices, opts);
     let counts = match &opts.strategy {
         Strategy::Split(counts) => {
@@ -473,6 +494,7 @@ fn assemble(
         strategy: opts.strategy.clone(),
         reserve: opts.reserve,
         head_shares: Vec::new(),
+        excluded: Vec::new(),
     };
     head::split_head(
         &mut plan,

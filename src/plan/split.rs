@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use super::{
-    DeviceSpec, ModelCost, ParseStrategyError, PlanError, PlanOptions, Stage, Target,
+    DeviceKind, DeviceSpec, ModelCost, ParseStrategyError, PlanError, PlanOptions, Stage, Target,
     LOCAL_ALIGNMENT,
 };
 
@@ -177,6 +177,7 @@ impl<'a> Placer<'a> {
                     device: self.devices[i].device,
                 },
             },
+            kind: device.map_or(DeviceKind::Cpu, |i| self.devices[i].kind()),
             layers,
             weight_bytes: weights.saturating_add(self.shared(alignment)),
             expert_bytes,

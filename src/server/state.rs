@@ -2,7 +2,6 @@
 //! key, the body timeout and the HTTP counters.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -193,69 +192,83 @@ impl AppState {
         }
     }
 
-    /// Prometheus text: the server's own counters, then the engine's.
+    /// OpenMetrics text (through `prometheus-client`): the server's own
+    /// counters, then the engine's.
     pub fn metrics_text(&self) -> String {
-        let mut out = String::new();
+        use crate::engine::metrics::{counter, encode_registry, gauge};
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        let mut reg = prometheus_client::registry::Registry::default();
         let requests = self
             .shared
             .requests
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "# HELP shardline_http_requests_total HTTP requests answered, by route and status.\n# TYPE shardline_http_requests_total counter"
-        );
+        let by_route = Family::<Vec<(String, String)>, Counter>::default();
         for ((route, status), n) in &requests {
-            let route = route.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(
-                out,
-                "shardline_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+            by_route
+                .get_or_create(&vec![
+                    ("route".to_owned(), route.clone()),
+                    ("status".to_owned(), status.to_string()),
+                ])
+                .inc_by(*n);
         }
-        let _ = writeln!(
-            out,
-            "# HELP shardline_http_connections HTTP connections open now.\n# TYPE shardline_http_connections gauge\nshardline_http_connections {}",
-            self.shared.connections.load(Ordering::Relaxed)
+        reg.register(
+            "shardline_http_requests",
+            "HTTP requests answered, by route and status",
+            by_route,
         );
-        let _ = writeln!(
-            out,
-            "# HELP shardline_http_connections_refused_total Connections turned away because --max-connections were open.\n# TYPE shardline_http_connections_refused_total counter\nshardline_http_connections_refused_total {}",
-            self.shared.connections_refused.load(Ordering::Relaxed)
+        gauge(
+            &mut reg,
+            "shardline_http_connections",
+            "HTTP connections open now",
+            self.shared.connections.load(Ordering::Relaxed) as i64,
+        );
+        counter(
+            &mut reg,
+            "shardline_http_connections_refused",
+            "Connections turned away because --max-connections were open",
+            self.shared.connections_refused.load(Ordering::Relaxed),
         );
         let status = self.status();
-        let (loaded, p) = match &status {
-            Status::Ready(_) => (1, self.progress()),
-            _ => (0, self.progress()),
-        };
-        let _ = writeln!(
-            out,
-            "# HELP shardline_model_loaded Whether the model is loaded and being served.\n# TYPE shardline_model_loaded gauge\nshardline_model_loaded {loaded}"
+        let p = self.progress();
+        let loaded = i64::from(matches!(status, Status::Ready(_)));
+        gauge(
+            &mut reg,
+            "shardline_model_loaded",
+            "Whether the model is loaded and being served",
+            loaded,
         );
-        let _ = writeln!(
-            out,
-            "# HELP shardline_load_bytes_done Weight bytes uploaded so far.\n# TYPE shardline_load_bytes_done gauge\nshardline_load_bytes_done {}",
-            p.bytes_done
+        let bytes = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(
+            &mut reg,
+            "shardline_load_bytes_done",
+            "Weight bytes uploaded so far",
+            bytes(p.bytes_done),
         );
-        let _ = writeln!(
-            out,
-            "# HELP shardline_load_bytes_total Weight bytes to upload.\n# TYPE shardline_load_bytes_total gauge\nshardline_load_bytes_total {}",
-            p.bytes_total
+        gauge(
+            &mut reg,
+            "shardline_load_bytes_planned",
+            "Weight bytes to upload",
+            bytes(p.bytes_total),
         );
-        let _ = writeln!(
-            out,
-            "# HELP shardline_load_bytes_sent Weight bytes sent over the network while loading.\n# TYPE shardline_load_bytes_sent gauge\nshardline_load_bytes_sent {}",
-            p.bytes_sent
+        gauge(
+            &mut reg,
+            "shardline_load_bytes_sent",
+            "Weight bytes sent over the network while loading",
+            bytes(p.bytes_sent),
         );
-        let _ = writeln!(
-            out,
-            "# HELP shardline_load_bytes_cached Weight bytes the servers' caches supplied while loading.\n# TYPE shardline_load_bytes_cached gauge\nshardline_load_bytes_cached {}",
-            p.bytes_cached
+        gauge(
+            &mut reg,
+            "shardline_load_bytes_cached",
+            "Weight bytes the servers' caches supplied while loading",
+            bytes(p.bytes_cached),
         );
         if let Status::Ready(engine) = status {
-            out.push_str(&engine.metrics_text());
+            engine.metrics().register(&mut reg);
         }
-        out
+        encode_registry(&reg)
     }
 }
 

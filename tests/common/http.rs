@@ -528,7 +528,15 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
                         .next()
                         .unwrap_or_else(|| panic!("TYPE without a kind: {line:?}"));
                     assert!(
-                        ["counter", "gauge", "summary", "histogram", "untyped"].contains(&kind),
+                        [
+                            "counter",
+                            "gauge",
+                            "summary",
+                            "histogram",
+                            "untyped",
+                            "unknown"
+                        ]
+                        .contains(&kind),
                         "bad type in {line:?}"
                     );
                     assert!(
@@ -537,7 +545,9 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
                     );
                     typed.push(name.to_owned());
                 }
-                Some("HELP") => {}
+                Some("HELP") | Some("UNIT") => {}
+                // OpenMetrics ends the exposition with it.
+                Some("EOF") => {}
                 _ => panic!("unexpected comment {line:?}"),
             }
             continue;

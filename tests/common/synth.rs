@@ -47,38 +47,10 @@ impl Rng {
     }
 }
 
-/// f32 to IEEE half, round to nearest even (normal and subnormal halves;
-/// our values never overflow).
+/// f32 to IEEE half bits, rounded to nearest even (the `half` crate,
+/// as ggml's own conversion rounds).
 pub fn f16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xff) as i32;
-    let man = b & 0x7f_ffff;
-    if exp == 0 && man == 0 {
-        return sign;
-    }
-    let e = exp - 127 + 15;
-    assert!(e < 31, "{x} overflows f16");
-    let round = |m: u32, shift: u32| -> u32 {
-        let half = 1u32 << (shift - 1);
-        let rest = m & ((1u32 << shift) - 1);
-        let mut q = m >> shift;
-        if rest > half || (rest == half && q & 1 == 1) {
-            q += 1;
-        }
-        q
-    };
-    if e <= 0 {
-        // Subnormal half: the implicit 1 joins the mantissa.
-        if e < -10 {
-            return sign;
-        }
-        let m = man | 0x80_0000;
-        return sign | round(m, (14 - e) as u32) as u16;
-    }
-    // Carry from the mantissa into the exponent is what we want.
-    let v = ((e as u32) << 10) + round(man, 13);
-    sign | v as u16
+    half::f16::from_f32(x).to_bits()
 }
 
 fn bytes_f32(v: &[f32]) -> Vec<u8> {
@@ -265,7 +237,29 @@ pub async fn remote_stage(
     head: bool,
     n_ctx: u32,
 ) -> RemoteStage {
-    let c = RpcClient::connect(&worker.endpoint.to_string(), ClientOptions::default())
+    remote_stage_at(
+        &worker.endpoint.to_string(),
+        path,
+        g,
+        cfg,
+        layers,
+        head,
+        n_ctx,
+    )
+    .await
+}
+
+/// [`remote_stage`] on the server at `endpoint`.
+pub async fn remote_stage_at(
+    endpoint: &str,
+    path: &Path,
+    g: &Gguf,
+    cfg: &LlamaConfig,
+    layers: std::ops::Range<u32>,
+    head: bool,
+    n_ctx: u32,
+) -> RemoteStage {
+    let c = RpcClient::connect(endpoint, ClientOptions::default())
         .await
         .unwrap();
     RemoteStage::load(

@@ -122,4 +122,3 @@ pub fn survey(
         .map_err(|(ep, e)| anyhow::Error::new(e).context(format!("probing {ep}")))?;
     Ok((workers, reports))
 }
-

@@ -179,4 +179,3 @@ fn memory_stats(
         })
         .collect()
 }
-

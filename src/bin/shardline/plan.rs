@@ -127,4 +127,3 @@ fn cluster(rpc: Vec<String>, local_workers: usize, json: bool) -> anyhow::Result
     }
     Ok(())
 }
-

@@ -93,4 +93,3 @@ fn checked_api_key(key: &str) -> anyhow::Result<String> {
     );
     Ok(key.to_string())
 }
-

@@ -74,7 +74,11 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
 
 /// `shardline seed`.
 pub fn run_seed_cmd(a: SeedArgs) -> anyhow::Result<()> {
-    run_seed(&a.cache, &a.models, a.threads.unwrap_or_else(default_threads))
+    run_seed(
+        &a.cache,
+        &a.models,
+        a.threads.unwrap_or_else(default_threads),
+    )
 }
 
 fn run_seed(cache: &std::path::Path, models: &[PathBuf], threads: usize) -> anyhow::Result<()> {

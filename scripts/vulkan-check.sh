@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Vulkan check (not CI; slow: ggml's Vulkan shaders take a long while to
+# build on few cores): build `shardline` with the `vulkan` feature, serve
+# Mesa's software Vulkan driver (lavapipe, Debian `mesa-vulkan-drivers`)
+# with `shardline worker`, and run tests/gpu_worker.rs against it: stages on
+# the Vulkan device compared with llama.cpp's CPU output.
+#
+#   scripts/vulkan-check.sh            # apt-installs what is missing (root or sudo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
+dpkg -s libvulkan-dev >/dev/null 2>&1 || need+=(libvulkan-dev)
+command -v glslc >/dev/null 2>&1 || need+=(glslc)
+command -v vulkaninfo >/dev/null 2>&1 || need+=(vulkan-tools)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
+vulkaninfo --summary 2>/dev/null | grep -E "deviceName|deviceType" || true
+# Its own build folder: the feature rebuilds ggml.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shardline/target-vulkan}
+export SHARDLINE_TEST_MODEL=${SHARDLINE_TEST_MODEL:-$(scripts/fetch-model.sh)}
+cargo build --release --locked --features vulkan --bin shardline
+# ggml's Vulkan backend passes over CPU-type devices unless told which to use.
+export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
+out=$(mktemp -d)
+"$CARGO_TARGET_DIR/release/shardline" worker --port 0 --device Vulkan0 > "$out/worker.log" 2>&1 &
+worker=$!
+trap 'kill $worker 2>/dev/null || true; rm -rf "$out"' EXIT
+for _ in $(seq 600); do
+  grep -q "ready" "$out/worker.log" 2>/dev/null && break
+  kill -0 $worker 2>/dev/null || { cat "$out/worker.log"; exit 1; }
+  sleep 0.1
+done
+cat "$out/worker.log"
+endpoint=$(grep -o 'endpoint=[^ ]*' "$out/worker.log" | head -1 | cut -d= -f2)
+"$CARGO_TARGET_DIR/release/shardline" cluster --rpc "$endpoint"
+SHARDLINE_GPU_RPC=$endpoint SHARDLINE_GPU_KIND=gpu \
+  cargo test --release --locked --features vulkan --test gpu_worker -- --nocapture
