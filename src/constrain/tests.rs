@@ -11,7 +11,9 @@ fn vocab() -> (Vocab, Vec<String>) {
     for c in " {}[]\":,0123456789abcdefghijklmnopqrstuvwxyz-.\n".chars() {
         texts.push(c.to_string());
     }
-    for piece in ["{\"", "\": ", ", \"", "true", "false", "null", "name", "\"}"] {
+    for piece in [
+        "{\"", "\": ", ", \"", "true", "false", "null", "name", "\"}",
+    ] {
         texts.push(piece.into());
     }
     let words = texts
@@ -59,7 +61,12 @@ fn walk(
 fn an_object_must_start_with_a_brace_and_ends_with_eos_only() {
     let (v, texts) = vocab();
     let mut c = v.compile(&Grammar::json_object()).unwrap();
-    let first: Vec<&str> = c.mask().unwrap().ids().map(|i| texts[i as usize].as_str()).collect();
+    let first: Vec<&str> = c
+        .mask()
+        .unwrap()
+        .ids()
+        .map(|i| texts[i as usize].as_str())
+        .collect();
     assert!(first.iter().all(|t| t.starts_with('{')), "{first:?}");
     assert!(!first.is_empty());
     // "{}" then only the end token.
@@ -89,11 +96,16 @@ fn walks_under_a_schema_give_valid_json() {
     for seed in 0..8u64 {
         let mut x = seed * 2654435761 + 1;
         let out = walk(&v, &texts, &g, |allowed, _| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             allowed[(x >> 33) as usize % allowed.len()]
         });
         let value: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"));
-        assert!(value["name"].as_str().unwrap().chars().count() <= 5, "{out}");
+        assert!(
+            value["name"].as_str().unwrap().chars().count() <= 5,
+            "{out}"
+        );
         let n = value["n"].as_i64().unwrap();
         assert!((0..=99).contains(&n), "{out}");
         assert!(value["ok"].is_boolean(), "{out}");

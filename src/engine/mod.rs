@@ -47,11 +47,11 @@ use crate::sample::{SamplerConfig, SamplerError, MAX_TOP_LOGPROBS};
 use crate::tokenizer::Tokenizer;
 use crate::worker::LocalWorker;
 
-pub use health::{Health, Recovery, ServerHealth, Status};
 pub use builder::EngineBuilder;
+pub use health::{Health, Recovery, ServerHealth, Status};
 pub use load::{EngineError, OptionsError};
-pub use stream::TokenStream;
 pub use metrics::Metrics;
+pub use stream::TokenStream;
 
 /// Upload progress while loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -470,6 +470,11 @@ impl Engine {
         self.shared.ctx_per_seq
     }
 
+    /// The model's chat template, when its file carries one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.shared.chat.as_ref()
+    }
+
     /// The conversation in the model's chat template, ending with the
     /// assistant's turn.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ChatError> {
@@ -556,7 +561,12 @@ impl Engine {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(SubmitError::BadToken(t));
         }
-        if let Some(&(t, _)) = req.sampler.logit_bias.iter().find(|(t, _)| *t as usize >= n_vocab) {
+        if let Some(&(t, _)) = req
+            .sampler
+            .logit_bias
+            .iter()
+            .find(|(t, _)| *t as usize >= n_vocab)
+        {
             return Err(SubmitError::BadBiasToken(t));
         }
         if let Some(n) = out.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {

@@ -406,4 +406,3 @@ fn argmax(candidates: &[Candidate]) -> u32 {
     }
     best.id
 }
-

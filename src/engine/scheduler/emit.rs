@@ -14,9 +14,7 @@ impl Scheduler {
         let tok = match seq.job.out.constraint.as_mut() {
             None => seq.sampler.sample(logits, &seq.history),
             Some(c) => match c.mask() {
-                Ok(mask) => seq
-                    .sampler
-                    .sample_masked(logits, &seq.history, Some(&mask)),
+                Ok(mask) => seq.sampler.sample_masked(logits, &seq.history, Some(&mask)),
                 Err(e) => return self.fail(seq, &e.to_string()),
             },
         };
