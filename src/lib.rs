@@ -12,6 +12,7 @@ pub mod arch;
 pub mod cache;
 pub mod chat;
 pub mod cluster;
+pub mod constrain;
 pub mod engine;
 pub mod exec;
 pub mod gguf;

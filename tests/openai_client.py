@@ -1,7 +1,7 @@
 """`shardline serve` through the official `openai` Python package.
 
 Run by tests/openai_client.rs with the interpreter from $SHARDLINE_TEST_PYTHON
-(scripts/test.sh sets up a venv with `openai` and `prometheus-client`):
+(scripts/test.sh sets up a venv with `openai`, `prometheus-client` and `jsonschema`):
 
     python openai_client.py BASE_URL EXPECT_JSON
 

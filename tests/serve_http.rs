@@ -268,7 +268,12 @@ fn errors_have_openai_shape_and_status() {
     // A good chat answer, with the key: OpenAI's shape.
     let mut good = chat_body("What is the capital of France?", 8, false);
     good["model"] = json!(model_name(&s, key));
-    good["unknown_extra_field"] = json!({"ignored": true});
+    // A field the server would ignore is a 400 naming it, never silence.
+    let mut unknown = good.clone();
+    unknown["unknown_extra_field"] = json!({"ignored": true});
+    let r = http::post_json(s.addr, "/v1/chat/completions", &unknown, key);
+    let e = assert_error(&r, 400);
+    assert_eq!(e["param"], "unknown_extra_field");
     let r = http::post_json(s.addr, "/v1/chat/completions", &good, key);
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();

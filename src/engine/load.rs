@@ -351,6 +351,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             plan_now,
             trace,
             prediction,
+            vocab: std::sync::OnceLock::new(),
             _workers: workers,
         }),
     })

@@ -23,32 +23,35 @@
 //! ```
 
 mod build;
+mod builder;
 pub mod health;
 mod load;
 pub mod metrics;
 mod recovery;
 mod scheduler;
 mod speed;
+mod stream;
 
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::chat::{ChatError, ChatMessage, ChatTemplate};
+use crate::constrain::{Constraint, ConstraintError, Vocab};
 use crate::gguf::Gguf;
 use crate::plan::{Plan, Strategy};
-use crate::sample::{SamplerConfig, SamplerError};
+use crate::sample::{SamplerConfig, SamplerError, MAX_TOP_LOGPROBS};
 use crate::tokenizer::Tokenizer;
 use crate::worker::LocalWorker;
 
+pub use builder::EngineBuilder;
 pub use health::{Health, Recovery, ServerHealth, Status};
 pub use load::{EngineError, OptionsError};
 pub use metrics::Metrics;
+pub use stream::TokenStream;
 
 /// Upload progress while loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -214,112 +217,6 @@ impl Default for EngineOptions {
     }
 }
 
-/// Builds an [`Engine`]: model, servers, layout, context, concurrency.
-///
-/// ```no_run
-/// # async fn demo() -> Result<(), shardline::engine::EngineError> {
-/// let engine = shardline::engine::Engine::builder("model.gguf")
-///     .servers(["10.0.0.2:50052", "10.0.0.3:50052"])
-///     .ctx(8192)
-///     .parallel(4)
-///     .build()
-///     .await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct EngineBuilder {
-    opts: EngineOptions,
-}
-
-impl EngineBuilder {
-    /// Starts from the defaults of [`EngineOptions`] for `model`.
-    pub fn new(model: impl Into<PathBuf>) -> Self {
-        EngineBuilder {
-            opts: EngineOptions {
-                model: model.into(),
-                ..EngineOptions::default()
-            },
-        }
-    }
-
-    /// rpc-servers (`host:port`); none: local workers are started.
-    pub fn servers<S: Into<String>>(mut self, servers: impl IntoIterator<Item = S>) -> Self {
-        self.opts.servers = servers.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// How layers are spread over the servers.
-    pub fn strategy(mut self, strategy: Strategy) -> Self {
-        self.opts.strategy = strategy;
-        self
-    }
-
-    /// Context size (KV cells, shared by the parallel sequences).
-    pub fn ctx(mut self, n_ctx: u32) -> Self {
-        self.opts.n_ctx = n_ctx;
-        self
-    }
-
-    /// Largest batch per step (prompt chunk size).
-    pub fn batch(mut self, n_batch: u32) -> Self {
-        self.opts.n_batch = n_batch;
-        self
-    }
-
-    /// Layers kept on the coordinator's CPU.
-    pub fn local_layers(mut self, n: u32) -> Self {
-        self.opts.local_layers = n;
-        self
-    }
-
-    /// Sequences decoded together.
-    pub fn parallel(mut self, n: usize) -> Self {
-        self.opts.parallel = n;
-        self
-    }
-
-    /// Caps what the plan may use of a server's devices (or of every
-    /// server's, for a cap without an endpoint).
-    pub fn mem_cap(mut self, cap: crate::memcap::MemCap) -> Self {
-        self.opts.mem_caps.push(cap);
-        self
-    }
-
-    /// Requests that may wait before new ones are refused.
-    pub fn queue(mut self, n: usize) -> Self {
-        self.opts.queue = n;
-        self
-    }
-
-    /// Where tensor hashes are remembered between loads.
-    pub fn hash_memo(mut self, memo: HashMemo) -> Self {
-        self.opts.hash_memo = memo;
-        self
-    }
-
-    /// CPU threads for the coordinator's own work.
-    pub fn threads(mut self, n: usize) -> Self {
-        self.opts.threads = n;
-        self
-    }
-
-    /// The `shardline` binary to start local workers with.
-    pub fn worker_exe(mut self, exe: impl Into<PathBuf>) -> Self {
-        self.opts.worker_exe = Some(exe.into());
-        self
-    }
-
-    /// Every option at once.
-    pub fn options(&self) -> &EngineOptions {
-        &self.opts
-    }
-
-    /// Loads the model; see [`Engine::load`].
-    pub async fn build(self) -> Result<Engine, EngineError> {
-        Engine::load(self.opts).await
-    }
-}
-
 /// What to generate from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
@@ -425,6 +322,12 @@ pub enum SubmitError {
     /// Invalid sampling settings.
     #[error(transparent)]
     Sampler(#[from] SamplerError),
+    /// A logit bias names a token outside the vocabulary.
+    #[error("logit bias for token {0}, outside the vocabulary")]
+    BadBiasToken(u32),
+    /// More log-probability alternatives than [`MAX_TOP_LOGPROBS`].
+    #[error("at most {MAX_TOP_LOGPROBS} top log-probabilities, asked for {0}")]
+    TopLogprobs(usize),
 }
 
 /// Why a chat was not accepted.
@@ -438,66 +341,26 @@ pub enum ChatSubmitError {
     Submit(#[from] SubmitError),
 }
 
-/// Generated text as it comes. Dropping it cancels the request and frees its
-/// sequence.
-#[derive(Debug)]
-pub struct TokenStream {
-    rx: mpsc::UnboundedReceiver<Event>,
-    done: bool,
-    ids: Arc<Mutex<Vec<u32>>>,
-}
-
-impl TokenStream {
-    /// The ids of the tokens generated so far (end-of-generation tokens
-    /// excluded).
-    pub fn token_ids(&self) -> Vec<u32> {
-        self.ids.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-
-    /// The next event; `None` after `Done` or `Error`.
-    pub async fn next(&mut self) -> Option<Event> {
-        if self.done {
-            return None;
-        }
-        let ev = self.rx.recv().await;
-        self.done = !matches!(ev, Some(Event::Text(_)));
-        ev
-    }
-
-    /// Collects the whole text and the usage.
-    pub async fn collect_text(mut self) -> Result<(String, Usage), String> {
-        let mut text = String::new();
-        while let Some(ev) = self.next().await {
-            match ev {
-                Event::Text(t) => text.push_str(&t),
-                Event::Done(u) => return Ok((text, u)),
-                Event::Error(e) => return Err(e),
-            }
-        }
-        Err("the engine stopped".into())
-    }
-}
-
-impl futures_core::Stream for TokenStream {
-    type Item = Event;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let p = self.rx.poll_recv(cx);
-        if let Poll::Ready(ev) = &p {
-            self.done = !matches!(ev, Some(Event::Text(_)));
-        }
-        p
-    }
+/// What a request asks for beyond text and sampling: a grammar its output
+/// must follow, and the log-probabilities of its tokens.
+#[derive(Debug, Default)]
+pub struct OutputOptions {
+    /// Only tokens this constraint allows are chosen (see
+    /// [`crate::constrain`]); the generation ends once it is complete.
+    pub constraint: Option<Constraint>,
+    /// Report each generated token's log-probability and this many of the
+    /// most likely alternatives (at most [`MAX_TOP_LOGPROBS`]); see
+    /// [`TokenStream::take_logprobs`].
+    pub logprobs: Option<usize>,
 }
 
 /// A job for the scheduler.
 pub(crate) struct Job {
     tokens: Vec<u32>,
     req: GenerateRequest,
+    out: OutputOptions,
     tx: mpsc::UnboundedSender<Event>,
-    ids: Arc<Mutex<Vec<u32>>>,
+    produced: Arc<Mutex<stream::Produced>>,
 }
 
 struct Shared {
@@ -515,6 +378,8 @@ struct Shared {
     plan_now: Arc<Mutex<Plan>>,
     trace: Arc<crate::exec::stage_task::StepTrace>,
     prediction: Option<crate::plan::Prediction>,
+    /// The vocabulary prepared for constrained decoding, on first use.
+    vocab: OnceLock<Result<Vocab, ConstraintError>>,
     // Last: workers this engine started stop when the last handle goes.
     _workers: Vec<LocalWorker>,
 }
@@ -605,6 +470,11 @@ impl Engine {
         self.shared.ctx_per_seq
     }
 
+    /// The model's chat template, when its file carries one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.shared.chat.as_ref()
+    }
+
     /// The conversation in the model's chat template, ending with the
     /// assistant's turn.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ChatError> {
@@ -645,8 +515,29 @@ impl Engine {
         })?)
     }
 
+    /// The vocabulary prepared for constrained decoding (built on first
+    /// use, then shared): compile a [`crate::constrain::Grammar`] with it
+    /// for [`OutputOptions::constraint`].
+    pub fn vocab(&self) -> Result<&Vocab, ConstraintError> {
+        self.shared
+            .vocab
+            .get_or_init(|| Vocab::new(&self.shared.tokenizer))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     /// Queues a request; its text arrives on the returned stream.
     pub fn generate(&self, req: GenerateRequest) -> Result<TokenStream, SubmitError> {
+        self.generate_with(req, OutputOptions::default())
+    }
+
+    /// [`Engine::generate`] with a constraint on the output or its
+    /// log-probabilities.
+    pub fn generate_with(
+        &self,
+        req: GenerateRequest,
+        out: OutputOptions,
+    ) -> Result<TokenStream, SubmitError> {
         if let Some(why) = self.shared.health.refusal() {
             return Err(SubmitError::Unavailable(why));
         }
@@ -670,13 +561,25 @@ impl Engine {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(SubmitError::BadToken(t));
         }
+        if let Some(&(t, _)) = req
+            .sampler
+            .logit_bias
+            .iter()
+            .find(|(t, _)| *t as usize >= n_vocab)
+        {
+            return Err(SubmitError::BadBiasToken(t));
+        }
+        if let Some(n) = out.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return Err(SubmitError::TopLogprobs(n));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        let ids = Arc::new(Mutex::new(Vec::new()));
+        let produced = Arc::new(Mutex::new(stream::Produced::default()));
         let job = Job {
             tokens,
             req,
+            out,
             tx,
-            ids: ids.clone(),
+            produced: produced.clone(),
         };
         // Count it before the scheduler can take it off the queue.
         self.shared.metrics.queued(1);
@@ -684,7 +587,7 @@ impl Engine {
             Ok(()) => Ok(TokenStream {
                 rx,
                 done: false,
-                ids,
+                produced,
             }),
             Err(e) => {
                 self.shared.metrics.queued(-1);

@@ -258,6 +258,12 @@ impl From<SubmitError> for ApiError {
             SubmitError::Sampler(s) => {
                 ApiError::bad_request(None, Some("invalid_value"), s.to_string())
             }
+            SubmitError::BadBiasToken(_) => {
+                ApiError::bad_request(Some("logit_bias"), Some("invalid_value"), e.to_string())
+            }
+            SubmitError::TopLogprobs(_) => {
+                ApiError::bad_request(Some("top_logprobs"), Some("invalid_value"), e.to_string())
+            }
         }
     }
 }

@@ -30,6 +30,7 @@ mod request;
 mod respond;
 mod routes;
 mod state;
+mod stream;
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

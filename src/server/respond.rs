@@ -1,22 +1,15 @@
 //! Answers in OpenAI's shapes: whole (`chat.completion`, `text_completion`)
-//! or streamed as server-sent events (`chat.completion.chunk`, ending with
-//! `data: [DONE]`).
+//! here, streamed in [`super::stream`]. Both build their choices, tool calls
+//! and log-probabilities with the helpers here.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream::{self, StreamExt as _};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use crate::engine::{Event, Finish, TokenStream, Usage};
-
-/// How often an idle stream (queued, or a long prompt) sends a comment line,
-/// which also notices a client that went away.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
+use crate::chat::tools::{parse_call, Tool, ToolChoice, ToolFormat};
+use crate::engine::{Engine, Event, Finish, TokenStream, Usage};
+use crate::sample::TokenLogprob;
 
 /// Which endpoint is answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +20,26 @@ pub enum Kind {
     Completion,
 }
 
-/// What every object of one answer repeats.
+/// The tools of a chat request, to read calls back from the output.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    /// The tools offered.
+    pub tools: Vec<Tool>,
+    /// How calls are written.
+    pub format: ToolFormat,
+    /// Whether a call was asked for.
+    pub choice: ToolChoice,
+}
+
+impl ToolSpec {
+    /// Whether the output is to be read as a call (not `tool_choice:
+    /// none`).
+    pub fn active(&self) -> bool {
+        self.choice != ToolChoice::None && !self.tools.is_empty()
+    }
+}
+
+/// What every object of one answer repeats, and how to build its choices.
 #[derive(Debug, Clone)]
 pub struct Meta {
     /// Endpoint.
@@ -40,111 +52,141 @@ pub struct Meta {
     pub model: String,
     /// Streams: end with a usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// Chat with tools: calls are read back from the output.
+    pub tools: Option<ToolSpec>,
+    /// Log-probabilities asked for (the number of alternatives).
+    pub logprobs: Option<usize>,
+    /// Completions with `echo`: the prompt text, put first.
+    pub echo: Option<String>,
+    /// For the tokens' texts.
+    pub engine: Engine,
 }
 
-fn finish_reason(f: Finish) -> &'static str {
+/// OpenAI's `finish_reason`.
+pub(super) fn finish_reason(f: Finish) -> &'static str {
     match f {
         Finish::Stop => "stop",
         Finish::Length => "length",
     }
 }
 
-fn usage_json(u: &Usage) -> Value {
+/// Usage of an answer: the prompt once, the completions of every choice.
+pub(super) fn usage_json(usages: &[Usage]) -> Value {
+    let prompt = usages.first().map_or(0, |u| u.prompt_tokens);
+    let completion: usize = usages.iter().map(|u| u.completion_tokens).sum();
     json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     })
 }
 
+/// A fresh tool call id.
+pub(super) fn call_id(answer_id: &str, index: usize) -> String {
+    let tail = answer_id.rsplit('-').next().unwrap_or(answer_id);
+    format!("call_{tail}_{index}")
+}
+
 impl Meta {
-    fn whole(&self, text: String, usage: &Usage) -> Value {
-        let (object, choice) = match self.kind {
-            Kind::Chat => (
-                "chat.completion",
-                json!({
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": null,
-                    "finish_reason": finish_reason(usage.finish),
-                }),
-            ),
-            Kind::Completion => (
-                "text_completion",
-                json!({
-                    "index": 0,
-                    "text": text,
-                    "logprobs": null,
-                    "finish_reason": finish_reason(usage.finish),
-                }),
-            ),
-        };
-        json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": usage_json(usage),
-        })
+    /// A token's text (lossy where it splits a character) and bytes.
+    fn token(&self, id: u32) -> (String, Vec<u8>) {
+        let bytes = self.engine.tokenizer().token_to_piece(id, false);
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
     }
 
-    /// One chunk whose single choice carries `delta` (chat) or `text`
-    /// (completion) and `finish`.
-    fn chunk(&self, delta: Value, text: &str, finish: Option<Finish>) -> SseEvent {
-        let finish = finish.map(finish_reason);
-        let (object, choice) = match self.kind {
-            Kind::Chat => (
-                "chat.completion.chunk",
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}),
-            ),
-            Kind::Completion => (
-                "text_completion",
-                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
-            ),
+    /// Chat's `logprobs.content` entries.
+    pub(super) fn chat_logprobs(&self, lps: &[TokenLogprob]) -> Value {
+        let entry = |id: u32, lp: f32| {
+            let (token, bytes) = self.token(id);
+            json!({"token": token, "logprob": lp, "bytes": bytes})
         };
-        let mut v = json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
+        let content: Vec<Value> = lps
+            .iter()
+            .map(|t| {
+                let mut e = entry(t.id, t.logprob);
+                e["top_logprobs"] =
+                    Value::Array(t.top.iter().map(|&(id, lp)| entry(id, lp)).collect());
+                e
+            })
+            .collect();
+        json!({"content": content, "refusal": null})
+    }
+
+    /// The legacy completions `logprobs` object; `offset` is where the
+    /// first token's text starts in the choice's text.
+    pub(super) fn completion_logprobs(&self, lps: &[TokenLogprob], mut offset: usize) -> Value {
+        let (mut tokens, mut lp, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+        for t in lps {
+            let (text, _) = self.token(t.id);
+            offsets.push(offset);
+            offset += text.chars().count();
+            tokens.push(text);
+            lp.push(t.logprob);
+            let mut top = Map::new();
+            for &(id, l) in &t.top {
+                top.entry(self.token(id).0).or_insert(json!(l));
+            }
+            tops.push(Value::Object(top));
         }
-        data(&v)
+        json!({"tokens": tokens, "token_logprobs": lp, "top_logprobs": tops, "text_offset": offsets})
     }
 
-    /// The usage chunk: no choices, only `usage`.
-    fn usage_chunk(&self, usage: &Usage) -> SseEvent {
-        let object = match self.kind {
-            Kind::Chat => "chat.completion.chunk",
-            Kind::Completion => "text_completion",
-        };
-        data(&json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage_json(usage),
-        }))
+    /// The call in a chat output, when it is one: `(name, arguments)`.
+    pub(super) fn call_in(&self, text: &str) -> Option<(String, String)> {
+        let spec = self.tools.as_ref().filter(|s| s.active())?;
+        parse_call(text, &spec.tools, &spec.format)
+    }
+
+    /// One whole choice.
+    fn choice(&self, index: usize, text: String, lps: &[TokenLogprob], usage: &Usage) -> Value {
+        match self.kind {
+            Kind::Chat => {
+                let logprobs = match (self.logprobs, self.call_in(&text)) {
+                    (Some(_), None) => self.chat_logprobs(lps),
+                    _ => Value::Null,
+                };
+                let (message, finish) = match self.call_in(&text) {
+                    Some((name, arguments)) => (
+                        json!({"role": "assistant", "content": null, "tool_calls": [{
+                            "id": call_id(&self.id, index),
+                            "type": "function",
+                            "function": {"name": name, "arguments": arguments},
+                        }]}),
+                        "tool_calls",
+                    ),
+                    None => (
+                        json!({"role": "assistant", "content": text}),
+                        finish_reason(usage.finish),
+                    ),
+                };
+                json!({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish})
+            }
+            Kind::Completion => {
+                let echo = self.echo.as_deref().unwrap_or("");
+                let logprobs = match self.logprobs {
+                    Some(_) => self.completion_logprobs(lps, echo.chars().count()),
+                    None => Value::Null,
+                };
+                json!({
+                    "index": index,
+                    "text": format!("{echo}{text}"),
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason(usage.finish),
+                })
+            }
+        }
     }
 }
 
-fn data(v: &Value) -> SseEvent {
-    SseEvent::default().data(v.to_string())
-}
-
-/// Waits for the whole generation and answers with one JSON object. A lost
-/// server is a 503.
-pub async fn whole(meta: Meta, mut tokens: TokenStream) -> Result<Response, ApiError> {
+/// One generation's text, log-probabilities and usage.
+async fn collect(mut tokens: TokenStream) -> Result<(String, Vec<TokenLogprob>, Usage), ApiError> {
     let mut text = String::new();
+    let mut lps = Vec::new();
     while let Some(ev) = tokens.next().await {
+        lps.extend(tokens.take_logprobs());
         match ev {
             Event::Text(t) => text.push_str(&t),
-            Event::Done(usage) => return Ok(Json(meta.whole(text, &usage)).into_response()),
+            Event::Done(usage) => return Ok((text, lps, usage)),
             Event::Error(e) => {
                 return Err(ApiError::unavailable(format!("Generation failed: {e}")))
             }
@@ -155,61 +197,28 @@ pub async fn whole(meta: Meta, mut tokens: TokenStream) -> Result<Response, ApiE
     ))
 }
 
-struct StreamState {
-    meta: Meta,
-    /// `None` once the generation ended: the stream then ends.
-    tokens: Option<TokenStream>,
-    started: bool,
-}
-
-/// Streams the generation as server-sent events. The response body owns the
-/// [`TokenStream`]: a client that goes away drops the body, which cancels
-/// the generation and frees its sequence.
-pub fn streamed(meta: Meta, tokens: TokenStream) -> Response {
-    let state = StreamState {
-        meta,
-        tokens: Some(tokens),
-        started: false,
+/// Waits for every choice and answers with one JSON object. A lost server
+/// is a 503.
+pub async fn whole(meta: Meta, streams: Vec<TokenStream>) -> Result<Response, ApiError> {
+    let results = futures_util::future::join_all(streams.into_iter().map(collect)).await;
+    let mut choices = Vec::with_capacity(results.len());
+    let mut usages = Vec::with_capacity(results.len());
+    for (i, r) in results.into_iter().enumerate() {
+        let (text, lps, usage) = r?;
+        choices.push(meta.choice(i, text, &lps, &usage));
+        usages.push(usage);
+    }
+    let object = match meta.kind {
+        Kind::Chat => "chat.completion",
+        Kind::Completion => "text_completion",
     };
-    let events = stream::unfold(state, |mut st| async move {
-        let tokens = st.tokens.as_mut()?;
-        if !st.started {
-            st.started = true;
-            if st.meta.kind == Kind::Chat {
-                let first = st
-                    .meta
-                    .chunk(json!({"role": "assistant", "content": ""}), "", None);
-                return Some((vec![first], st));
-            }
-        }
-        let out = match tokens.next().await {
-            Some(Event::Text(t)) => vec![st.meta.chunk(json!({ "content": t }), &t, None)],
-            Some(Event::Done(usage)) => {
-                st.tokens = None;
-                let mut v = vec![st.meta.chunk(json!({}), "", Some(usage.finish))];
-                if st.meta.include_usage {
-                    v.push(st.meta.usage_chunk(&usage));
-                }
-                v.push(SseEvent::default().data("[DONE]"));
-                v
-            }
-            Some(Event::Error(e)) => {
-                st.tokens = None;
-                vec![data(
-                    &ApiError::unavailable(format!("Generation failed: {e}")).body(),
-                )]
-            }
-            None => {
-                st.tokens = None;
-                vec![data(
-                    &ApiError::unavailable("Generation failed: the engine stopped.").body(),
-                )]
-            }
-        };
-        Some((out, st))
-    })
-    .flat_map(|v| stream::iter(v.into_iter().map(Ok::<_, Infallible>)));
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response()
+    Ok(Json(json!({
+        "id": meta.id,
+        "object": object,
+        "created": meta.created,
+        "model": meta.model,
+        "choices": choices,
+        "usage": usage_json(&usages),
+    }))
+    .into_response())
 }

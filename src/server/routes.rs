@@ -12,10 +12,12 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::request::{parse_object, ChatRequest, Common, CompletionRequest};
-use super::respond::{self, Kind, Meta};
+use super::respond::{self, Kind, Meta, ToolSpec};
 use super::state::{AppState, Status};
 use super::BODY_LIMIT;
-use crate::engine::{Engine, GenerateRequest, Prompt, SubmitError};
+use crate::chat::tools::{self, ToolChoice, ToolFormat};
+use crate::constrain::{Constraint, Grammar};
+use crate::engine::{Engine, GenerateRequest, OutputOptions, Prompt, SubmitError};
 
 /// `max_tokens` of a text completion that gives none (OpenAI's default).
 const COMPLETION_DEFAULT_MAX_TOKENS: usize = 16;
@@ -72,8 +74,44 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(ApiError::unavailable(format!("internal error: {e}"))))
 }
 
-/// Submits the tokens and answers, whole or streamed. `room` is the
-/// `max_tokens` used when the request gives none.
+/// What a request adds to its tokens: constraints (one per choice), tools
+/// to read calls back, the prompt to echo.
+#[derive(Default)]
+struct Extras {
+    constraints: Vec<Constraint>,
+    tools: Option<ToolSpec>,
+    echo: Option<String>,
+}
+
+/// Compiles `grammar` once per choice; a grammar that does not compile is a
+/// 400 naming `param`.
+fn compile(
+    engine: &Engine,
+    grammar: Option<Grammar>,
+    n: usize,
+    param: &str,
+) -> Result<Vec<Constraint>, ApiError> {
+    let Some(g) = grammar else {
+        return Ok(Vec::new());
+    };
+    let vocab = engine
+        .vocab()
+        .map_err(|e| ApiError::bad_request(Some(param), Some("invalid_value"), e.to_string()))?;
+    (0..n)
+        .map(|_| {
+            vocab.compile(&g).map_err(|e| {
+                ApiError::bad_request(
+                    Some(param),
+                    Some("invalid_value"),
+                    format!("The schema cannot be used: {e}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Submits the tokens once per choice and answers, whole or streamed.
+/// `room` is the `max_tokens` used when the request gives none.
 async fn submit(
     state: &AppState,
     engine: &Engine,
@@ -81,6 +119,7 @@ async fn submit(
     tokens: Vec<u32>,
     common: Common,
     room: usize,
+    extras: Extras,
 ) -> Result<Response, ApiError> {
     let max_tokens = common.max_tokens.unwrap_or(room.max(1));
     let ctx = engine.ctx_per_seq();
@@ -92,14 +131,26 @@ async fn submit(
         }
         .into());
     }
-    let req = GenerateRequest {
-        prompt: Prompt::Tokens(tokens),
-        max_tokens,
-        sampler: common.sampler,
-        stop: common.stop,
-        stop_at_eog: true,
-    };
-    let tokens = engine.generate(req)?;
+    let mut constraints = extras.constraints.into_iter();
+    let mut streams = Vec::with_capacity(common.n);
+    for i in 0..common.n {
+        let mut sampler = common.sampler.clone();
+        // Each choice its own draws, all reproducible from the seed.
+        sampler.seed = sampler.seed.wrapping_add(i as u64);
+        let req = GenerateRequest {
+            prompt: Prompt::Tokens(tokens.clone()),
+            max_tokens,
+            sampler,
+            stop: common.stop.clone(),
+            stop_at_eog: true,
+        };
+        let out = OutputOptions {
+            constraint: constraints.next(),
+            logprobs: common.logprobs,
+        };
+        // An error drops the streams already made, which frees them.
+        streams.push(engine.generate_with(req, out)?);
+    }
     let meta = Meta {
         kind,
         id: state.next_id(match kind {
@@ -109,36 +160,71 @@ async fn submit(
         created: unix_now(),
         model: engine.model_name().to_owned(),
         include_usage: common.include_usage,
+        tools: extras.tools,
+        logprobs: common.logprobs,
+        echo: extras.echo,
+        engine: engine.clone(),
     };
     if common.stream {
-        Ok(respond::streamed(meta, tokens))
+        Ok(super::stream::streamed(meta, streams))
     } else {
-        respond::whole(meta, tokens).await
+        respond::whole(meta, streams).await
     }
 }
 
 /// `POST /v1/chat/completions`.
 pub async fn chat(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let body = read_json(&state, req).await?;
-    let r = ChatRequest::parse(&body)?;
+    let mut r = ChatRequest::parse(&body)?;
     let engine = state.engine()?;
     check_model(&engine, r.common.model.as_deref())?;
     let e = engine.clone();
     let messages = r.messages;
-    let tokens = blocking(move || {
-        let text = e.render_chat(&messages).map_err(|err| {
+    let (tool_list, choice) = (r.tools, r.tool_choice);
+    let response_format = r.common.response_format.take();
+    let n = r.common.n;
+    let (tokens, extras) = blocking(move || {
+        let template_error = |err: crate::chat::ChatError| {
             ApiError::bad_request(
                 Some("messages"),
                 Some("invalid_value"),
                 format!("The messages do not fit the model's chat template: {err}"),
             )
-        })?;
-        Ok(e.tokenizer().encode(&text, true, true))
+        };
+        let tmpl = e
+            .chat_template()
+            .ok_or_else(|| template_error(crate::chat::ChatError::NoTemplate))?;
+        let format = ToolFormat::for_template(tmpl.source());
+        let knows = tmpl.knows_tools();
+        let shown = tools::prepare(&messages, &tool_list, &choice, &format, knows);
+        let tools_var = (knows && !tool_list.is_empty() && choice != ToolChoice::None)
+            .then(|| tools::openai_tools(&tool_list));
+        let text = tmpl
+            .render_with_tools(&shown, tools_var.as_ref(), true)
+            .map_err(template_error)?;
+        let tokens = e.tokenizer().encode(&text, true, true);
+        let constraints = match response_format {
+            Some(g) => compile(&e, Some(g), n, "response_format")?,
+            None => compile(&e, tools::grammar(&tool_list, &choice, &format), n, "tools")?,
+        };
+        let spec = ToolSpec {
+            tools: tool_list,
+            format,
+            choice,
+        };
+        Ok((
+            tokens,
+            Extras {
+                constraints,
+                tools: spec.active().then_some(spec),
+                echo: None,
+            },
+        ))
     })
     .await?;
     // Without max_tokens, a chat answer may use the rest of the context.
     let room = engine.ctx_per_seq().saturating_sub(tokens.len());
-    submit(&state, &engine, Kind::Chat, tokens, r.common, room).await
+    submit(&state, &engine, Kind::Chat, tokens, r.common, room, extras).await
 }
 
 /// `POST /v1/completions`.
@@ -147,16 +233,35 @@ pub async fn completions(
     req: Request,
 ) -> Result<Response, ApiError> {
     let body = read_json(&state, req).await?;
-    let r = CompletionRequest::parse(&body)?;
+    let mut r = CompletionRequest::parse(&body)?;
     let engine = state.engine()?;
     check_model(&engine, r.common.model.as_deref())?;
-    let tokens = match r.prompt {
-        Prompt::Tokens(t) => t,
-        Prompt::Text(text) => {
-            let e = engine.clone();
-            blocking(move || Ok(e.tokenizer().encode(&text, true, true))).await?
-        }
-    };
+    let echo = r.echo;
+    let response_format = r.common.response_format.take();
+    let n = r.common.n;
+    let e = engine.clone();
+    let (tokens, extras) = blocking(move || {
+        let (tokens, text) = match r.prompt {
+            Prompt::Tokens(t) => {
+                let text = echo.then(|| e.tokenizer().decode(&t, false));
+                (t, text)
+            }
+            Prompt::Text(text) => (
+                e.tokenizer().encode(&text, true, true),
+                echo.then_some(text),
+            ),
+        };
+        let constraints = compile(&e, response_format, n, "response_format")?;
+        Ok((
+            tokens,
+            Extras {
+                constraints,
+                tools: None,
+                echo: text,
+            },
+        ))
+    })
+    .await?;
     submit(
         &state,
         &engine,
@@ -164,6 +269,7 @@ pub async fn completions(
         tokens,
         r.common,
         COMPLETION_DEFAULT_MAX_TOKENS,
+        extras,
     )
     .await
 }

@@ -1,13 +1,23 @@
 //! Request bodies of the OpenAI endpoints, read field by field from JSON so
 //! that a field of the wrong type names itself (`param`) in the 400 answer.
-//! Unknown fields are ignored, as OpenAI does; `null` counts as absent.
+//! A field this server does not act on is a 400 naming it, as OpenAI
+//! answers fields it does not know ([`structured::check_fields`]); `null`
+//! counts as absent.
+
+mod structured;
 
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use crate::chat::tools::{Tool, ToolChoice};
 use crate::chat::ChatMessage;
+use crate::constrain::Grammar;
 use crate::engine::Prompt;
-use crate::sample::SamplerConfig;
+use crate::sample::{SamplerConfig, MAX_TOP_LOGPROBS};
+use structured::Endpoint;
+
+/// Most choices one request may ask for (`n`).
+pub const MAX_N: usize = 16;
 
 /// Most stop strings one request may give.
 pub const MAX_STOP: usize = 16;
@@ -29,6 +39,12 @@ pub struct Common {
     pub sampler: SamplerConfig,
     /// Texts that end the generation.
     pub stop: Vec<String>,
+    /// Choices to generate (`n`), each its own sequence.
+    pub n: usize,
+    /// Report log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
+    /// What the output must follow (`response_format`).
+    pub response_format: Option<Grammar>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -38,6 +54,10 @@ pub struct ChatRequest {
     pub common: Common,
     /// The conversation.
     pub messages: Vec<ChatMessage>,
+    /// Functions the model may call.
+    pub tools: Vec<Tool>,
+    /// Whether it is to call one.
+    pub tool_choice: ToolChoice,
 }
 
 /// `POST /v1/completions`.
@@ -47,6 +67,8 @@ pub struct CompletionRequest {
     pub common: Common,
     /// Text or token ids.
     pub prompt: Prompt,
+    /// Put the prompt before the completion in the answer.
+    pub echo: bool,
 }
 
 /// Parses a body into a JSON object (400 when it is not one).
@@ -217,10 +239,12 @@ impl Common {
             Some(n) => Some(n),
             None => f.count("max_tokens", 1)?,
         };
-        if let Some(n) = f.count("n", 1)? {
-            if n != 1 {
-                return Err(ApiError::invalid_value("n", "Only n=1 is supported."));
-            }
+        let n = f.count("n", 1)?.unwrap_or(1);
+        if n > MAX_N {
+            return Err(ApiError::invalid_value(
+                "n",
+                format!("Invalid value for 'n': at most {MAX_N} choices, got {n}."),
+            ));
         }
         // OpenAI's semantics: plain temperature sampling unless asked.
         let mut sampler = SamplerConfig {
@@ -247,12 +271,20 @@ impl Common {
         if let Some(r) = f.number("repeat_penalty", f64::MIN_POSITIVE, f64::from(f32::MAX))? {
             sampler.repeat_penalty = r;
         }
+        if let Some(p) = f.number("presence_penalty", -2.0, 2.0)? {
+            sampler.presence_penalty = p;
+        }
+        if let Some(p) = f.number("frequency_penalty", -2.0, 2.0)? {
+            sampler.frequency_penalty = p;
+        }
+        sampler.logit_bias = structured::logit_bias(f)?;
         sampler.seed = match f.integer("seed")? {
             // Any integer OpenAI accepts (i64) maps onto a distinct u64.
             Some(s) => s as u64,
             None => random_seed(),
         };
         let stop = f.stop("stop")?;
+        let response_format = structured::response_format(f)?;
         Ok(Common {
             model,
             stream,
@@ -260,6 +292,9 @@ impl Common {
             max_tokens,
             sampler,
             stop,
+            n,
+            logprobs: None,
+            response_format,
         })
     }
 }
@@ -267,8 +302,37 @@ impl Common {
 impl ChatRequest {
     /// Reads a chat request.
     pub fn parse(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
+        structured::check_fields(body, Endpoint::Chat)?;
         let f = Fields(body);
-        let common = Common::parse(&f)?;
+        let mut common = Common::parse(&f)?;
+        // `logprobs: true` with `top_logprobs` alternatives (0 to 20).
+        let top = f.count("top_logprobs", 0)?;
+        if top.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(ApiError::invalid_value(
+                "top_logprobs",
+                format!("Invalid value for 'top_logprobs': at most {MAX_TOP_LOGPROBS}."),
+            ));
+        }
+        match (f.bool("logprobs")?.unwrap_or(false), top) {
+            (true, top) => common.logprobs = Some(top.unwrap_or(0)),
+            (false, Some(_)) => {
+                return Err(ApiError::invalid_value(
+                    "top_logprobs",
+                    "'top_logprobs' needs 'logprobs' set to true.",
+                ))
+            }
+            (false, None) => {}
+        }
+        f.bool("parallel_tool_calls")?;
+        f.string("user")?;
+        let tools = structured::tools(&f)?;
+        let tool_choice = structured::tool_choice(&f, &tools)?;
+        if common.response_format.is_some() && !matches!(tool_choice, ToolChoice::None) {
+            return Err(ApiError::invalid_value(
+                "response_format",
+                "'response_format' cannot be combined with 'tools' unless 'tool_choice' is 'none'.",
+            ));
+        }
         let list = match f.get("messages") {
             None => return Err(ApiError::missing("messages")),
             Some(Value::Array(a)) => a,
@@ -291,7 +355,12 @@ impl ChatRequest {
             .enumerate()
             .map(|(i, m)| message(i, m))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ChatRequest { common, messages })
+        Ok(ChatRequest {
+            common,
+            messages,
+            tools,
+            tool_choice,
+        })
     }
 }
 
@@ -361,14 +430,53 @@ fn message(i: usize, v: &Value) -> Result<ChatMessage, ApiError> {
             ))
         }
     };
-    Ok(ChatMessage::new(role, content))
+    let mut msg = ChatMessage::new(role, content);
+    msg.tool_calls = structured::tool_calls(i, &f)?;
+    if !msg.tool_calls.is_empty() && role != "assistant" {
+        return Err(ApiError::invalid_value(
+            &at("tool_calls"),
+            "Only assistant messages carry 'tool_calls'.",
+        ));
+    }
+    msg.tool_call_id = f.string("tool_call_id")?.map(str::to_owned);
+    if role == "tool" && msg.tool_call_id.is_none() {
+        return Err(ApiError::missing(&at("tool_call_id")));
+    }
+    Ok(msg)
 }
 
 impl CompletionRequest {
     /// Reads a text completion request.
     pub fn parse(body: &Map<String, Value>) -> Result<CompletionRequest, ApiError> {
+        structured::check_fields(body, Endpoint::Completion)?;
         let f = Fields(body);
-        let common = Common::parse(&f)?;
+        let mut common = Common::parse(&f)?;
+        // The legacy `logprobs`: a count of alternatives (0 to 5 for
+        // OpenAI; up to 20 here).
+        if let Some(n) = f.count("logprobs", 0)? {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(ApiError::invalid_value(
+                    "logprobs",
+                    format!("Invalid value for 'logprobs': at most {MAX_TOP_LOGPROBS}."),
+                ));
+            }
+            common.logprobs = Some(n);
+        }
+        if let Some(b) = f.count("best_of", 1)? {
+            if b != common.n {
+                return Err(ApiError::invalid_value(
+                    "best_of",
+                    "Only 'best_of' equal to 'n' is supported.",
+                ));
+            }
+        }
+        if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid_value(
+                "suffix",
+                "'suffix' is not supported.",
+            ));
+        }
+        f.string("user")?;
         const EXPECTED: &str = "a string, an array of one string, or an array of token ids";
         let prompt = match f.get("prompt") {
             None => return Err(ApiError::missing("prompt")),
@@ -399,10 +507,19 @@ impl CompletionRequest {
             },
             Some(v) => return Err(ApiError::invalid_type("prompt", EXPECTED, v)),
         };
-        if f.bool("echo")?.unwrap_or(false) {
-            return Err(ApiError::invalid_value("echo", "'echo' is not supported."));
+        let echo = f.bool("echo")?.unwrap_or(false);
+        if echo && common.logprobs.is_some() {
+            // The prompt's own log-probabilities are not computed.
+            return Err(ApiError::invalid_value(
+                "echo",
+                "'echo' together with 'logprobs' is not supported.",
+            ));
         }
-        Ok(CompletionRequest { common, prompt })
+        Ok(CompletionRequest {
+            common,
+            prompt,
+            echo,
+        })
     }
 }
 
@@ -423,109 +540,4 @@ fn token_ids(list: &[Value]) -> Result<Vec<u32>, ApiError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => unreachable!(),
-        }
-    }
-
-    #[test]
-    fn chat_defaults_follow_openai() {
-        let r = ChatRequest::parse(&obj(json!({
-            "model": "m", "messages": [{"role": "user", "content": "hi"}], "unknown_field": [1, 2]
-        })))
-        .unwrap();
-        assert_eq!(r.common.sampler.temperature, 1.0);
-        assert_eq!(r.common.sampler.top_p, 1.0);
-        assert_eq!(r.common.sampler.top_k, 0);
-        assert_eq!(r.common.sampler.min_p, 0.0);
-        assert_eq!(r.common.max_tokens, None);
-        assert!(!r.common.stream);
-        assert_eq!(r.messages, vec![ChatMessage::new("user", "hi")]);
-    }
-
-    #[test]
-    fn wrong_types_name_the_field() {
-        let e = ChatRequest::parse(&obj(json!({
-            "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"
-        })))
-        .unwrap_err();
-        assert_eq!(e.status, 400);
-        assert_eq!(e.param.as_deref(), Some("max_tokens"));
-        assert_eq!(e.code, Some("invalid_type"));
-
-        let e = ChatRequest::parse(&obj(json!({"messages": [{"role": 1, "content": "hi"}]})))
-            .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
-        let e = ChatRequest::parse(&obj(json!({"messages": "hi"}))).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("messages"));
-        let e = ChatRequest::parse(&obj(
-            json!({"messages": [{"role": "user", "content": "x"}], "stop": 3}),
-        ))
-        .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("stop"));
-        let e = ChatRequest::parse(&obj(
-            json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
-        ))
-        .unwrap_err();
-        assert_eq!(e.code, Some("invalid_value"));
-        let e = ChatRequest::parse(&obj(
-            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
-        ))
-        .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("max_tokens"));
-        let e = ChatRequest::parse(&obj(json!({"model": 5, "messages": []}))).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("model"));
-    }
-
-    #[test]
-    fn content_parts_stop_and_seed() {
-        let r = ChatRequest::parse(&obj(json!({
-            "messages": [
-                {"role": "developer", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}]},
-                {"role": "assistant", "content": null},
-            ],
-            "stop": "\n", "seed": -1, "max_completion_tokens": 5, "max_tokens": 9,
-            "stream": true, "stream_options": {"include_usage": true}, "temperature": null,
-        })))
-        .unwrap();
-        assert_eq!(r.messages[0], ChatMessage::new("system", "be brief"));
-        assert_eq!(r.messages[1], ChatMessage::new("assistant", ""));
-        assert_eq!(r.common.stop, vec!["\n".to_string()]);
-        assert_eq!(r.common.sampler.seed, u64::MAX);
-        assert_eq!(r.common.max_tokens, Some(5));
-        assert!(r.common.stream && r.common.include_usage);
-        assert_eq!(r.common.sampler.temperature, 1.0);
-    }
-
-    #[test]
-    fn completion_prompts() {
-        let p = |v: Value| CompletionRequest::parse(&obj(json!({ "prompt": v }))).map(|r| r.prompt);
-        assert_eq!(p(json!("hi")).unwrap(), Prompt::Text("hi".into()));
-        assert_eq!(p(json!(["hi"])).unwrap(), Prompt::Text("hi".into()));
-        assert_eq!(p(json!([1, 2, 3])).unwrap(), Prompt::Tokens(vec![1, 2, 3]));
-        assert_eq!(p(json!([[4, 5]])).unwrap(), Prompt::Tokens(vec![4, 5]));
-        assert_eq!(
-            p(json!(["a", "b"])).unwrap_err().code,
-            Some("invalid_value")
-        );
-        assert_eq!(p(json!([1, -2])).unwrap_err().code, Some("invalid_type"));
-        assert_eq!(p(json!(7)).unwrap_err().code, Some("invalid_type"));
-        assert_eq!(
-            CompletionRequest::parse(&obj(json!({}))).unwrap_err().code,
-            Some("missing_required_parameter")
-        );
-    }
-
-    #[test]
-    fn malformed_bodies() {
-        assert_eq!(parse_object(b"{").unwrap_err().code, Some("invalid_json"));
-        assert_eq!(parse_object(b"[1]").unwrap_err().code, Some("invalid_json"));
-        assert!(parse_object(b"{}").is_ok());
-    }
-}
+mod tests;

@@ -17,6 +17,8 @@
 //! ignores anything a template adds beyond the family's basic shape (SmolLM2's
 //! default system prompt, for one).
 
+pub mod tools;
+
 use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::Serialize;
@@ -36,10 +38,18 @@ const RAISED: &str = "raise_exception: ";
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
-    /// Who speaks, e.g. `system`, `user` or `assistant`.
+    /// Who speaks, e.g. `system`, `user`, `assistant` or `tool`.
     pub role: String,
     /// The message text.
     pub content: String,
+    /// An assistant's calls of tools (templates see OpenAI's shape, the
+    /// arguments as an object: `{id, type: "function", function: {name,
+    /// arguments}}`); absent when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<tools::ToolCall>,
+    /// A tool's answer: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -48,6 +58,8 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 }
@@ -141,11 +153,28 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// Whether the template reads a `tools` variable (its family has its
+    /// own way to show tools and calls).
+    pub fn knows_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
     /// Renders a conversation; with `add_generation_prompt` the text ends
     /// where the assistant's reply begins.
     pub fn render(
         &self,
         messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] with `tools` (OpenAI's tool objects) in the
+    /// template's `tools` variable.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
         let template = self
@@ -154,6 +183,7 @@ impl ChatTemplate {
             .map_err(ChatError::Render)?;
         let ctx = minijinja::context! {
             messages => messages,
+            tools => tools.map(Value::from_serialize),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),

@@ -28,6 +28,8 @@ use crate::sample::Sampler;
 use crate::tokenizer::stream::StreamDecoder;
 use crate::tokenizer::Tokenizer;
 
+mod emit;
+
 /// Cells per sequence slot: an equal share of the cache, a multiple of 64
 /// when there is room for it.
 pub(crate) fn slot_size(n_ctx: u32, parallel: usize) -> u32 {
@@ -45,6 +47,9 @@ pub(crate) fn slot_size(n_ctx: u32, parallel: usize) -> u32 {
 pub(crate) struct Seq {
     pub(super) job: Job,
     sampler: Sampler,
+    /// The log-probability of the token just chosen, when asked for, until
+    /// the token is taken.
+    pending_logprob: Option<crate::sample::TokenLogprob>,
     prompt_done: usize,
     history: Vec<u32>,
     generated: usize,
@@ -317,6 +322,7 @@ impl Scheduler {
             history: job.tokens.clone(),
             job,
             sampler,
+            pending_logprob: None,
             prompt_done: 0,
             generated: 0,
             decoder: StreamDecoder::new(false),
@@ -480,8 +486,7 @@ impl Scheduler {
                     self.free_if_drained(slots, slot);
                 } else if !seq.prompt_left() {
                     seq.prompt_end = Some(Instant::now());
-                    let tok = seq.sampler.sample(&logits, &seq.history);
-                    if let After::Finished = self.take_token(seq, tok) {
+                    if let After::Finished = self.next_token(seq, &logits) {
                         slots[slot] = None;
                         self.pipe().remove_seq(slot as SeqId);
                     }
@@ -502,8 +507,7 @@ impl Scheduler {
                     }
                     seq.gen_steps += 1;
                     let row = &logits[k * n_vocab..(k + 1) * n_vocab];
-                    let tok = seq.sampler.sample(row, &seq.history);
-                    if let After::Finished = self.take_token(seq, tok) {
+                    if let After::Finished = self.next_token(seq, row) {
                         slots[i] = None;
                         self.pipe().remove_seq(i as SeqId);
                     }
@@ -522,80 +526,6 @@ impl Scheduler {
             self.pipe().remove_seq(i as SeqId);
         }
     }
-
-    /// Handles a sampled token: stop conditions, text out, next input.
-    fn take_token(&self, seq: &mut Seq, tok: u32) -> After {
-        seq.next = None;
-        if seq.generated >= seq.job.req.max_tokens {
-            // max_tokens 0: the prompt was read, nothing is generated.
-            return self.finish(seq, Finish::Length);
-        }
-        if seq.job.req.stop_at_eog && self.tokenizer.is_eog(tok) {
-            return self.finish(seq, Finish::Stop);
-        }
-        seq.generated += 1;
-        seq.history.push(tok);
-        if let Ok(mut ids) = seq.job.ids.lock() {
-            ids.push(tok);
-        }
-        let piece = seq.decoder.push(&self.tokenizer, tok);
-        seq.held.push_str(&piece);
-        let stops = &seq.job.req.stop;
-        if let Some(at) = stops
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| seq.held.find(s.as_str()))
-            .min()
-        {
-            let before = seq.held[..at].to_string();
-            seq.held.clear();
-            if !before.is_empty() && seq.job.tx.send(Event::Text(before)).is_err() {
-                return After::Finished;
-            }
-            return self.finish(seq, Finish::Stop);
-        }
-        // Hold back the end of the text while it could still become a stop text.
-        let keep = stops
-            .iter()
-            .map(|s| longest_prefix_suffix(&seq.held, s))
-            .max()
-            .unwrap_or(0);
-        let cut = seq.held.len() - keep;
-        if cut > 0 {
-            let out: String = seq.held.drain(..cut).collect();
-            if seq.job.tx.send(Event::Text(out)).is_err() {
-                return After::Finished;
-            }
-        }
-        if seq.generated >= seq.job.req.max_tokens {
-            return self.finish(seq, Finish::Length);
-        }
-        seq.next = Some(tok);
-        seq.ready_at = Instant::now();
-        After::Continue
-    }
-
-    fn finish(&self, seq: &mut Seq, finish: Finish) -> After {
-        let mut rest = std::mem::take(&mut seq.held);
-        rest.push_str(&seq.decoder.finish());
-        if !rest.is_empty() {
-            let _ = seq.job.tx.send(Event::Text(rest));
-        }
-        let _ = seq.job.tx.send(Event::Done(seq.usage(finish)));
-        After::Finished
-    }
-}
-
-/// Length of the longest suffix of `text` that is a proper prefix of `stop`,
-/// at a character boundary.
-fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
-    let max = stop.len().saturating_sub(1).min(text.len());
-    (1..=max)
-        .rev()
-        .find(|&n| {
-            text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..])
-        })
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -609,17 +539,5 @@ mod tests {
         assert_eq!(slot_size(100, 1), 100);
         assert_eq!(slot_size(200, 2), 64);
         assert_eq!(slot_size(80, 2), 40);
-    }
-
-    #[test]
-    fn holds_back_what_may_become_a_stop_text() {
-        assert_eq!(longest_prefix_suffix("hello wor", "world"), 3);
-        assert_eq!(longest_prefix_suffix("hello", "world"), 0);
-        assert_eq!(
-            longest_prefix_suffix("ab", "b"),
-            0,
-            "a whole match is not held, it is cut"
-        );
-        assert_eq!(longest_prefix_suffix("é", "éa"), 2);
     }
 }
