@@ -81,7 +81,7 @@ fn metrics(s: &Serve) -> Vec<(String, String, f64)> {
     assert_eq!(r.status, 200);
     assert!(
         r.header("content-type")
-            .is_some_and(|c| c.starts_with("text/plain")),
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
         "{:?}",
         r.headers
     );
