@@ -24,6 +24,7 @@ pub mod load;
 pub mod measure;
 pub mod memcap;
 pub mod model;
+pub mod ollama;
 pub mod plan;
 pub mod progress;
 pub mod relay;

@@ -146,6 +146,19 @@ impl EngineError {
 }
 
 impl EngineOptions {
+    /// The id the model is served under: [`EngineOptions::name`], or the
+    /// file name without `.gguf` (what users see and type as the model id;
+    /// `general.name` often has spaces and is not unique).
+    pub fn served_name(&self) -> String {
+        self.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+            self.model
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "model".to_string())
+        })
+    }
+
     /// Checks that the context, batch and parallel settings can work
     /// together; [`Engine::load`] calls it before opening anything.
     pub fn check(&self) -> Result<(), OptionsError> {
@@ -283,12 +296,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     let ctx_per_seq = slot_size(opts.n_ctx, parallel) as usize;
     // The file name (without .gguf) is what users see and type as the
     // model id; `general.name` often has spaces and is not unique.
-    let name = opts
-        .model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "model".to_string());
+    let name = opts.served_name();
     let chat = ChatTemplate::from_gguf(&gguf).ok();
     let tokenizer = Arc::new(tokenizer);
     let metrics = Arc::new(Metrics::default());

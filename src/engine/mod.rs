@@ -173,6 +173,10 @@ pub struct EngineOptions {
     /// (`plan::head`): by default when the cost model predicts faster
     /// decoding.
     pub head_split: crate::plan::HeadSplit,
+    /// The id the model is served and reported under; `None`: the file
+    /// name without `.gguf` (an Ollama model passes its name, since its
+    /// file is a `sha256-…` blob).
+    pub name: Option<String>,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -188,6 +192,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("queue", &self.queue)
             .field("mem_caps", &self.mem_caps)
             .field("head_split", &self.head_split)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +218,7 @@ impl Default for EngineOptions {
             micro_batches: 0,
             mem_caps: Vec::new(),
             head_split: crate::plan::HeadSplit::Auto,
+            name: None,
         }
     }
 }
@@ -410,7 +416,8 @@ impl Engine {
         load::load(opts).await
     }
 
-    /// The model's id: its file name without `.gguf`.
+    /// The model's id: [`EngineOptions::name`], or its file name without
+    /// `.gguf`.
     pub fn model_name(&self) -> &str {
         &self.shared.name
     }

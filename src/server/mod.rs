@@ -1,4 +1,4 @@
-//! `shardline serve`: an OpenAI-compatible HTTP API over an [`Engine`].
+//! `shardline serve`: an OpenAI-compatible HTTP API over an [`Engine`](crate::engine::Engine).
 //!
 //! | route | answer |
 //! |---|---|
@@ -7,6 +7,12 @@
 //! | `GET /v1/models`, `GET /v1/models/{id}` | the one model served |
 //! | `GET /health` | 200 `{status:"ok",servers}`; 503 while loading (`{status:"loading",bytes_done,bytes_total}`) or when a server is lost |
 //! | `GET /metrics` | Prometheus text: HTTP counters, then the engine's |
+//! | `/api/chat`, `/api/generate`, `/api/tags`, `/api/show`, `/api/ps`, `/api/version` | Ollama's API ([`ollama`](self::ollama)) |
+//!
+//! Several models can be served at once ([`ServeOptions::models`]): each
+//! request picks one by its `model` (none: the first); a model may be
+//! forwarded to an upstream OpenAI-compatible server. `/health` and
+//! `/metrics` speak of the first model.
 //!
 //! Errors come in OpenAI's shape, `{"error":{"message","type","param","code"}}`:
 //! 400 malformed JSON or a field of the wrong type, 401 a missing or wrong
@@ -23,18 +29,23 @@
 //! client that disconnects frees its sequence at once.
 
 mod auth;
+pub mod config;
 mod error;
+mod launch;
 mod limits;
 mod listen;
+mod models;
+mod ollama;
+mod ollama_request;
 mod request;
 mod respond;
 mod routes;
 mod state;
 mod stream;
+mod upstream;
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -49,9 +60,13 @@ pub use limits::{
     parse_duration, DurationError, HttpLimits, LimitsError, DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
+pub use launch::ModelsError;
+pub use models::{same_model, ModelSlot, ModelSpec, ModelTable, Placement, Source};
+pub use ollama::OLLAMA_API_VERSION;
 pub use state::{AppState, Status};
+pub use upstream::{Upstream, UpstreamUrlError};
 
-use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::engine::{EngineError, EngineOptions};
 
 /// Largest request body accepted (413 above).
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -61,8 +76,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// What `shardline serve` needs.
 pub struct ServeOptions {
-    /// The model and cluster, `parallel` and `queue` included.
+    /// The model and cluster, `parallel` and `queue` included (when
+    /// `models` is empty).
     pub engine: EngineOptions,
+    /// The models to serve, in order (the first answers requests that name
+    /// none); empty: the one in `engine`.
+    pub models: Vec<ModelSpec>,
     /// Address to listen on.
     pub host: IpAddr,
     /// Port to listen on; 0 picks a free one (printed).
@@ -77,6 +96,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             engine: EngineOptions::default(),
+            models: Vec::new(),
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 8080,
             api_key: None,
@@ -89,6 +109,7 @@ impl std::fmt::Debug for ServeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeOptions")
             .field("engine", &self.engine)
+            .field("models", &self.models)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
@@ -117,6 +138,10 @@ pub enum ServeError {
     /// The model could not be loaded.
     #[error("loading the model")]
     Load(#[from] EngineError),
+    /// The models cannot be served (a duplicate name, a bad upstream, no
+    /// free server, a load that failed).
+    #[error(transparent)]
+    Models(#[from] ModelsError),
     /// A task of the server panicked or was cancelled.
     #[error("internal error: {0}")]
     Task(String),
@@ -125,11 +150,13 @@ pub enum ServeError {
 /// The HTTP routes over `state` (for serving or for in-process tests).
 pub fn router(state: AppState) -> Router {
     use axum::middleware::from_fn_with_state;
+    let forward = || from_fn_with_state(state.clone(), upstream::forward);
     Router::new()
-        .route("/v1/chat/completions", post(routes::chat))
-        .route("/v1/completions", post(routes::completions))
+        .route("/v1/chat/completions", post(routes::chat).layer(forward()))
+        .route("/v1/completions", post(routes::completions).layer(forward()))
         .route("/v1/models", get(routes::models))
         .route("/v1/models/{model}", get(routes::model))
+        .merge(ollama::routes())
         .route_layer(from_fn_with_state(state.clone(), auth::auth))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
@@ -174,7 +201,8 @@ fn print_line(line: &str) {
 /// model=NAME` plus the plan once loaded.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let ServeOptions {
-        engine: mut engine_opts,
+        engine: engine_opts,
+        models,
         host,
         port,
         api_key,
@@ -182,9 +210,33 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     } = opts;
     // Options that cannot work fail before the port is bound.
     limits.check()?;
-    engine_opts
-        .check()
-        .map_err(|e| ServeError::Load(e.into()))?;
+    let specs = if models.is_empty() {
+        vec![ModelSpec {
+            name: engine_opts.served_name(),
+            source: Source::Local {
+                engine: Box::new(engine_opts),
+                placement: Placement::Shard,
+                ollama: None,
+            },
+        }]
+    } else {
+        models
+    };
+    for spec in &specs {
+        if let Source::Local { engine, .. } = &spec.source {
+            engine.check().map_err(|e| ServeError::Load(e.into()))?;
+        }
+    }
+    let single = specs.len() == 1;
+    let names: Vec<String> = specs.iter().map(|m| m.name.clone()).collect();
+    let loading: Vec<String> = specs
+        .iter()
+        .filter_map(|m| match &m.source {
+            Source::Local { engine, .. } => Some(engine.model.display().to_string()),
+            Source::Upstream { .. } => None,
+        })
+        .collect();
+    let (table, pending) = launch::table(specs)?;
     let mut signals = Signals::new()?;
     let addr = SocketAddr::new(host, port);
     let listener = TcpListener::bind(addr)
@@ -194,35 +246,29 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
 
-    let state = AppState::new(api_key, limits.body_timeout);
-    let progress_state = state.clone();
-    let chained = engine_opts.on_progress.take();
-    engine_opts.on_progress = Some(Arc::new(move |p| {
-        progress_state.set_progress(p);
-        if let Some(f) = &chained {
-            f(p);
-        }
-    }));
-
+    let state = AppState::with_models(table, api_key, limits.body_timeout);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = router(state.clone());
     let mut server = tokio::spawn(listen::run(listener, app, limits, state.clone(), stop_rx));
     print_line(&format!(
         "shardline serve listening: http://{local} (loading {})",
-        engine_opts.model.display()
+        loading.join(", ")
     ));
 
-    let mut load = tokio::spawn(Engine::load(engine_opts));
-    let engine = tokio::select! {
+    let mut load = tokio::spawn(launch::load_all(pending));
+    let engines = tokio::select! {
         r = &mut load => match r {
-            Ok(Ok(engine)) => engine,
+            Ok(Ok(engines)) => engines,
             Ok(Err(e)) => {
-                state.set_failed(e.to_string());
                 let _ = stop_tx.send(true);
                 // On timeout, end the listener rather than detach it.
                 let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
                 server.abort();
-                return Err(ServeError::Load(e));
+                return Err(match e {
+                    // One model: the error it always had.
+                    ModelsError::Load { source, .. } if single => ServeError::Load(source),
+                    e => ServeError::Models(e),
+                });
             }
             Err(e) => return Err(ServeError::Task(format!("loading: {e}"))),
         },
@@ -239,13 +285,29 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             return Err(server_ended(r));
         }
     };
-    state.set_ready(engine.clone());
-    print_line(&format!(
-        "shardline serve ready: http://{local} model={}\n{}",
-        engine.model_name(),
-        engine.plan()
-    ));
-    drop(engine);
+    if single && engines.len() == 1 {
+        print_line(&format!(
+            "shardline serve ready: http://{local} model={}\n{}",
+            engines[0].model_name(),
+            engines[0].plan()
+        ));
+    } else {
+        let mut text = format!("shardline serve ready: http://{local} models={}", names.join(","));
+        for m in state.models().all() {
+            let name = m.name().unwrap_or_default();
+            match (m.upstream_target(), m.engine()) {
+                (Some(up), _) => text.push_str(&format!(
+                    "\nmodel {name}: forwarded to {} as {}",
+                    up.url(),
+                    up.model()
+                )),
+                (None, Ok(e)) => text.push_str(&format!("\nmodel {name}:\n{}", e.plan())),
+                (None, Err(_)) => {}
+            }
+        }
+        print_line(&text);
+    }
+    drop(engines);
 
     tokio::select! {
         sig = signals.recv() => tracing::info!(signal = sig, "stopping"),

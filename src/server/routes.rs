@@ -29,7 +29,16 @@ fn unix_now() -> u64 {
 }
 
 /// Reads the body (size limit, time limit) as a JSON object.
-async fn read_json(state: &AppState, req: Request) -> Result<Map<String, Value>, ApiError> {
+pub(crate) async fn read_json(
+    state: &AppState,
+    req: Request,
+) -> Result<Map<String, Value>, ApiError> {
+    parse_object(&read_body(state, req).await?)
+}
+
+/// Reads the body, refusing one over [`BODY_LIMIT`] or slower than the
+/// body timeout.
+pub(crate) async fn read_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
     // A declared length over the limit is refused before reading anything.
     let declared = req
         .headers()
@@ -43,7 +52,7 @@ async fn read_json(state: &AppState, req: Request) -> Result<Map<String, Value>,
         .await
         .map_err(|_| ApiError::body_timeout())?
         .map_err(body_error)?;
-    parse_object(&body)
+    Ok(body)
 }
 
 fn body_error(e: BytesRejection) -> ApiError {
@@ -54,13 +63,6 @@ fn body_error(e: BytesRejection) -> ApiError {
             "Could not read the request body: {}",
             e.body_text()
         ))
-    }
-}
-
-fn check_model(engine: &Engine, asked: Option<&str>) -> Result<(), ApiError> {
-    match asked {
-        Some(m) if m != engine.model_name() => Err(ApiError::unknown_model(m, engine.model_name())),
-        _ => Ok(()),
     }
 }
 
@@ -176,8 +178,8 @@ async fn submit(
 pub async fn chat(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let body = read_json(&state, req).await?;
     let mut r = ChatRequest::parse(&body)?;
-    let engine = state.engine()?;
-    check_model(&engine, r.common.model.as_deref())?;
+    let (engine, served) = state.engine_for(r.common.model.as_deref())?;
+    served.apply_defaults(Some(&mut r.messages), &mut r.common.stop);
     let e = engine.clone();
     let messages = r.messages;
     let (tool_list, choice) = (r.tools, r.tool_choice);
@@ -234,8 +236,8 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let body = read_json(&state, req).await?;
     let mut r = CompletionRequest::parse(&body)?;
-    let engine = state.engine()?;
-    check_model(&engine, r.common.model.as_deref())?;
+    let (engine, served) = state.engine_for(r.common.model.as_deref())?;
+    served.apply_defaults(None, &mut r.common.stop);
     let echo = r.echo;
     let response_format = r.common.response_format.take();
     let n = r.common.n;
@@ -274,21 +276,29 @@ pub async fn completions(
     .await
 }
 
-fn model_object(engine: &Engine) -> Value {
+fn model_object(name: &str, upstream: bool) -> Value {
     json!({
-        "id": engine.model_name(),
+        "id": name,
         "object": "model",
         "created": 0,
-        "owned_by": "shardline",
+        "owned_by": if upstream { "upstream" } else { "shardline" },
     })
 }
 
-/// `GET /v1/models`.
+/// `GET /v1/models`: the models that can answer now (loaded, or
+/// forwarded); 503 while none can.
 pub async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let engine = state.engine()?;
-    Ok(Json(
-        json!({"object": "list", "data": [model_object(&engine)]}),
-    ))
+    let data: Vec<Value> = state
+        .models()
+        .all()
+        .iter()
+        .filter(|m| m.available())
+        .filter_map(|m| Some(model_object(&m.name()?, m.upstream_target().is_some())))
+        .collect();
+    if data.is_empty() {
+        state.engine()?;
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 /// `GET /v1/models/{model}`.
@@ -296,9 +306,12 @@ pub async fn model(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = state.engine()?;
-    check_model(&engine, Some(&name))?;
-    Ok(Json(model_object(&engine)))
+    let m = state.models().find(Some(&name))?;
+    if m.upstream_target().is_none() {
+        m.engine()?;
+    }
+    let served = m.name().unwrap_or(name);
+    Ok(Json(model_object(&served, m.upstream_target().is_some())))
 }
 
 /// `GET /health`: 503 while loading (with progress) or when a server is

@@ -1,29 +1,20 @@
-//! What the handlers share: the engine (once loaded), load progress, the API
-//! key, the body timeout and the HTTP counters.
+//! What the handlers share: the models (each engine once loaded, its load
+//! progress), the API key, the body timeout and the HTTP counters.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::error::ApiError;
+use super::models::{ModelSlot, ModelTable, Slot};
 use crate::engine::{Engine, LoadProgress};
-
-/// Where the engine is.
-#[derive(Debug, Clone)]
-enum Slot {
-    Loading,
-    Ready(Engine),
-    Failed(String),
-}
 
 #[derive(Debug)]
 struct Shared {
-    slot: RwLock<Slot>,
-    bytes_done: AtomicU64,
-    bytes_total: AtomicU64,
-    bytes_sent: AtomicU64,
-    bytes_cached: AtomicU64,
+    /// The served models; the first is the one the single-model methods
+    /// (`status`, `engine`, `set_ready`, …) speak of.
+    models: ModelTable,
     api_key: Option<String>,
     body_timeout: Duration,
     next_id: AtomicU64,
@@ -44,7 +35,7 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("slot", &self.shared.slot)
+            .field("models", &self.shared.models)
             .field("api_key", &self.shared.api_key.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
@@ -66,13 +57,22 @@ impl AppState {
     /// routes want `Authorization: Bearer <api_key>`; a request body that
     /// takes longer than `body_timeout` to arrive gets 408.
     pub fn new(api_key: Option<String>, body_timeout: Duration) -> AppState {
+        AppState::with_models(
+            ModelTable::new(vec![ModelSlot::local(None, None)]),
+            api_key,
+            body_timeout,
+        )
+    }
+
+    /// A server for `models` (at least one).
+    pub(crate) fn with_models(
+        models: ModelTable,
+        api_key: Option<String>,
+        body_timeout: Duration,
+    ) -> AppState {
         AppState {
             shared: Arc::new(Shared {
-                slot: RwLock::new(Slot::Loading),
-                bytes_done: AtomicU64::new(0),
-                bytes_total: AtomicU64::new(0),
-                bytes_sent: AtomicU64::new(0),
-                bytes_cached: AtomicU64::new(0),
+                models,
                 api_key: api_key.filter(|k| !k.is_empty()),
                 body_timeout,
                 next_id: AtomicU64::new(0),
@@ -90,69 +90,53 @@ impl AppState {
         s
     }
 
-    /// Records upload progress (for `/health` while loading).
+    /// Records the first model's upload progress (for `/health`).
     pub fn set_progress(&self, p: LoadProgress) {
-        self.shared
-            .bytes_total
-            .store(p.bytes_total, Ordering::Relaxed);
-        self.shared
-            .bytes_done
-            .store(p.bytes_done, Ordering::Relaxed);
-        self.shared
-            .bytes_sent
-            .store(p.bytes_sent, Ordering::Relaxed);
-        self.shared
-            .bytes_cached
-            .store(p.bytes_cached, Ordering::Relaxed);
+        self.shared.models.primary().set_progress(p);
     }
 
-    /// The model is loaded: serve it.
+    /// The first model is loaded: serve it.
     pub fn set_ready(&self, engine: Engine) {
-        if let Ok(mut s) = self.shared.slot.write() {
-            *s = Slot::Ready(engine);
-        }
+        self.shared.models.primary().set_slot(Slot::Ready(engine));
     }
 
-    /// Loading failed; requests get 503 with `message`.
+    /// Loading the first model failed; its requests get 503 with `message`.
     pub fn set_failed(&self, message: String) {
-        if let Ok(mut s) = self.shared.slot.write() {
-            *s = Slot::Failed(message);
-        }
+        self.shared.models.primary().set_slot(Slot::Failed(message));
     }
 
     fn progress(&self) -> LoadProgress {
-        LoadProgress {
-            bytes_done: self.shared.bytes_done.load(Ordering::Relaxed),
-            bytes_total: self.shared.bytes_total.load(Ordering::Relaxed),
-            bytes_sent: self.shared.bytes_sent.load(Ordering::Relaxed),
-            bytes_cached: self.shared.bytes_cached.load(Ordering::Relaxed),
-        }
+        self.shared.models.primary().progress()
     }
 
-    /// Loading, ready or failed.
+    /// The first model: loading, ready or failed.
     pub fn status(&self) -> Status {
-        let slot = self
-            .shared
-            .slot
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_else(|_| Slot::Failed("internal error: state lock poisoned".into()));
-        match slot {
+        match self.shared.models.primary().slot() {
             Slot::Loading => Status::Loading(self.progress()),
             Slot::Ready(e) => Status::Ready(e),
             Slot::Failed(m) => Status::Failed(m),
         }
     }
 
-    /// The engine, or 503 while it is loading or after loading failed.
+    /// The first model's engine, or 503 while it is loading or after
+    /// loading failed.
     pub fn engine(&self) -> Result<Engine, ApiError> {
-        match self.status() {
-            Status::Ready(e) => Ok(e),
-            Status::Loading(p) => Err(ApiError::loading(p.bytes_done, p.bytes_total)),
-            Status::Failed(m) => Err(ApiError::unavailable(format!(
-                "The model failed to load: {m}"
-            ))),
-        }
+        self.shared.models.primary().engine()
+    }
+
+    /// The served models.
+    pub fn models(&self) -> &ModelTable {
+        &self.shared.models
+    }
+
+    /// The local model `asked` names (none: the first) and its engine:
+    /// 404 for a model not served, 503 while it loads.
+    pub fn engine_for(
+        &self,
+        asked: Option<&str>,
+    ) -> Result<(Engine, Arc<ModelSlot>), ApiError> {
+        let m = self.shared.models.find(asked)?;
+        Ok((m.engine()?, m.clone()))
     }
 
     pub(crate) fn api_key(&self) -> Option<&str> {

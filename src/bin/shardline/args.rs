@@ -1,15 +1,18 @@
 //! Options several commands share, and the small helpers around them.
 
-use std::path::PathBuf;
 
 use anyhow::Context as _;
 
 /// Where the model runs: servers, layer split, context.
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
-    /// The model (.gguf).
-    #[arg(long)]
-    pub model: PathBuf,
+    /// The model: a .gguf file, or a model pulled with Ollama by name
+    /// (llama3.1:70b, library/…, registry/namespace/name:tag; no tag is
+    /// `latest`), found in $OLLAMA_MODELS, ~/.ollama/models or
+    /// /usr/share/ollama/.ollama/models. A path that exists is a path.
+    /// Required, except by `serve --config`.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
     /// rpc-servers as host:port, comma separated. Without it, shardline
     /// starts --local-workers workers on this machine.
     #[arg(long, value_delimiter = ',')]
@@ -55,6 +58,14 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    /// `--model`, resolved: a file, or an Ollama model and its file.
+    pub fn model(&self) -> anyhow::Result<ModelArg> {
+        let arg = self.model.as_deref().context(
+            "the following required argument was not provided: --model <MODEL>",
+        )?;
+        Ok(parse_model(arg)?)
+    }
+
     pub fn strategy(&self) -> anyhow::Result<shardline::plan::Strategy> {
         Ok(match &self.split {
             Some(s) => shardline::plan::Strategy::Split(shardline::plan::parse_split(s)?),
@@ -63,9 +74,19 @@ impl ClusterArgs {
     }
 }
 
+/// The engine options of `--model` and the cluster flags.
 pub fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::EngineOptions> {
+    let model = c.model()?;
     Ok(shardline::engine::EngineOptions {
-        model: c.model.clone(),
+        model: model.to_path_buf(),
+        name: model.ollama().map(|m| m.name.to_string()),
+        ..cluster_options(c)?
+    })
+}
+
+/// The engine options of the cluster flags, with no model.
+pub fn cluster_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::EngineOptions> {
+    Ok(shardline::engine::EngineOptions {
         servers: c.rpc.clone(),
         local_workers: c.local_workers,
         worker_exe: Some(std::env::current_exe().context("locating the shardline binary")?),
@@ -78,6 +99,46 @@ pub fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::Engi
         head_split: c.head_split,
         ..Default::default()
     })
+}
+
+/// `--model`: a GGUF file, or an Ollama model and the file behind it.
+/// Derefs to the file's path.
+#[derive(Debug, Clone)]
+pub struct ModelArg(shardline::ollama::ModelSource);
+
+impl ModelArg {
+    /// The Ollama model, when `--model` named one.
+    pub fn ollama(&self) -> Option<&shardline::ollama::OllamaModel> {
+        self.0.ollama()
+    }
+}
+
+impl std::ops::Deref for ModelArg {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        self.0.gguf()
+    }
+}
+
+impl AsRef<std::path::Path> for ModelArg {
+    fn as_ref(&self) -> &std::path::Path {
+        self.0.gguf()
+    }
+}
+
+/// Resolves `--model` (and a config file's `model =`) against the Ollama
+/// stores the environment names.
+pub fn parse_model(arg: &str) -> Result<ModelArg, shardline::ollama::StoreError> {
+    shardline::ollama::resolve_model_arg(arg, &ollama_roots()).map(ModelArg)
+}
+
+/// The Ollama stores to look in: `$OLLAMA_MODELS`, else the user's and
+/// the system service's.
+pub fn ollama_roots() -> Vec<std::path::PathBuf> {
+    shardline::ollama::default_roots(
+        std::env::var_os("OLLAMA_MODELS").as_deref().map(std::path::Path::new),
+        std::env::var_os("HOME").as_deref().map(std::path::Path::new),
+    )
 }
 
 /// A seed from the clock, for sampling when none is given.

@@ -77,6 +77,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     };
     let opts = engine_options(&cluster)?;
+    // An Ollama model's params layer may name stop texts its template needs;
+    // its system layer is the default system prompt of a chat.
+    let model = cluster.model()?;
+    let ollama = model.ollama();
+    let stop = ollama.map(|m| m.params.stop.clone()).unwrap_or_default();
+    let mut messages: Vec<shardline::chat::ChatMessage> = ollama
+        .and_then(|m| m.system.clone())
+        .map(|s| shardline::chat::ChatMessage::new("system", s))
+        .into_iter()
+        .collect();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         // A server that failed during the load (dropped, restarted) gets
@@ -91,8 +101,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         .context("loading the model")?;
         let text = if chat {
+            messages.push(shardline::chat::ChatMessage::new("user", prompt));
             engine
-                .render_chat(&[shardline::chat::ChatMessage::new("user", prompt)])
+                .render_chat(&messages)
                 .context("rendering the chat template")?
         } else {
             prompt
@@ -101,7 +112,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             prompt: shardline::engine::Prompt::Text(text),
             max_tokens,
             sampler,
-            stop: Vec::new(),
+            stop,
             stop_at_eog: true,
         };
         let mut stream = engine.generate(req).context("starting generation")?;

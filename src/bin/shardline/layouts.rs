@@ -86,7 +86,7 @@ pub fn run(
             n_seq_max: u32::try_from(streams).unwrap_or(u32::MAX),
             ..PlanOptions::default()
         };
-        let cost = cost_from_file(&cluster.model, &popts)?;
+        let cost = cost_from_file(&cluster.model()?, &popts)?;
         let work = Workload {
             streams: popts.n_seq_max,
             prompt_tokens: u32::try_from(shape.prompt_tokens).unwrap_or(u32::MAX),
@@ -162,7 +162,7 @@ fn measure(
         relays.push(relay);
     }
     let opts = RunOptions {
-        model: cluster.model.clone(),
+        model: cluster.model()?.to_path_buf(),
         servers: endpoints,
         layouts,
         n_ctx: cluster.ctx,

@@ -64,8 +64,9 @@ pub fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
 fn plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     use shardline::cluster::devices_from_reports;
     use shardline::plan::{plan, PlanOptions};
-    let gguf = shardline::gguf::Gguf::open(&cluster.model)
-        .with_context(|| format!("reading {}", cluster.model.display()))?;
+    let model = cluster.model()?;
+    let gguf = shardline::gguf::Gguf::open(&*model)
+        .with_context(|| format!("reading {}", model.display()))?;
     let opts = PlanOptions {
         n_ctx: cluster.ctx,
         n_batch: cluster.batch,
@@ -76,7 +77,7 @@ fn plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     };
     // The model and the options are checked before any worker starts.
     let cost = shardline::graph::measure::measured_cost(&gguf, &opts)
-        .with_context(|| format!("planning {}", cluster.model.display()))?;
+        .with_context(|| format!("planning {}", model.display()))?;
     let (_workers, reports) = survey(&cluster.rpc, cluster.local_workers)?;
     let mut devices = devices_from_reports(&reports);
     shardline::memcap::apply_caps(&mut devices, &cluster.mem_cap);
@@ -93,7 +94,7 @@ fn plan(cluster: ClusterArgs, json: bool) -> anyhow::Result<()> {
     let chunk = cost.n_batch.clamp(9, 128);
     let rt = tokio::runtime::Runtime::new()?;
     let speeds = rt.block_on(shardline::measure::measure_model(
-        &cluster.model,
+        &model,
         &gguf,
         &reports,
         chunk,

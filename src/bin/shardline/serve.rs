@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::args::{engine_options, ClusterArgs};
+use anyhow::Context as _;
+
+use crate::args::{cluster_options, default_threads, engine_options, ClusterArgs};
 
 /// `shardline serve`'s options.
 #[derive(Debug, clap::Args)]
@@ -41,6 +43,15 @@ pub struct ServeArgs {
     /// Connections served at once; past it new ones get 503 and are closed.
     #[arg(long, value_name = "N", default_value_t = shardline::server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Serve the models this TOML file lists (instead of --model), each on
+    /// its own servers: whole on one when it fits, else sharded; or
+    /// forwarded upstream. See the README for its keys.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["model", "upstream"])]
+    pub config: Option<PathBuf>,
+    /// Forward --model (the upstream's name for it) to this OpenAI-compatible
+    /// server, e.g. http://ollama-box:11434, instead of loading it here.
+    #[arg(long, value_name = "URL", requires = "model")]
+    pub upstream: Option<String>,
 }
 
 /// `shardline serve`.
@@ -50,8 +61,53 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Some(shardline::server::read_api_key_file(&path)?),
         None => a.api_key.map(|k| checked_api_key(&k)).transpose()?,
     };
+    // Local workers for a config whose models name no servers: started
+    // once, shared out between the models (each takes its own).
+    let mut workers = Vec::new();
+    let models = if let Some(path) = &a.config {
+        let config = shardline::server::config::ServeConfig::read(path)?;
+        let mut base = cluster_options(&a.cluster)?;
+        base.parallel = a.parallel;
+        base.queue = a.queue;
+        let needs_workers = base.servers.is_empty()
+            && config.servers.is_empty()
+            && config
+                .models
+                .iter()
+                .any(|m| m.upstream.is_none() && m.servers.is_none());
+        if needs_workers {
+            let exe = std::env::current_exe().context("locating the shardline binary")?;
+            workers = shardline::worker::start_local(&exe, a.cluster.local_workers, default_threads())
+                .context("starting local workers")?;
+            base.servers = workers.iter().map(|w| w.endpoint.to_string()).collect();
+        }
+        config.specs(&base, &crate::args::ollama_roots(), path)?
+    } else if let Some(url) = &a.upstream {
+        let name = a.cluster.model.clone().unwrap_or_default();
+        vec![shardline::server::ModelSpec {
+            name: name.clone(),
+            source: shardline::server::Source::Upstream {
+                url: url.clone(),
+                model: name,
+            },
+        }]
+    } else {
+        let model = a.cluster.model()?;
+        let mut engine = engine_options(&a.cluster)?;
+        engine.parallel = a.parallel;
+        engine.queue = a.queue;
+        vec![shardline::server::ModelSpec {
+            name: engine.served_name(),
+            source: shardline::server::Source::Local {
+                engine: Box::new(engine),
+                placement: shardline::server::Placement::Shard,
+                ollama: model.ollama().cloned().map(Box::new),
+            },
+        }]
+    };
     let serve = shardline::server::ServeOptions {
-        engine: engine_options(&a.cluster)?,
+        engine: Default::default(),
+        models,
         host: a.host,
         port: a.port,
         api_key,
@@ -61,16 +117,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             max_connections: a.max_connections,
         },
     };
-    run_serve(serve, a.parallel, a.queue)
+    let r = run_serve(serve);
+    drop(workers);
+    r
 }
 
-fn run_serve(
-    mut opts: shardline::server::ServeOptions,
-    parallel: usize,
-    queue: usize,
-) -> anyhow::Result<()> {
-    opts.engine.parallel = parallel;
-    opts.engine.queue = queue;
+fn run_serve(opts: shardline::server::ServeOptions) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let r = rt.block_on(shardline::server::serve(opts));
     // Streams still open at shutdown are dropped, not waited for.
