@@ -118,6 +118,18 @@ pub(super) async fn ps(State(state): State<AppState>) -> Response {
             let mut v = entry(m)?;
             v["expires_at"] = json!("9999-12-31T23:59:59.000000000Z");
             v["size_vram"] = json!(0);
+            // shardline's own: the servers running the model's layers.
+            if let Ok(e) = m.engine() {
+                let mut servers: Vec<String> = Vec::new();
+                for st in e.current_plan().stages {
+                    if let crate::plan::Target::Remote { endpoint, .. } = st.target {
+                        if !servers.contains(&endpoint) {
+                            servers.push(endpoint);
+                        }
+                    }
+                }
+                v["servers"] = json!(servers);
+            }
             Some(v)
         })
         .collect();

@@ -398,8 +398,14 @@ impl Serve {
     /// serve tests stop, kill and restart workers and need every worker to
     /// hold layers, which the default (throughput, measured) need not give.
     pub fn start(args: &[&str]) -> Serve {
+        Serve::start_env(args, &[])
+    }
+
+    /// [`Serve::start`] with these environment variables set for it.
+    pub fn start_env(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Serve {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardline"));
         cmd.arg("serve").args(["--port", "0"]).args(args);
+        cmd.envs(envs.iter().copied());
         if !args
             .iter()
             .any(|a| a.starts_with("--strategy") || *a == "--split")

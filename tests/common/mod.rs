@@ -5,6 +5,7 @@
 pub mod families;
 pub mod http;
 pub mod llama_ref;
+pub mod ollama_store;
 pub mod pipeline;
 pub mod synth;
 pub mod tiny;

@@ -1,0 +1,276 @@
+//! Ollama model names, Ollama's API, and several models behind one
+//! endpoint, end to end: a real Ollama store layout around the test model
+//! (tests/common/ollama_store.rs), real workers, real `shardline serve`
+//! processes, the official `ollama` Python package (tests/ollama_client.py,
+//! from `$SHARDLINE_TEST_PYTHON`), and a second `serve` as an upstream.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::http::{self, assert_error, Serve, Sse};
+use common::ollama_store::{OllamaStore, NAME, NUM_PREDICT, SYSTEM};
+use common::{model_path, start_worker, Worker};
+use serde_json::{json, Value};
+
+fn rpc(ws: &[&Worker]) -> String {
+    ws.iter()
+        .map(|w| w.endpoint.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn shardline(args: &[&str], store: &OllamaStore) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(args)
+        .env("OLLAMA_MODELS", &store.root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shardline")
+}
+
+#[test]
+fn ollama_names_and_api() {
+    let python = std::env::var("SHARDLINE_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("SHARDLINE_TEST_PYTHON is not set: run scripts/test.sh (it makes a venv with the ollama package)")
+    });
+    let store = OllamaStore::build(&model_path(), "api");
+
+    // An unknown tag names the tags there are, before anything starts.
+    let out = shardline(&["run", "--model", "smollm2:7b", "--prompt", "x"], &store);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no Ollama model 'smollm2:7b'") && err.contains("tags of smollm2 there: 135m"), "{err}");
+    let out = shardline(&["run", "--model", "llama3.1:70b", "--prompt", "x"], &store);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("models there: smollm2:135m"), "{err}");
+
+    let (w1, w2) = (start_worker(&[]), start_worker(&[]));
+    let rpc = rpc(&[&w1, &w2]);
+    // `run` by Ollama name (library/ prefix and all).
+    let out = shardline(
+        &["run", "--model", "library/smollm2:135m", "--rpc", &rpc, "--chat", "--prompt", "Hi.",
+          "--temperature", "0", "--max-tokens", "4", "--ctx", "512"],
+        &store,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.stdout.is_empty());
+
+    let serve = Serve::start_env(
+        &["--model", NAME, "--rpc", &rpc, "--ctx", "2048", "--parallel", "2"],
+        &[("OLLAMA_MODELS", store.root.as_os_str())],
+    );
+    let ready = serve.wait_ready(Duration::from_secs(120));
+    assert!(ready.contains(&format!("model={NAME}")), "{ready}");
+    let expect = json!({
+        "model": NAME, "digest": store.digest, "system": SYSTEM, "num_predict": NUM_PREDICT,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ollama_client.py");
+    let out = Command::new(&python)
+        .args([script, &format!("http://{}", serve.addr), &expect.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "ollama_client.py failed:\n{stdout}\n{}\nserve stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        serve.stderr()
+    );
+    eprintln!("{stdout}");
+}
+
+/// A greedy chat answer from `model`; `answered_as` is the `model` the
+/// answer names (a forwarded answer is the upstream's, byte for byte).
+fn chat_text(addr: std::net::SocketAddr, model: &str, answered_as: &str) -> String {
+    let r = http::post_json(
+        addr,
+        "/v1/chat/completions",
+        &json!({"model": model, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}],
+                "temperature": 0, "max_tokens": 8}),
+        None,
+    );
+    assert_eq!(r.status, 200, "{model}: {}", r.text());
+    let v = r.json();
+    assert_eq!(v["model"], answered_as, "{v}");
+    v["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+}
+
+fn servers_of(ps: &Value, model: &str) -> Vec<String> {
+    let m = ps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == model)
+        .unwrap_or_else(|| panic!("{model} not in /api/ps: {ps}"));
+    serde_json::from_value(m["servers"].clone()).unwrap()
+}
+
+#[test]
+fn several_models_one_endpoint() {
+    let model = model_path();
+    let store = OllamaStore::build(&model, "multi");
+    let dir = store.root.join("configs");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Bad configs are clear errors naming the line and key, before loading.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[model]]\nmodel = \"smollm2:135m\"\nctxx = 512\n").unwrap();
+    let out = shardline(&["serve", "--config", bad.to_str().unwrap(), "--port", "0"], &store);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 3") && err.contains("ctxx"), "{err}");
+    std::fs::write(&bad, "[[model]]\nname = \"u\"\nupstream = \"https://x:1\"\n").unwrap();
+    let out = shardline(&["serve", "--config", bad.to_str().unwrap(), "--port", "0"], &store);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("only http://"), "{err}");
+
+    // The upstream: another serve of the same file.
+    let wu = start_worker(&[]);
+    let upstream = Serve::start(&[
+        "--model", model.to_str().unwrap(), "--rpc", &rpc(&[&wu]), "--ctx", "512", "--parallel", "1",
+    ]);
+    upstream.wait_ready(Duration::from_secs(120));
+    let remote_name = model.file_stem().unwrap().to_str().unwrap();
+
+    // Three models: an Ollama name that fits one server (placed whole), the
+    // same file under a memory cap that needs two (sharded), and one
+    // forwarded to the upstream.
+    let (a, b, c) = (start_worker(&[]), start_worker(&[]), start_worker(&[]));
+    let config = format!(
+        r#"servers = ["{}", "{}", "{}"]
+
+[[model]]
+model = "smollm2:135m"
+ctx = 512
+parallel = 1
+
+[[model]]
+name = "big"
+model = "{}"
+ctx = 512
+parallel = 1
+mem_cap = "340MiB"
+
+[[model]]
+name = "far"
+upstream = "http://{}/v1"
+model = "{remote_name}"
+"#,
+        a.endpoint, b.endpoint, c.endpoint, model.display(), upstream.addr
+    );
+    let path = dir.join("models.toml");
+    std::fs::write(&path, config).unwrap();
+    let serve = Serve::start_env(
+        &["--config", path.to_str().unwrap()],
+        &[("OLLAMA_MODELS", store.root.as_os_str())],
+    );
+    let ready = serve.wait_ready(Duration::from_secs(240));
+    assert!(ready.contains("models=smollm2:135m,big,far"), "{ready}");
+
+    // Placement: whole on one server, sharded over the other two.
+    let ps = http::get(serve.addr, "/api/ps").json();
+    assert_eq!(servers_of(&ps, NAME), vec![a.endpoint.to_string()], "{ps}");
+    let mut big = servers_of(&ps, "big");
+    big.sort();
+    let mut bc = vec![b.endpoint.to_string(), c.endpoint.to_string()];
+    bc.sort();
+    assert_eq!(big, bc, "{ps}");
+
+    // Listed everywhere.
+    let ids: Vec<Value> = http::get(serve.addr, "/v1/models").json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!(NAME), json!("big"), json!("far")]);
+    let tags = http::get(serve.addr, "/api/tags").json();
+    assert_eq!(tags["models"].as_array().unwrap().len(), 3, "{tags}");
+
+    // Routed by `model`: the same file, messages and greedy settings give
+    // the same text whole, sharded and upstream (the system message is
+    // given, so the Ollama model's system layer does not apply).
+    let whole = chat_text(serve.addr, NAME, NAME);
+    assert!(!whole.is_empty());
+    assert_eq!(chat_text(serve.addr, "big", "big"), whole);
+    assert_eq!(chat_text(serve.addr, "far", remote_name), whole);
+    // "library/…" and a missing ":latest" match as Ollama matches.
+    assert_eq!(chat_text(serve.addr, "library/smollm2:135m", NAME), whole);
+
+    // Streaming passes through the upstream as events.
+    let mut sse = Sse::open(
+        serve.addr,
+        "/v1/chat/completions",
+        &json!({"model": "far", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}],
+                "temperature": 0, "max_tokens": 8, "stream": true}),
+    );
+    assert_eq!(sse.status, 200);
+    let (mut text, mut chunks) = (String::new(), 0);
+    loop {
+        let d = sse.next_data().expect("the stream ended before [DONE]");
+        if d == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(&d).unwrap();
+        assert_eq!(v["model"], remote_name, "the upstream's own chunks");
+        chunks += 1;
+        text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+    }
+    assert!(chunks >= 3, "{chunks} chunks");
+    assert_eq!(text, whole);
+
+    // Ollama's API routes too, upstream included (Ollama's default repeat
+    // penalty is 1.1, OpenAI's none: set alike).
+    for m in ["big", "far"] {
+        let r = http::post_json(
+            serve.addr,
+            "/api/chat",
+            &json!({"model": m, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}],
+                    "stream": false, "options": {"temperature": 0, "num_predict": 8, "repeat_penalty": 1.0}}),
+            None,
+        );
+        assert_eq!(r.status, 200, "{m}: {}", r.text());
+        assert_eq!(r.json()["message"]["content"], whole.as_str(), "{m}");
+    }
+    let r = http::post_json(
+        serve.addr,
+        "/api/generate",
+        &json!({"model": "far", "prompt": "Name a color.", "system": "Be brief.", "options": {"temperature": 0, "num_predict": 8, "repeat_penalty": 1.0}}),
+        None,
+    );
+    let lines: Vec<Value> = r.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 3 && lines.last().unwrap()["done"] == true, "{}", r.text());
+    let streamed: String = lines.iter().map(|l| l["response"].as_str().unwrap_or("")).collect();
+    assert_eq!(streamed, whole);
+
+    // An unknown model: 404 naming the models served, in both shapes.
+    let r = http::post_json(
+        serve.addr,
+        "/v1/chat/completions",
+        &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+        None,
+    );
+    let e = assert_error(&r, 404);
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("'smollm2:135m', 'big', 'far'"), "{msg}");
+    let r = http::post_json(
+        serve.addr,
+        "/api/generate",
+        &json!({"model": "nope", "prompt": "x"}),
+        None,
+    );
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("big"), "{}", r.text());
+    // The upstream gone: 502, and the local models still answer.
+    drop(upstream);
+    let r = http::post_json(
+        serve.addr,
+        "/v1/chat/completions",
+        &json!({"model": "far", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}),
+        None,
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(chat_text(serve.addr, "big", "big"), whole);
+}
