@@ -8,11 +8,12 @@ scripts/setup.sh
 # to build on 2 cores); override with CARGO_TARGET_DIR.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shardline/target}
 export SHARDLINE_TEST_MODEL=${SHARDLINE_TEST_MODEL:-$(scripts/fetch-model.sh)}
-# The official openai Python client, for tests/openai_client.rs: a venv outside
+# The official openai and ollama Python clients, for tests/openai_client.rs and
+# tests/ollama_serve.rs: a venv outside
 # the checkout (override with SHARDLINE_VENV), refreshed only when it cannot
 # import what the test needs.
 venv=${SHARDLINE_VENV:-$HOME/.cache/shardline/venv}
-if ! "$venv/bin/python" -c 'import openai, prometheus_client, jsonschema' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import openai, ollama, prometheus_client, jsonschema' >/dev/null 2>&1; then
   if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     echo "test: installing python3-venv" >&2
     SUDO=""
@@ -20,9 +21,9 @@ if ! "$venv/bin/python" -c 'import openai, prometheus_client, jsonschema' >/dev/
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >&2
   fi
-  echo "test: setting up $venv (openai, prometheus-client, jsonschema)" >&2
+  echo "test: setting up $venv (openai, ollama, prometheus-client, jsonschema)" >&2
   python3 -m venv --clear "$venv" >&2
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check 'openai>=1' 'prometheus-client>=0.17' 'jsonschema>=4.17' >&2
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check 'openai>=1' 'ollama>=0.4' 'prometheus-client>=0.17' 'jsonschema>=4.17' >&2
 fi
 export SHARDLINE_TEST_PYTHON="$venv/bin/python"
 cargo test --workspace --locked
@@ -32,7 +33,7 @@ cargo build --locked --no-default-features --examples
 # anyhow is looked for among the library's own dependencies only: llguidance
 # (constrained decoding) and its crates use it inside.
 if cargo tree --locked --no-default-features -e normal -p shardline \
-  | grep -E ' (axum|hyper|clap|tracing-subscriber) v' \
+  | grep -E ' (axum|hyper|hyper-util|toml|clap|tracing-subscriber) v' \
   || cargo tree --locked --no-default-features -e normal -p shardline --depth 1 \
   | grep -E ' anyhow v'; then
   echo "test: the library without default features still depends on the crates above" >&2

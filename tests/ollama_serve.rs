@@ -41,7 +41,10 @@ fn ollama_names_and_api() {
     let out = shardline(&["run", "--model", "smollm2:7b", "--prompt", "x"], &store);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("no Ollama model 'smollm2:7b'") && err.contains("tags of smollm2 there: 135m"), "{err}");
+    assert!(
+        err.contains("no Ollama model 'smollm2:7b'") && err.contains("tags of smollm2 there: 135m"),
+        "{err}"
+    );
     let out = shardline(&["run", "--model", "llama3.1:70b", "--prompt", "x"], &store);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("models there: smollm2:135m"), "{err}");
@@ -50,15 +53,42 @@ fn ollama_names_and_api() {
     let rpc = rpc(&[&w1, &w2]);
     // `run` by Ollama name (library/ prefix and all).
     let out = shardline(
-        &["run", "--model", "library/smollm2:135m", "--rpc", &rpc, "--chat", "--prompt", "Hi.",
-          "--temperature", "0", "--max-tokens", "4", "--ctx", "512"],
+        &[
+            "run",
+            "--model",
+            "library/smollm2:135m",
+            "--rpc",
+            &rpc,
+            "--chat",
+            "--prompt",
+            "Hi.",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "4",
+            "--ctx",
+            "512",
+        ],
         &store,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.stdout.is_empty());
 
     let serve = Serve::start_env(
-        &["--model", NAME, "--rpc", &rpc, "--ctx", "2048", "--parallel", "2"],
+        &[
+            "--model",
+            NAME,
+            "--rpc",
+            &rpc,
+            "--ctx",
+            "2048",
+            "--parallel",
+            "2",
+        ],
         &[("OLLAMA_MODELS", store.root.as_os_str())],
     );
     let ready = serve.wait_ready(Duration::from_secs(120));
@@ -68,7 +98,11 @@ fn ollama_names_and_api() {
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ollama_client.py");
     let out = Command::new(&python)
-        .args([script, &format!("http://{}", serve.addr), &expect.to_string()])
+        .args([
+            script,
+            &format!("http://{}", serve.addr),
+            &expect.to_string(),
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running {python}: {e}"));
@@ -95,7 +129,10 @@ fn chat_text(addr: std::net::SocketAddr, model: &str, answered_as: &str) -> Stri
     assert_eq!(r.status, 200, "{model}: {}", r.text());
     let v = r.json();
     assert_eq!(v["model"], answered_as, "{v}");
-    v["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn servers_of(ps: &Value, model: &str) -> Vec<String> {
@@ -118,18 +155,41 @@ fn several_models_one_endpoint() {
     // Bad configs are clear errors naming the line and key, before loading.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[model]]\nmodel = \"smollm2:135m\"\nctxx = 512\n").unwrap();
-    let out = shardline(&["serve", "--config", bad.to_str().unwrap(), "--port", "0"], &store);
+    let out = shardline(
+        &["serve", "--config", bad.to_str().unwrap(), "--port", "0"],
+        &store,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("line 3") && err.contains("ctxx"), "{err}");
-    std::fs::write(&bad, "[[model]]\nname = \"u\"\nupstream = \"https://x:1\"\n").unwrap();
-    let out = shardline(&["serve", "--config", bad.to_str().unwrap(), "--port", "0"], &store);
+    assert!(
+        !out.status.success() && err.contains("line 3") && err.contains("ctxx"),
+        "{err}"
+    );
+    std::fs::write(
+        &bad,
+        "[[model]]\nname = \"u\"\nupstream = \"https://x:1\"\n",
+    )
+    .unwrap();
+    let out = shardline(
+        &["serve", "--config", bad.to_str().unwrap(), "--port", "0"],
+        &store,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("only http://"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("only http://"),
+        "{err}"
+    );
 
     // The upstream: another serve of the same file.
     let wu = start_worker(&[]);
     let upstream = Serve::start(&[
-        "--model", model.to_str().unwrap(), "--rpc", &rpc(&[&wu]), "--ctx", "512", "--parallel", "1",
+        "--model",
+        model.to_str().unwrap(),
+        "--rpc",
+        &rpc(&[&wu]),
+        "--ctx",
+        "512",
+        "--parallel",
+        "1",
     ]);
     upstream.wait_ready(Duration::from_secs(120));
     let remote_name = model.file_stem().unwrap().to_str().unwrap();
@@ -158,7 +218,11 @@ name = "far"
 upstream = "http://{}/v1"
 model = "{remote_name}"
 "#,
-        a.endpoint, b.endpoint, c.endpoint, model.display(), upstream.addr
+        a.endpoint,
+        b.endpoint,
+        c.endpoint,
+        model.display(),
+        upstream.addr
     );
     let path = dir.join("models.toml");
     std::fs::write(&path, config).unwrap();
@@ -240,9 +304,20 @@ model = "{remote_name}"
         &json!({"model": "far", "prompt": "Name a color.", "system": "Be brief.", "options": {"temperature": 0, "num_predict": 8, "repeat_penalty": 1.0}}),
         None,
     );
-    let lines: Vec<Value> = r.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.len() >= 3 && lines.last().unwrap()["done"] == true, "{}", r.text());
-    let streamed: String = lines.iter().map(|l| l["response"].as_str().unwrap_or("")).collect();
+    let lines: Vec<Value> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.len() >= 3 && lines.last().unwrap()["done"] == true,
+        "{}",
+        r.text()
+    );
+    let streamed: String = lines
+        .iter()
+        .map(|l| l["response"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(streamed, whole);
 
     // An unknown model: 404 naming the models served, in both shapes.
@@ -262,7 +337,11 @@ model = "{remote_name}"
         None,
     );
     assert_eq!(r.status, 404);
-    assert!(r.json()["error"].as_str().unwrap().contains("big"), "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("big"),
+        "{}",
+        r.text()
+    );
     // The upstream gone: 502, and the local models still answer.
     drop(upstream);
     let r = http::post_json(

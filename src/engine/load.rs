@@ -150,13 +150,16 @@ impl EngineOptions {
     /// file name without `.gguf` (what users see and type as the model id;
     /// `general.name` often has spaces and is not unique).
     pub fn served_name(&self) -> String {
-        self.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| {
-            self.model
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "model".to_string())
-        })
+        self.name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| {
+                self.model
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "model".to_string())
+            })
     }
 
     /// Checks that the context, batch and parallel settings can work

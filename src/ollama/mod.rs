@@ -8,6 +8,6 @@
 pub mod store;
 
 pub use store::{
-    default_roots, resolve_model_arg, ModelName, ModelSource, OllamaModel, Params, Store,
+    default_roots, resolve_model_arg, ModelName, ModelSource, NotFound, OllamaModel, Params, Store,
     StoreError,
 };

@@ -55,18 +55,9 @@ pub enum StoreError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// No store holds the model; `known` lists what the stores hold.
-    #[error("{}", not_found_text(.name, .searched, .tags, .known))]
-    NotFound {
-        /// The name asked for.
-        name: ModelName,
-        /// The store roots looked in.
-        searched: Vec<PathBuf>,
-        /// Tags of the same model that do exist.
-        tags: Vec<String>,
-        /// Every model found in the stores (when no tag of the name exists).
-        known: Vec<String>,
-    },
+    /// No store holds the model.
+    #[error("{0}")]
+    NotFound(Box<NotFound>),
     /// A file of the store could not be read.
     #[error("reading {path}: {source}")]
     Io {
@@ -91,10 +82,34 @@ pub enum StoreError {
         /// Which layer.
         what: &'static str,
         /// The model.
-        name: ModelName,
+        name: String,
         /// What is wrong.
         why: String,
     },
+}
+
+/// A name no store holds, with what the stores do hold.
+#[derive(Debug)]
+pub struct NotFound {
+    /// The name asked for.
+    pub name: ModelName,
+    /// The store roots looked in.
+    pub searched: Vec<PathBuf>,
+    /// Tags of the same model that do exist.
+    pub tags: Vec<String>,
+    /// Every model found in the stores.
+    pub known: Vec<String>,
+}
+
+impl fmt::Display for NotFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&not_found_text(
+            &self.name,
+            &self.searched,
+            &self.tags,
+            &self.known,
+        ))
+    }
 }
 
 fn not_found_text(
@@ -379,12 +394,12 @@ pub fn resolve(name: &ModelName, roots: &[PathBuf]) -> Result<OllamaModel, Store
     tags.dedup();
     known.sort();
     known.dedup();
-    Err(StoreError::NotFound {
+    Err(StoreError::NotFound(Box::new(NotFound {
         name: name.clone(),
         searched: existing,
         tags,
         known,
-    })
+    })))
 }
 
 /// One Ollama store (a `models` folder).
@@ -490,7 +505,7 @@ impl Store {
                     StoreError::BadBlob {
                         path: p,
                         what: "the params layer",
-                        name: name.clone(),
+                        name: name.to_string(),
                         why,
                     }
                 })?
@@ -519,7 +534,7 @@ impl Store {
         let bad = |path: PathBuf, why: String| StoreError::BadBlob {
             path,
             what,
-            name: name.clone(),
+            name: name.to_string(),
             why,
         };
         let path = self.blob_path(&layer.digest).ok_or_else(|| {
@@ -559,8 +574,12 @@ fn read_text(path: &Path, limit: u64) -> Result<String, StoreError> {
             format!("larger than {limit} bytes"),
         )));
     }
-    String::from_utf8(bytes)
-        .map_err(|_| io(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8")))
+    String::from_utf8(bytes).map_err(|_| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8",
+        ))
+    })
 }
 
 fn parse_manifest(text: &str) -> Result<Vec<Layer>, String> {

@@ -68,11 +68,10 @@ fn names_parse_with_ollama_defaults() {
     assert_eq!(n.to_string(), "hf.co/bartowski/Qwen2.5-0.5B-GGUF:Q4_K_M");
     let n = ModelName::parse("localhost:5000/me/m").unwrap();
     assert_eq!((&*n.registry, &*n.tag), ("localhost:5000", "latest"));
-    assert_eq!(
-        ModelName::parse("me/m:v1").unwrap().to_string(),
-        "me/m:v1"
-    );
-    for bad in ["", "a/b/c/d", "m:", ":t", "../m", "m:..", "a b", "m:a:b", "a//b"] {
+    assert_eq!(ModelName::parse("me/m:v1").unwrap().to_string(), "me/m:v1");
+    for bad in [
+        "", "a/b/c/d", "m:", ":t", "../m", "m:..", "a b", "m:a:b", "a//b",
+    ] {
         assert!(
             matches!(ModelName::parse(bad), Err(StoreError::BadName { .. })),
             "{bad:?} parsed"
@@ -96,14 +95,25 @@ fn resolves_layers_and_lists_tags() {
             blob(root, 5, "application/vnd.ollama.image.license", b"MIT"),
         ],
     );
-    manifest(root, "smollm2:latest", vec![blob(root, 1, MEDIA_MODEL, b"GGUF fake")]);
-    manifest(root, "me/other:v1", vec![blob(root, 6, MEDIA_MODEL, b"GGUF")]);
+    manifest(
+        root,
+        "smollm2:latest",
+        vec![blob(root, 1, MEDIA_MODEL, b"GGUF fake")],
+    );
+    manifest(
+        root,
+        "me/other:v1",
+        vec![blob(root, 6, MEDIA_MODEL, b"GGUF")],
+    );
     let roots = vec![PathBuf::from("/nonexistent/shardline"), root.clone()];
 
     let ModelSource::Ollama(m) = resolve_model_arg("smollm2:135m", &roots).unwrap() else {
         panic!("not resolved as an Ollama name")
     };
-    assert_eq!(m.gguf, root.join(format!("blobs/sha256-{}", "01".repeat(32))));
+    assert_eq!(
+        m.gguf,
+        root.join(format!("blobs/sha256-{}", "01".repeat(32)))
+    );
     assert_eq!(m.size, 9);
     assert_eq!(m.template.as_deref(), Some("{{ .Prompt }}"));
     assert_eq!(m.system.as_deref(), Some("Be brief."));
@@ -117,9 +127,14 @@ fn resolves_layers_and_lists_tags() {
     // An unknown tag lists the tags there are.
     let e = resolve_model_arg("smollm2:7b", &roots).unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("tags of smollm2 there: 135m, latest"), "{text}");
+    assert!(
+        text.contains("tags of smollm2 there: 135m, latest"),
+        "{text}"
+    );
     // An unknown model lists the models there are.
-    let text = resolve_model_arg("llama3.1:70b", &roots).unwrap_err().to_string();
+    let text = resolve_model_arg("llama3.1:70b", &roots)
+        .unwrap_err()
+        .to_string();
     assert!(
         text.contains("models there: me/other:v1, smollm2:135m, smollm2:latest"),
         "{text}"
@@ -136,7 +151,10 @@ fn paths_stay_paths() {
     assert!(matches!(resolve_model_arg(arg, &[]), Ok(ModelSource::Path(p)) if p == file));
     // Missing files that look like paths stay paths (the loader says "no such file").
     for p in ["missing.gguf", "./m", "/abs/m"] {
-        assert!(matches!(resolve_model_arg(p, &[]), Ok(ModelSource::Path(_))), "{p}");
+        assert!(
+            matches!(resolve_model_arg(p, &[]), Ok(ModelSource::Path(_))),
+            "{p}"
+        );
     }
     // A name with no store at all says so.
     let text = resolve_model_arg("smollm2", &[t.0.join("none")])
@@ -174,7 +192,9 @@ fn broken_stores_are_clear_errors() {
     assert!(text.contains("not sha256:<64 hex digits>"), "{text}");
     // No model layer.
     manifest(root, "nomodel", vec![blob(root, 2, MEDIA_TEMPLATE, b"x")]);
-    let text = resolve_model_arg("nomodel", &roots).unwrap_err().to_string();
+    let text = resolve_model_arg("nomodel", &roots)
+        .unwrap_err()
+        .to_string();
     assert!(text.contains("no layer of type"), "{text}");
     // A manifest that is not JSON, and bad params.
     let n = ModelName::parse("junk").unwrap();
@@ -190,7 +210,9 @@ fn broken_stores_are_clear_errors() {
             blob(root, 3, MEDIA_PARAMS, b"[1]"),
         ],
     );
-    let text = resolve_model_arg("badparams", &roots).unwrap_err().to_string();
+    let text = resolve_model_arg("badparams", &roots)
+        .unwrap_err()
+        .to_string();
     assert!(text.contains("not a JSON object"), "{text}");
 }
 

@@ -255,11 +255,7 @@ impl ModelEntry {
         let placement = match self.placement.as_deref() {
             None | Some("auto") => Placement::Auto,
             Some("shard") => Placement::Shard,
-            Some(other) => {
-                return Err(bad(format!(
-                    "placement '{other}': expected auto or shard"
-                )))
-            }
+            Some(other) => return Err(bad(format!("placement '{other}': expected auto or shard"))),
         };
         e.check().map_err(|err| bad(err.to_string()))?;
         let ollama = source.ollama().cloned().map(Box::new);
@@ -311,12 +307,22 @@ model = "remote-name"
         .unwrap();
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].name, "m");
-        let Source::Local { engine, placement, .. } = &s[0].source else { panic!() };
+        let Source::Local {
+            engine, placement, ..
+        } = &s[0].source
+        else {
+            panic!()
+        };
         assert_eq!((engine.n_ctx, engine.parallel), (1024, 2));
         assert_eq!(engine.servers, vec!["a:1", "b:2"]);
         assert_eq!(engine.mem_caps.len(), 1);
         assert_eq!(*placement, Placement::Auto);
-        let Source::Local { engine, placement, .. } = &s[1].source else { panic!() };
+        let Source::Local {
+            engine, placement, ..
+        } = &s[1].source
+        else {
+            panic!()
+        };
         assert_eq!(engine.servers, vec!["b:2"]);
         assert_eq!(*placement, Placement::Shard);
         assert!(matches!(&s[2].source, Source::Upstream { model, .. } if model == "remote-name"));
@@ -330,14 +336,21 @@ model = "remote-name"
         let e = text(specs("[[model]]\nmodel = \"/m.gguf\"\nctx = \"big\"\n"));
         assert!(e.contains("line 3") && e.contains("ctx"), "{e}");
         let e = text(specs("[[model]]\nname = \"x\"\n"));
-        assert!(e.contains("model 1 (x)") && e.contains("missing key 'model'"), "{e}");
+        assert!(
+            e.contains("model 1 (x)") && e.contains("missing key 'model'"),
+            "{e}"
+        );
         let e = text(specs("servers = []\n"));
         assert!(e.contains("no [[model]]"), "{e}");
-        let e = text(specs("[[model]]\nmodel = \"/m.gguf\"\nplacement = \"wide\"\n"));
+        let e = text(specs(
+            "[[model]]\nmodel = \"/m.gguf\"\nplacement = \"wide\"\n",
+        ));
         assert!(e.contains("placement 'wide'"), "{e}");
         let e = text(specs("[[model]]\nmodel = \"/m.gguf\"\nparallel = 0\n"));
         assert!(e.contains("parallel"), "{e}");
-        let e = text(specs("[[model]]\nupstream = \"http://h:1\"\nname = \"u\"\nctx = 5\n"));
+        let e = text(specs(
+            "[[model]]\nupstream = \"http://h:1\"\nname = \"u\"\nctx = 5\n",
+        ));
         assert!(e.contains("'ctx' does not apply"), "{e}");
         let e = text(specs("[[model]]\nmodel = \"nosuchmodel:7b\"\n"));
         assert!(e.contains("no Ollama model 'nosuchmodel:7b'"), "{e}");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::models::{ModelSlot, ModelTable, ModelSpec, Placement, Slot, Source};
+use super::models::{ModelSlot, ModelSpec, ModelTable, Placement, Slot, Source};
 use super::upstream::{Upstream, UpstreamUrlError};
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::plan::Strategy;
@@ -41,7 +41,7 @@ pub enum ModelsError {
         /// The model.
         model: String,
         /// Why.
-        source: EngineError,
+        source: Box<EngineError>,
     },
 }
 
@@ -142,7 +142,7 @@ async fn place_and_load(
 ) -> Result<Engine, ModelsError> {
     let load_err = |source| ModelsError::Load {
         model: name.to_owned(),
-        source,
+        source: Box::new(source),
     };
     // No servers: the engine starts its own local workers.
     if opts.servers.is_empty() {

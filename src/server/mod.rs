@@ -56,11 +56,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 pub use auth::{read_api_key_file, ApiKeyFileError};
 pub use error::ApiError;
+pub use launch::ModelsError;
 pub use limits::{
     parse_duration, DurationError, HttpLimits, LimitsError, DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
-pub use launch::ModelsError;
 pub use models::{same_model, ModelSlot, ModelSpec, ModelTable, Placement, Source};
 pub use ollama::OLLAMA_API_VERSION;
 pub use state::{AppState, Status};
@@ -153,7 +153,10 @@ pub fn router(state: AppState) -> Router {
     let forward = || from_fn_with_state(state.clone(), upstream::forward);
     Router::new()
         .route("/v1/chat/completions", post(routes::chat).layer(forward()))
-        .route("/v1/completions", post(routes::completions).layer(forward()))
+        .route(
+            "/v1/completions",
+            post(routes::completions).layer(forward()),
+        )
         .route("/v1/models", get(routes::models))
         .route("/v1/models/{model}", get(routes::model))
         .merge(ollama::routes())
@@ -266,7 +269,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
                 server.abort();
                 return Err(match e {
                     // One model: the error it always had.
-                    ModelsError::Load { source, .. } if single => ServeError::Load(source),
+                    ModelsError::Load { source, .. } if single => ServeError::Load(*source),
                     e => ServeError::Models(e),
                 });
             }
@@ -292,7 +295,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             engines[0].plan()
         ));
     } else {
-        let mut text = format!("shardline serve ready: http://{local} models={}", names.join(","));
+        let mut text = format!(
+            "shardline serve ready: http://{local} models={}",
+            names.join(",")
+        );
         for m in state.models().all() {
             let name = m.name().unwrap_or_default();
             match (m.upstream_target(), m.engine()) {

@@ -28,9 +28,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::models::ModelSlot;
-use super::ollama_request::{
-    parse_body, ChatRequest, GenerateRequest, OllamaError, Predict,
-};
+use super::ollama_request::{parse_body, ChatRequest, GenerateRequest, OllamaError, Predict};
 use super::routes::read_body;
 use super::state::AppState;
 use super::upstream::UpstreamStream;
@@ -330,7 +328,9 @@ async fn blocking<T: Send + 'static>(
 
 /// `POST /api/chat`.
 async fn chat(State(state): State<AppState>, req: Request) -> Response {
-    chat_inner(state, req).await.unwrap_or_else(|e| e.into_response())
+    chat_inner(state, req)
+        .await
+        .unwrap_or_else(|e| e.into_response())
 }
 
 async fn chat_inner(state: AppState, req: Request) -> Result<Response, OllamaError> {
@@ -358,10 +358,13 @@ async fn chat_inner(state: AppState, req: Request) -> Result<Response, OllamaErr
         let e = engine.clone();
         let messages = std::mem::take(&mut r.messages);
         let tokens = blocking(move || {
-            let text = e.render_chat(&messages).map_err(|err| {
-                OllamaError::bad(format!(
+            let text = e.render_chat(&messages).map_err(|err| match err {
+                crate::chat::ChatError::NoTemplate => OllamaError::bad(
+                    "the model file has no chat template: shardline runs the GGUF's Jinja template (tokenizer.chat_template), not the Go template of Ollama's template layer; use /api/generate with raw",
+                ),
+                err => OllamaError::bad(format!(
                     "the messages do not fit the model's chat template: {err}"
-                ))
+                )),
             })?;
             Ok(e.tokenizer().encode(&text, true, true))
         })
@@ -421,7 +424,10 @@ async fn generate_inner(state: AppState, req: Request) -> Result<Response, Ollam
     if let Some(s) = r.system.take() {
         messages.push(crate::chat::ChatMessage::new("system", s));
     }
-    messages.push(crate::chat::ChatMessage::new("user", std::mem::take(&mut r.prompt)));
+    messages.push(crate::chat::ChatMessage::new(
+        "user",
+        std::mem::take(&mut r.prompt),
+    ));
     // The model's system prompt (unless the request gave one) and stops.
     slot.apply_defaults(
         if r.raw { None } else { Some(&mut messages) },

@@ -167,12 +167,18 @@ fn metadata_json(v: &GgufValue) -> Option<Value> {
 
 /// `POST /api/show` (`model`, or the older `name`).
 pub(super) async fn show(State(state): State<AppState>, req: Request) -> Response {
-    show_inner(state, req).await.unwrap_or_else(|e| e.into_response())
+    show_inner(state, req)
+        .await
+        .unwrap_or_else(|e| e.into_response())
 }
 
 async fn show_inner(state: AppState, req: Request) -> Result<Response, OllamaError> {
     let body = body_of(&state, req).await?;
-    let key = if body.get("model").is_some() { "model" } else { "name" };
+    let key = if body.get("model").is_some() {
+        "model"
+    } else {
+        "name"
+    };
     let slot = find(&state, &body, key)?.clone();
     let name = slot.name().unwrap_or_default();
     if let Some(up) = slot.upstream_target() {

@@ -133,9 +133,9 @@ fn stop_list(o: &Map<String, Value>, k: &str) -> Result<Option<Vec<String>>, Oll
         Some(Value::Array(a)) => a
             .iter()
             .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| OllamaError::bad(format!("option '{k}' must be a list of strings")))
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    OllamaError::bad(format!("option '{k}' must be a list of strings"))
+                })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
@@ -230,9 +230,8 @@ impl Common {
             predict: Predict::Unlimited,
             stop: Vec::new(),
         };
-        apply_options(&mut c, &params.all).map_err(|e| {
-            OllamaError::bad(format!("the model's parameters: {}", e.message))
-        })?;
+        apply_options(&mut c, &params.all)
+            .map_err(|e| OllamaError::bad(format!("the model's parameters: {}", e.message)))?;
         match get(o, "options") {
             None => {}
             Some(Value::Object(opts)) => apply_options(&mut c, opts)?,
@@ -339,11 +338,13 @@ mod tests {
 
     #[test]
     fn defaults_params_then_options() {
-        let params = Params::from_json(r#"{"temperature": 0.2, "stop": ["<x>"], "num_ctx": 8}"#)
-            .unwrap();
+        let params =
+            Params::from_json(r#"{"temperature": 0.2, "stop": ["<x>"], "num_ctx": 8}"#).unwrap();
         let r = ChatRequest::parse(
-            &obj(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                        "options": {"top_k": 5, "num_predict": 7, "mirostat": 2, "seed": 3}})),
+            &obj(
+                json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                        "options": {"top_k": 5, "num_predict": 7, "mirostat": 2, "seed": 3}}),
+            ),
             &params,
             99,
         )
@@ -357,8 +358,10 @@ mod tests {
         assert_eq!(r.common.predict, Predict::Most(7));
         assert_eq!(r.messages, vec![ChatMessage::new("user", "hi")]);
         let r = GenerateRequest::parse(
-            &obj(json!({"model": "m", "prompt": "p", "stream": false, "context": [1, 2],
-                        "options": {"num_predict": -2, "seed": -1, "stop": "\n"}})),
+            &obj(
+                json!({"model": "m", "prompt": "p", "stream": false, "context": [1, 2],
+                        "options": {"num_predict": -2, "seed": -1, "stop": "\n"}}),
+            ),
             &Params::default(),
             99,
         )
@@ -375,25 +378,37 @@ mod tests {
         let p = Params::default();
         let chat = |v: Value| ChatRequest::parse(&obj(v), &p, 0).map(|_| ()).unwrap_err();
         assert_eq!(chat(json!({"messages": []})).message, "model is required");
-        assert!(chat(json!({"model": "m", "options": {"temperature": "hot"}}))
-            .message
-            .contains("temperature"));
+        assert!(
+            chat(json!({"model": "m", "options": {"temperature": "hot"}}))
+                .message
+                .contains("temperature")
+        );
         assert!(chat(json!({"model": "m", "options": {"stop": [1]}}))
             .message
             .contains("stop"));
-        assert!(chat(json!({"model": "m", "options": 3})).message.contains("options"));
+        assert!(chat(json!({"model": "m", "options": 3}))
+            .message
+            .contains("options"));
         assert!(chat(json!({"model": "m", "messages": [{"content": "x"}]}))
             .message
             .contains("role"));
         assert!(chat(json!({"model": "m", "tools": [{"type": "function"}]}))
             .message
             .contains("tools"));
-        assert!(chat(json!({"model": "m", "format": "json"})).message.contains("format"));
-        let gen = |v: Value| GenerateRequest::parse(&obj(v), &p, 0).map(|_| ()).unwrap_err();
+        assert!(chat(json!({"model": "m", "format": "json"}))
+            .message
+            .contains("format"));
+        let gen = |v: Value| {
+            GenerateRequest::parse(&obj(v), &p, 0)
+                .map(|_| ())
+                .unwrap_err()
+        };
         assert!(gen(json!({"model": "m", "template": "{{ .Prompt }}"}))
             .message
             .contains("Go templates"));
-        assert!(gen(json!({"model": "m", "context": [-1]})).message.contains("context"));
+        assert!(gen(json!({"model": "m", "context": [-1]}))
+            .message
+            .contains("context"));
         assert_eq!(parse_body(b"{").unwrap_err().status, 400);
         assert_eq!(parse_body(b"[]").unwrap_err().status, 400);
     }

@@ -131,10 +131,7 @@ impl AppState {
 
     /// The local model `asked` names (none: the first) and its engine:
     /// 404 for a model not served, 503 while it loads.
-    pub fn engine_for(
-        &self,
-        asked: Option<&str>,
-    ) -> Result<(Engine, Arc<ModelSlot>), ApiError> {
+    pub fn engine_for(&self, asked: Option<&str>) -> Result<(Engine, Arc<ModelSlot>), ApiError> {
         let m = self.shared.models.find(asked)?;
         Ok((m.engine()?, m.clone()))
     }

@@ -58,11 +58,9 @@ impl Upstream {
     /// `url` is the upstream's base (`http://host:11434` or
     /// `http://host:11434/v1`); `model` its name for the model.
     pub fn new(url: &str, model: &str) -> Result<Upstream, UpstreamUrlError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e: axum::http::uri::InvalidUri| {
-                UpstreamUrlError::Invalid(url.into(), e.to_string())
-            })?;
+        let uri: Uri = url.parse().map_err(|e: axum::http::uri::InvalidUri| {
+            UpstreamUrlError::Invalid(url.into(), e.to_string())
+        })?;
         if uri.scheme_str() != Some("http") {
             return Err(UpstreamUrlError::Scheme(url.into()));
         }
@@ -112,10 +110,7 @@ impl Upstream {
             .body(Body::from(bytes))
             .map_err(|e| self.failed(format!("building the request: {e}")))?;
         match tokio::time::timeout(HEAD_TIMEOUT, self.client.request(req)).await {
-            Err(_) => Err(self.failed(format!(
-                "no answer within {}s",
-                HEAD_TIMEOUT.as_secs()
-            ))),
+            Err(_) => Err(self.failed(format!("no answer within {}s", HEAD_TIMEOUT.as_secs()))),
             Ok(Err(e)) => Err(self.failed(error_chain(&e))),
             Ok(Ok(resp)) => Ok(resp),
         }
@@ -255,8 +250,12 @@ impl UpstreamStream {
             };
             if let Some(err) = v.get("error") {
                 self.ended = true;
-                let msg = err.get("message").and_then(Value::as_str).unwrap_or("error");
-                self.pending.push_back(Event::Error(format!("upstream: {msg}")));
+                let msg = err
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error");
+                self.pending
+                    .push_back(Event::Error(format!("upstream: {msg}")));
                 return;
             }
             if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
@@ -311,5 +310,6 @@ pub(crate) async fn forward(State(state): State<AppState>, req: Request, next: N
             return up.forward(&path, obj, accept).await;
         }
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }

@@ -72,9 +72,9 @@ impl OllamaStore {
             std::fs::remove_file(&tmp).unwrap();
             layer
         };
-        let (model_layer, digest) =
-            add_blob(&root, model, "application/vnd.ollama.image.model");
-        let params = serde_json::json!({"stop": ["<|im_start|>", "<|im_end|>"], "num_predict": NUM_PREDICT});
+        let (model_layer, digest) = add_blob(&root, model, "application/vnd.ollama.image.model");
+        let params =
+            serde_json::json!({"stop": ["<|im_start|>", "<|im_end|>"], "num_predict": NUM_PREDICT});
         let layers = vec![
             model_layer,
             text_blob(

@@ -1,6 +1,5 @@
 //! Options several commands share, and the small helpers around them.
 
-
 use anyhow::Context as _;
 
 /// Where the model runs: servers, layer split, context.
@@ -60,9 +59,10 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// `--model`, resolved: a file, or an Ollama model and its file.
     pub fn model(&self) -> anyhow::Result<ModelArg> {
-        let arg = self.model.as_deref().context(
-            "the following required argument was not provided: --model <MODEL>",
-        )?;
+        let arg = self
+            .model
+            .as_deref()
+            .context("the following required argument was not provided: --model <MODEL>")?;
         Ok(parse_model(arg)?)
     }
 
@@ -136,8 +136,12 @@ pub fn parse_model(arg: &str) -> Result<ModelArg, shardline::ollama::StoreError>
 /// the system service's.
 pub fn ollama_roots() -> Vec<std::path::PathBuf> {
     shardline::ollama::default_roots(
-        std::env::var_os("OLLAMA_MODELS").as_deref().map(std::path::Path::new),
-        std::env::var_os("HOME").as_deref().map(std::path::Path::new),
+        std::env::var_os("OLLAMA_MODELS")
+            .as_deref()
+            .map(std::path::Path::new),
+        std::env::var_os("HOME")
+            .as_deref()
+            .map(std::path::Path::new),
     )
 }
 

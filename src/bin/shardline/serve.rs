@@ -77,8 +77,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                 .any(|m| m.upstream.is_none() && m.servers.is_none());
         if needs_workers {
             let exe = std::env::current_exe().context("locating the shardline binary")?;
-            workers = shardline::worker::start_local(&exe, a.cluster.local_workers, default_threads())
-                .context("starting local workers")?;
+            workers =
+                shardline::worker::start_local(&exe, a.cluster.local_workers, default_threads())
+                    .context("starting local workers")?;
             base.servers = workers.iter().map(|w| w.endpoint.to_string()).collect();
         }
         config.specs(&base, &crate::args::ollama_roots(), path)?
