@@ -342,6 +342,17 @@ model = "{remote_name}"
         "{}",
         r.text()
     );
+    // `--upstream` on the command line: one model, forwarded.
+    let forward = Serve::start(&[
+        "--model",
+        remote_name,
+        "--upstream",
+        &format!("http://{}", upstream.addr),
+    ]);
+    forward.wait_ready(Duration::from_secs(30));
+    assert_eq!(chat_text(forward.addr, remote_name, remote_name), whole);
+    drop(forward);
+
     // The upstream gone: 502, and the local models still answer.
     drop(upstream);
     let r = http::post_json(
@@ -352,4 +363,26 @@ model = "{remote_name}"
     );
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(chat_text(serve.addr, "big", "big"), whole);
+    drop(serve);
+
+    // Two models and one server: the second has none left.
+    let crowded = dir.join("crowded.toml");
+    std::fs::write(
+        &crowded,
+        format!(
+            "servers = [\"{}\"]\n[[model]]\nmodel = \"smollm2:135m\"\nctx = 256\n[[model]]\nname = \"again\"\nmodel = \"smollm2:135m\"\nctx = 256\n",
+            a.endpoint
+        ),
+    )
+    .unwrap();
+    let out = shardline(
+        &["serve", "--config", crowded.to_str().unwrap(), "--port", "0", "--strategy", "memory"],
+        &store,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("model 'again': no free server") && err.contains("held by 'smollm2:135m'"),
+        "{err}"
+    );
 }
