@@ -342,15 +342,39 @@ model = "{remote_name}"
         "{}",
         r.text()
     );
-    // `--upstream` on the command line: one model, forwarded.
+    // `--upstream` on the command line: one model, forwarded; with a key,
+    // Ollama's routes want it as OpenAI's do.
     let forward = Serve::start(&[
         "--model",
         remote_name,
         "--upstream",
         &format!("http://{}", upstream.addr),
+        "--api-key",
+        "k3y",
     ]);
     forward.wait_ready(Duration::from_secs(30));
-    assert_eq!(chat_text(forward.addr, remote_name, remote_name), whole);
+    assert_error(&http::get(forward.addr, "/api/tags"), 401);
+    let keyed = |path: &str| {
+        http::request(
+            forward.addr,
+            "GET",
+            path,
+            &[("Authorization", "Bearer k3y")],
+            b"",
+        )
+    };
+    let tags = keyed("/api/tags");
+    assert_eq!(tags.status, 200);
+    assert_eq!(tags.json()["models"][0]["name"], remote_name);
+    let r = http::post_json(
+        forward.addr,
+        "/v1/chat/completions",
+        &json!({"model": remote_name, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}],
+                "temperature": 0, "max_tokens": 8}),
+        Some("k3y"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["message"]["content"], whole.as_str());
     drop(forward);
 
     // The upstream gone: 502, and the local models still answer.
@@ -376,7 +400,15 @@ model = "{remote_name}"
     )
     .unwrap();
     let out = shardline(
-        &["serve", "--config", crowded.to_str().unwrap(), "--port", "0", "--strategy", "memory"],
+        &[
+            "serve",
+            "--config",
+            crowded.to_str().unwrap(),
+            "--port",
+            "0",
+            "--strategy",
+            "memory",
+        ],
         &store,
     );
     let err = String::from_utf8_lossy(&out.stderr);

@@ -37,8 +37,10 @@ enum Command {
     /// Summarize a GGUF model: architecture, layers, sizes, bytes per layer.
     Inspect(plan::InspectArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions,
-    /// /v1/completions, /v1/models, /health, /metrics). Prints one ready line,
-    /// `shardline serve ready: http://HOST:PORT model=NAME`, then the plan.
+    /// /v1/completions, /v1/models, /health, /metrics) and Ollama's (/api/chat,
+    /// /api/generate, /api/tags, /api/show); several models with --config.
+    /// Prints one ready line, `shardline serve ready: http://HOST:PORT
+    /// model=NAME` (`models=A,B` for several), then the plan.
     Serve(serve::ServeArgs),
     /// Write a model's weights into a cache folder, as `DIR/<hash>` files that
     /// `shardline worker --cache DIR` and llama.cpp's `rpc-server -c DIR` read,
