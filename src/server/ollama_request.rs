@@ -3,7 +3,8 @@
 //! API documentation; no code taken).
 //!
 //! Options: `temperature`, `top_k`, `top_p`, `min_p`, `repeat_penalty`,
-//! `repeat_last_n`, `seed`, `num_predict` and `stop` are used; the rest
+//! `repeat_last_n`, `presence_penalty`, `frequency_penalty`, `seed`,
+//! `num_predict` and `stop` are used; the rest
 //! (`num_ctx`, `num_gpu`, `mirostat`, …) are fixed at load or not
 //! implemented, and, as Ollama does with options it does not know, ignored.
 //! A used option of the wrong type is a 400.
@@ -164,6 +165,12 @@ fn apply_options(c: &mut Common, o: &Map<String, Value>) -> Result<(), OllamaErr
     if let Some(x) = number(o, "repeat_penalty")? {
         s.repeat_penalty = x as f32;
     }
+    if let Some(x) = number(o, "presence_penalty")? {
+        s.presence_penalty = x as f32;
+    }
+    if let Some(x) = number(o, "frequency_penalty")? {
+        s.frequency_penalty = x as f32;
+    }
     if let Some(x) = integer(o, "repeat_last_n")? {
         // Ollama: -1 is the whole context; the history is at most that.
         s.repeat_last_n = if x < 0 { usize::MAX } else { x as usize };
@@ -226,6 +233,7 @@ impl Common {
                 repeat_penalty: 1.1,
                 repeat_last_n: 64,
                 seed,
+                ..SamplerConfig::default()
             },
             predict: Predict::Unlimited,
             stop: Vec::new(),
