@@ -13,6 +13,7 @@ pub mod cache;
 pub mod chat;
 pub mod cluster;
 pub mod constrain;
+pub mod discover;
 pub mod engine;
 pub mod exec;
 pub mod gguf;

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 /// One step of the script.
 #[derive(Debug, Clone)]
-pub(super) enum Step {
+pub(crate) enum Step {
     /// Read one request, which must be of this command, and answer with
     /// these raw bytes (nothing for an empty vector).
     Expect(Command, Vec<u8>),
@@ -31,7 +31,7 @@ pub(super) enum Step {
 
 /// What the fake saw.
 #[derive(Debug, Default)]
-pub(super) struct Log {
+pub(crate) struct Log {
     /// Every complete request frame received, in order.
     pub frames: Vec<Vec<u8>>,
     /// A script violation (unexpected command, undecodable bytes).
@@ -61,7 +61,7 @@ impl Log {
 
 /// A fake peer listening on 127.0.0.1, serving one connection.
 #[derive(Debug)]
-pub(super) struct FakeServer {
+pub(crate) struct FakeServer {
     pub addr: String,
     task: JoinHandle<Log>,
 }
@@ -154,14 +154,14 @@ async fn play(mut stream: TcpStream, script: Vec<Step>) -> Log {
 // ---------------------------------------------------------------- replies
 
 /// The wire bytes of a response.
-pub(super) fn reply(r: Response<'_>) -> Vec<u8> {
+pub(crate) fn reply(r: Response<'_>) -> Vec<u8> {
     let mut v = Vec::new();
     r.encode(&mut v);
     v
 }
 
 /// HELLO answered with `version`.
-pub(super) fn hello(version: Version) -> Step {
+pub(crate) fn hello(version: Version) -> Step {
     Step::Expect(
         Command::Hello,
         reply(Response::Hello(HelloResponse {
@@ -172,7 +172,7 @@ pub(super) fn hello(version: Version) -> Step {
 }
 
 /// HELLO (7.0.0) and DEVICE_COUNT answered: what every connect does.
-pub(super) fn handshake(devices: u32) -> Vec<Step> {
+pub(crate) fn handshake(devices: u32) -> Vec<Step> {
     vec![
         hello(PROTOCOL_VERSION),
         Step::Expect(Command::DeviceCount, reply(Response::DeviceCount(devices))),
@@ -180,7 +180,7 @@ pub(super) fn handshake(devices: u32) -> Vec<Step> {
 }
 
 /// ALLOC_BUFFER and BUFFER_GET_BASE answered.
-pub(super) fn alloc(remote_ptr: u64, size: u64, base: u64) -> Vec<Step> {
+pub(crate) fn alloc(remote_ptr: u64, size: u64, base: u64) -> Vec<Step> {
     vec![
         Step::Expect(
             Command::AllocBuffer,

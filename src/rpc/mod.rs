@@ -18,7 +18,7 @@ mod error;
 mod validate;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 

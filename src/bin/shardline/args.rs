@@ -12,8 +12,9 @@ pub struct ClusterArgs {
     /// Required, except by `serve --config`.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
-    /// rpc-servers as host:port, comma separated. Without it, shardline
-    /// starts --local-workers workers on this machine.
+    /// rpc-servers as host:port, comma separated, or `auto`: the ready
+    /// workers that announce themselves (`shardline worker --announce`).
+    /// Without it, shardline starts --local-workers workers on this machine.
     #[arg(long, value_delimiter = ',')]
     pub rpc: Vec<String>,
     /// Local workers to start when no --rpc is given.
@@ -87,7 +88,7 @@ pub fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::Engi
 /// The engine options of the cluster flags, with no model.
 pub fn cluster_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::EngineOptions> {
     Ok(shardline::engine::EngineOptions {
-        servers: c.rpc.clone(),
+        servers: crate::discover::resolve_rpc(&c.rpc)?,
         local_workers: c.local_workers,
         worker_exe: Some(std::env::current_exe().context("locating the shardline binary")?),
         n_ctx: c.ctx,
@@ -166,6 +167,7 @@ pub fn survey(
     Vec<shardline::worker::LocalWorker>,
     Vec<shardline::cluster::ServerReport>,
 )> {
+    let rpc = &crate::discover::resolve_rpc(rpc)?;
     let workers = if rpc.is_empty() {
         let exe = std::env::current_exe().context("locating the shardline binary")?;
         shardline::worker::start_local(&exe, local_workers, default_threads())

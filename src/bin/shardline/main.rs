@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod args;
 mod bench;
+mod discover;
 mod generate;
 mod layouts;
 mod plan;
@@ -46,6 +47,10 @@ enum Command {
     /// `shardline worker --cache DIR` and llama.cpp's `rpc-server -c DIR` read,
     /// with a manifest for checking them. Files already right are kept.
     Seed(worker::SeedArgs),
+    /// Find rpc-servers: probe hosts or CIDR ranges, or (without any) hear
+    /// workers started with --announce; each is ready, busy, wrong version
+    /// or unreachable.
+    Discover(discover::DiscoverArgs),
     /// Run ggml's RPC server on this machine (wire-compatible with llama.cpp's
     /// rpc-server), serving its CPU (or GPUs in a GPU build) to a coordinator.
     Worker(worker::WorkerArgs),
@@ -110,5 +115,6 @@ fn run() -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Seed(a) => worker::run_seed_cmd(a),
         Command::Worker(a) => worker::run(a),
+        Command::Discover(a) => discover::run(a),
     }
 }

@@ -38,6 +38,15 @@ pub struct WorkerArgs {
     /// [default: every GPU, else the CPU].
     #[arg(long, value_delimiter = ',')]
     pub device: Vec<String>,
+    /// Announce this worker on the LAN (a UDP multicast beacon to
+    /// 239.255.77.52, once a second, TTL 1) so that `shardline discover`
+    /// and `--rpc auto` find it. It goes out of the interface of --host
+    /// (the default route's for 0.0.0.0).
+    #[arg(long)]
+    pub announce: bool,
+    /// UDP port of the announce beacon.
+    #[arg(long, env = "SHARDLINE_ANNOUNCE_PORT", default_value_t = shardline::discover::announce::PORT)]
+    pub announce_port: u16,
     /// Stop when the process that started this worker exits (used for
     /// the local workers shardline starts itself).
     #[arg(long, hide = true)]
@@ -60,6 +69,7 @@ pub struct SeedArgs {
 
 /// `shardline worker`.
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
+    let announce = a.announce.then_some(a.announce_port);
     run_worker(shardline::worker::WorkerOptions {
         host: a.host,
         port: a.port,
@@ -69,7 +79,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         verify: a.verify_cache,
         devices: a.device,
         exit_with_parent: a.exit_with_parent,
-    })
+    }, announce)
 }
 
 /// `shardline seed`.
@@ -104,7 +114,10 @@ fn run_seed(cache: &std::path::Path, models: &[PathBuf], threads: usize) -> anyh
     Ok(())
 }
 
-fn run_worker(opts: shardline::worker::WorkerOptions) -> anyhow::Result<()> {
+fn run_worker(
+    opts: shardline::worker::WorkerOptions,
+    announce_port: Option<u16>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -124,6 +137,8 @@ fn run_worker(opts: shardline::worker::WorkerOptions) -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(endpoint = %ready.endpoint, threads = opts.threads, "worker ready");
+    // Lives until the process exits.
+    let _announcer = announce_port.map(|p| start_announcing(&ready, p)).transpose()?;
     let stopped_by = rt.block_on(async {
         let server = tokio::task::spawn_blocking(move || failed.recv());
         tokio::select! {
@@ -139,4 +154,26 @@ fn run_worker(opts: shardline::worker::WorkerOptions) -> anyhow::Result<()> {
     // ggml's server loop cannot be interrupted; ending the process closes its
     // socket and frees every client's buffers.
     std::process::exit(0)
+}
+
+/// Starts the beacon for a worker that is ready.
+fn start_announcing(
+    ready: &shardline::worker::Ready,
+    port: u16,
+) -> anyhow::Result<shardline::discover::Announcer> {
+    use shardline::discover::announce::{AnnounceOptions, Announcement, GROUP};
+    let host = ready.endpoint.ip();
+    let mut opts = AnnounceOptions::new(
+        host,
+        Announcement::worker(host, ready.endpoint.port(), ready.devices.clone()),
+    );
+    opts.group = std::net::SocketAddrV4::new(GROUP, port);
+    let a = shardline::discover::Announcer::start(opts)
+        .with_context(|| format!("announcing on {GROUP}:{port}"))?;
+    if host.is_loopback() {
+        tracing::info!("announcing on loopback only: other machines will not hear it (--host)");
+    } else {
+        tracing::info!(group = %format!("{GROUP}:{port}"), "announcing");
+    }
+    Ok(a)
 }

@@ -1,0 +1,204 @@
+//! `shardline discover` against real workers on loopback: one ready, one held
+//! by another client (busy), a peer answering HELLO with another protocol
+//! version, and a port nobody listens on; then a worker started with
+//! `--announce`, heard by `discover` and used by `plan --rpc auto`. The
+//! beacon goes to a UDP port picked free for the test and is joined on
+//! loopback only, so nothing leaves the machine.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{model_path, start_worker};
+use serde_json::Value;
+
+fn shardline(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardline"));
+    cmd.args(args).env("SHARDLINE_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run shardline")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn row<'a>(rows: &'a Value, endpoint: &str) -> &'a Value {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["endpoint"] == endpoint)
+        .unwrap_or_else(|| panic!("{endpoint} not in {rows}"))
+}
+
+/// A peer that answers the first HELLO as a protocol 6.0.0 server would,
+/// then waits for the client to hang up.
+fn old_protocol_peer() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        // HELLO: command 14, an 8-byte size of 24, 24 bytes of capabilities.
+        let mut req = [0u8; 1 + 8 + 24];
+        s.read_exact(&mut req).unwrap();
+        assert_eq!(req[0], 14, "expected HELLO");
+        // Size 28, then major, minor, patch, a pad byte and 24 caps bytes.
+        let mut resp = 28u64.to_le_bytes().to_vec();
+        resp.extend_from_slice(&[6, 0, 0, 0]);
+        resp.extend_from_slice(&[0; 24]);
+        s.write_all(&resp).unwrap();
+        let _ = s.read(&mut [0u8; 64]);
+    });
+    addr
+}
+
+#[test]
+fn discover_tells_ready_busy_wrong_version_and_unreachable() {
+    let ready = start_worker(&[]);
+    let held = start_worker(&[]);
+    // Another client holds `held`: a real session that completed HELLO.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt
+        .block_on(shardline::rpc::RpcClient::connect(
+            &held.endpoint.to_string(),
+            Default::default(),
+        ))
+        .expect("hold the second worker");
+    let old = old_protocol_peer();
+    let nobody = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let (ready_ep, held_ep) = (ready.endpoint.to_string(), held.endpoint.to_string());
+    let out = shardline(
+        &[
+            "discover",
+            &ready_ep,
+            &held_ep,
+            &old,
+            &nobody,
+            "--json",
+            "--answer-timeout",
+            "1s",
+        ],
+        &[],
+    );
+    let rows = json_of(&out);
+    assert_eq!(rows.as_array().unwrap().len(), 4, "{rows}");
+    let r = row(&rows, &ready_ep);
+    assert_eq!(r["state"], "ready", "{r}");
+    assert_eq!(r["protocol"], "7.0.0");
+    assert!(r["devices"][0]["total"].as_u64().unwrap() > 0, "{r}");
+    let b = row(&rows, &held_ep);
+    assert_eq!(b["state"], "busy", "{b}");
+    assert!(b["detail"].as_str().unwrap().contains("HELLO"), "{b}");
+    let w = row(&rows, &old);
+    assert_eq!(w["state"], "wrong_version", "{w}");
+    assert_eq!(w["protocol"], "6.0.0", "{w}");
+    assert_eq!(row(&rows, &nobody)["state"], "unreachable");
+
+    // Once the holder lets go, the same server is ready.
+    drop(holder);
+    std::thread::sleep(Duration::from_millis(200));
+    let rows = json_of(&shardline(&["discover", &held_ep, "--json"], &[]));
+    assert_eq!(row(&rows, &held_ep)["state"], "ready", "{rows}");
+
+    // The table, the summary and a range too large.
+    let out = shardline(&["discover", &ready_ep, &nobody], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ready") && text.contains("unreachable"), "{text}");
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("1 ready") && summary.contains("1 unreachable"), "{summary}");
+    let out = shardline(&["discover", "10.0.0.0/8"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/16") && err.contains("16777216"), "{err}");
+}
+
+#[test]
+fn announced_workers_are_found_and_used_by_rpc_auto() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let worker = start_worker(&["--announce", "--announce-port", &port]);
+    let ep = worker.endpoint.to_string();
+    let out = shardline(
+        &[
+            "discover",
+            "--json",
+            "--listen",
+            "1500ms",
+            "--announce-port",
+            &port,
+            "--interface",
+            "127.0.0.1",
+        ],
+        &[],
+    );
+    let rows = json_of(&out);
+    assert_eq!(row(&rows, &ep)["state"], "ready", "{rows}");
+
+    // `--rpc auto` plans over what it heard.
+    let model = model_path();
+    let env = [
+        ("SHARDLINE_ANNOUNCE_PORT", port.as_str()),
+        ("SHARDLINE_ANNOUNCE_INTERFACE", "127.0.0.1"),
+    ];
+    let plan_args = [
+        "plan",
+        "--model",
+        model.to_str().unwrap(),
+        "--rpc",
+        "auto",
+        "--strategy",
+        "memory",
+        "--ctx",
+        "512",
+    ];
+    let out = shardline(&plan_args, &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&ep),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("--rpc auto: using {ep}")));
+
+    // Nobody announcing: a clear error, not a hang.
+    drop(worker);
+    let silent = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let env = [
+        ("SHARDLINE_ANNOUNCE_PORT", silent.as_str()),
+        ("SHARDLINE_ANNOUNCE_INTERFACE", "127.0.0.1"),
+    ];
+    let out = shardline(&plan_args, &env);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--rpc auto") && err.contains("no shardline worker announced"),
+        "{err}"
+    );
+}
