@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building shardline needs on a fresh Debian/Ubuntu machine:
 # cmake and a C++ compiler (ggml is built from the llama-cpp-sys-2 crate),
-# libclang (bindgen), and the test model. Safe to run again: it skips what is
+# libclang (bindgen), Chromium (the dashboard's browser test), and the test
+# model. Safe to run again: it skips what is
 # already there.
 set -euo pipefail
 
@@ -15,6 +16,8 @@ fi
 if ! ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1; then
   need+=(libclang-dev)
 fi
+# Headless Chromium for the dashboard's browser test (tests/dashboard.rs).
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""

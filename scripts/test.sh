@@ -39,5 +39,15 @@ if cargo tree --locked --no-default-features -e normal -p shardline \
   echo "test: the library without default features still depends on the crates above" >&2
   exit 1
 fi
+# The worker's systemd unit, where systemd-analyze is installed (its
+# ExecStart pointed at the binary just built).
+if command -v systemd-analyze >/dev/null 2>&1; then
+  echo "deploy/shardline-worker.service:" >&2
+  unit_dir=$(mktemp -d)
+  sed "s#/usr/local/bin/shardline#$CARGO_TARGET_DIR/debug/shardline#" \
+    deploy/shardline-worker.service > "$unit_dir/shardline-worker.service"
+  systemd-analyze verify "$unit_dir/shardline-worker.service"
+  rm -rf "$unit_dir"
+fi
 echo "fuzz targets:" >&2
 cargo check --manifest-path fuzz/Cargo.toml --bins

@@ -16,7 +16,7 @@ use common::{model_path, start_worker};
 use serde_json::Value;
 
 fn shardline(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardline"));
+    let mut cmd = Command::new(common::shardline_bin());
     cmd.args(args).env("SHARDLINE_LOG", "warn");
     for (k, v) in env {
         cmd.env(k, v);
@@ -30,12 +30,8 @@ fn json_of(out: &Output) -> Value {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn row<'a>(rows: &'a Value, endpoint: &str) -> &'a Value {
@@ -121,9 +117,15 @@ fn discover_tells_ready_busy_wrong_version_and_unreachable() {
     // The table, the summary and a range too large.
     let out = shardline(&["discover", &ready_ep, &nobody], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ready") && text.contains("unreachable"), "{text}");
+    assert!(
+        text.contains("ready") && text.contains("unreachable"),
+        "{text}"
+    );
     let summary = String::from_utf8_lossy(&out.stderr);
-    assert!(summary.contains("1 ready") && summary.contains("1 unreachable"), "{summary}");
+    assert!(
+        summary.contains("1 ready") && summary.contains("1 unreachable"),
+        "{summary}"
+    );
     let out = shardline(&["discover", "10.0.0.0/8"], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

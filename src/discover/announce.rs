@@ -302,8 +302,7 @@ pub fn listen(opts: &ListenOptions) -> Result<Vec<Heard>, AnnounceError> {
         return Err(AnnounceError::Join {
             group,
             interfaces,
-            source: last_err
-                .unwrap_or_else(|| std::io::Error::other("no interface was given")),
+            source: last_err.unwrap_or_else(|| std::io::Error::other("no interface was given")),
         });
     }
     let socket: UdpSocket = socket.into();

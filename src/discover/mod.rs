@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::cluster::{probe, DeviceReport};
 use crate::rpc::{ClientOptions, Command, RpcError};
 
-pub use announce::{Announcement, AnnounceError, Announcer, Heard, ListenOptions};
+pub use announce::{AnnounceError, Announcement, Announcer, Heard, ListenOptions};
 pub use targets::{expand, TargetError, MAX_HOSTS};
 
 /// The default port of a worker (and of llama.cpp's rpc-server).

@@ -140,10 +140,23 @@ mod tests {
         .unwrap();
         assert_eq!(
             eps,
-            s(&["a:50052", "b:1", "10.0.0.1:50052", "[::1]:50052", "[::1]:7", "c:2"])
+            s(&[
+                "a:50052",
+                "b:1",
+                "10.0.0.1:50052",
+                "[::1]:50052",
+                "[::1]:7",
+                "c:2"
+            ])
         );
-        assert_eq!(expand(&s(&["a:0"]), 1), Err(TargetError::BadPort("a:0".into())));
-        assert_eq!(expand(&s(&["a:x"]), 1), Err(TargetError::BadPort("a:x".into())));
+        assert_eq!(
+            expand(&s(&["a:0"]), 1),
+            Err(TargetError::BadPort("a:0".into()))
+        );
+        assert_eq!(
+            expand(&s(&["a:x"]), 1),
+            Err(TargetError::BadPort("a:x".into()))
+        );
         assert_eq!(expand(&s(&["a,,b"]), 1), Err(TargetError::Empty));
     }
 
@@ -161,7 +174,16 @@ mod tests {
     #[test]
     fn large_or_bad_ranges_are_clear_errors() {
         let e = expand(&s(&["10.0.0.0/8"]), 9).unwrap_err();
-        assert!(matches!(e, TargetError::TooLarge { hosts: 16_777_216, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                TargetError::TooLarge {
+                    hosts: 16_777_216,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("/16"), "{e}");
         assert!(matches!(
             expand(&s(&["::/0"]), 9).unwrap_err(),

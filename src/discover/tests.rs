@@ -56,7 +56,10 @@ async fn silence_after_accept_is_busy_and_nobody_listening_is_unreachable() {
     let nobody = format!("127.0.0.1:{}", free_port());
     let started = std::time::Instant::now();
     let ps = probe_many(&[held.addr.clone(), nobody.clone()], &quick()).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "probes ran in parallel, bounded");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "probes ran in parallel, bounded"
+    );
     assert_eq!(ps[0].endpoint, held.addr);
     assert_eq!(ps[0].state, State::Busy, "{:?}", ps[0]);
     assert!(ps[0].detail.as_deref().unwrap().contains("another client"));

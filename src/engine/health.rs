@@ -64,6 +64,20 @@ pub struct Health {
     pub error: Option<String>,
 }
 
+/// Something that happened to the engine's cluster, for the dashboard.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HealthEvent {
+    /// Milliseconds ago.
+    pub ms_ago: u64,
+    /// `failure`, `retry_failed`, `recovered`, `degraded` or `stopped`.
+    pub kind: &'static str,
+    /// What happened, in words.
+    pub message: String,
+}
+
+/// Events kept for [`HealthState::events`].
+const EVENTS_KEPT: usize = 32;
+
 #[derive(Debug, Default)]
 struct ServerState {
     error: Option<String>,
@@ -79,6 +93,17 @@ struct Inner {
     failed_at: Option<Instant>,
     attempts: u32,
     servers: BTreeMap<String, ServerState>,
+    /// The last [`EVENTS_KEPT`] events, oldest first.
+    events: std::collections::VecDeque<(Instant, &'static str, String)>,
+}
+
+impl Inner {
+    fn event(&mut self, kind: &'static str, message: String) {
+        if self.events.len() == EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back((Instant::now(), kind, message));
+    }
 }
 
 /// Shared between the scheduler (which writes) and the engine's handles.
@@ -96,6 +121,7 @@ impl HealthState {
                 error: None,
                 failed_at: None,
                 attempts: 0,
+                events: std::collections::VecDeque::new(),
                 servers: endpoints
                     .iter()
                     .map(|e| {
@@ -143,6 +169,7 @@ impl HealthState {
             if let Some(s) = endpoint.and_then(|e| i.servers.get_mut(e)) {
                 s.error = Some(error.to_string());
             }
+            i.event("failure", error.to_string());
             if i.status != Status::Unavailable {
                 i.status = Status::Recovering;
                 i.failed_at.get_or_insert_with(Instant::now);
@@ -156,6 +183,7 @@ impl HealthState {
         self.with(|i| {
             i.attempts += 1;
             i.error = Some(error.to_string());
+            i.event("retry_failed", error.to_string());
         });
     }
 
@@ -169,7 +197,12 @@ impl HealthState {
             };
             i.error = None;
             i.attempts = 0;
-            i.failed_at.take().map(|t| t.elapsed())
+            let took = i.failed_at.take().map(|t| t.elapsed());
+            let after = took.map_or(String::new(), |t| {
+                format!(" after {:.1} s", t.as_secs_f64())
+            });
+            i.event("recovered", format!("serving again{after}"));
+            took
         });
         self.all_ok();
         took.flatten()
@@ -192,6 +225,8 @@ impl HealthState {
             i.status = Status::Degraded;
             i.error = None;
             i.attempts = 0;
+            let names: Vec<&str> = lost.iter().map(String::as_str).collect();
+            i.event("degraded", format!("serving without {}", names.join(", ")));
             i.failed_at.take().map(|t| t.elapsed())
         });
         self.all_ok();
@@ -203,7 +238,25 @@ impl HealthState {
         self.with(|i| {
             i.status = Status::Unavailable;
             i.error = Some(error.to_string());
+            i.event("stopped", error.to_string());
         });
+    }
+
+    /// The recent events, newest first.
+    pub fn events(&self) -> Vec<HealthEvent> {
+        let now = Instant::now();
+        self.with(|i| {
+            i.events
+                .iter()
+                .rev()
+                .map(|(t, kind, message)| HealthEvent {
+                    ms_ago: u64::try_from(now.duration_since(*t).as_millis()).unwrap_or(u64::MAX),
+                    kind,
+                    message: message.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     pub fn snapshot(&self) -> Health {
@@ -262,5 +315,7 @@ mod tests {
         h.unavailable("scheduler panicked");
         assert_eq!(h.snapshot().status, Status::Unavailable);
         assert!(h.refusal().unwrap().contains("panicked"));
+        let kinds: Vec<&str> = h.events().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["stopped", "recovered", "retry_failed", "failure"]);
     }
 }

@@ -363,6 +363,7 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
             trace,
             prediction,
             vocab: std::sync::OnceLock::new(),
+            cluster: reports,
             _workers: workers,
         }),
     })

@@ -88,6 +88,21 @@ impl Metrics {
         self.stages.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Tokens per second of the last decode step (all sequences).
+    pub fn tokens_per_second(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
+    }
+
+    /// Prompt tokens processed so far.
+    pub fn prompt_tokens(&self) -> u64 {
+        self.prompt_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Seconds from the last failure until serving again (0 before any).
+    pub fn last_recovery_seconds(&self) -> f64 {
+        f64::from_bits(self.last_recovery_bits.load(Ordering::Relaxed))
+    }
+
     /// Requests accepted so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)

@@ -31,6 +31,7 @@ mod recovery;
 mod scheduler;
 mod speed;
 mod stream;
+pub mod status;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -386,6 +387,8 @@ struct Shared {
     prediction: Option<crate::plan::Prediction>,
     /// The vocabulary prepared for constrained decoding, on first use.
     vocab: OnceLock<Result<Vocab, ConstraintError>>,
+    /// What the servers offered when the model was loaded.
+    cluster: Vec<crate::cluster::ServerReport>,
     // Last: workers this engine started stop when the last handle goes.
     _workers: Vec<LocalWorker>,
 }

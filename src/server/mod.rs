@@ -13,6 +13,8 @@
 //! request picks one by its `model` (none: the first); a model may be
 //! forwarded to an upstream OpenAI-compatible server. `/health` and
 //! `/metrics` speak of the first model.
+//! | `GET /` | the cluster dashboard (see [`dashboard`]) |
+//! | `GET /api/cluster` | the dashboard's JSON: servers, devices, each model's layer map and numbers |
 //!
 //! Errors come in OpenAI's shape, `{"error":{"message","type","param","code"}}`:
 //! 400 malformed JSON or a field of the wrong type, 401 a missing or wrong
@@ -30,6 +32,7 @@
 
 mod auth;
 pub mod config;
+pub mod dashboard;
 mod error;
 mod launch;
 mod limits;
@@ -163,6 +166,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), auth::auth))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
+        .merge(dashboard::routes())
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -403,7 +403,7 @@ impl Serve {
 
     /// [`Serve::start`] with these environment variables set for it.
     pub fn start_env(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Serve {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardline"));
+        let mut cmd = Command::new(super::shardline_bin());
         cmd.arg("serve").args(["--port", "0"]).args(args);
         cmd.envs(envs.iter().copied());
         if !args

@@ -30,6 +30,15 @@ pub fn model_path() -> PathBuf {
     p
 }
 
+/// The `shardline` binary under test: `SHARDLINE_BIN` when set (a copy
+/// that builds from other checkouts sharing the target folder cannot
+/// replace meanwhile), else the one cargo built for these tests.
+pub fn shardline_bin() -> PathBuf {
+    std::env::var_os("SHARDLINE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_shardline")))
+}
+
 /// A real `shardline worker` on a free loopback port (killed by pid on drop).
 pub type Worker = shardline::worker::LocalWorker;
 
@@ -38,7 +47,7 @@ pub fn start_worker(extra: &[&str]) -> Worker {
     let mut args = vec!["--threads", "1"];
     args.extend_from_slice(extra);
     Worker::spawn(
-        Path::new(env!("CARGO_BIN_EXE_shardline")),
+        &shardline_bin(),
         &args,
         Duration::from_secs(60),
     )

@@ -70,16 +70,19 @@ pub struct SeedArgs {
 /// `shardline worker`.
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     let announce = a.announce.then_some(a.announce_port);
-    run_worker(shardline::worker::WorkerOptions {
-        host: a.host,
-        port: a.port,
-        threads: a.threads.unwrap_or_else(default_threads),
-        cache: a.cache,
-        seed: a.seed,
-        verify: a.verify_cache,
-        devices: a.device,
-        exit_with_parent: a.exit_with_parent,
-    }, announce)
+    run_worker(
+        shardline::worker::WorkerOptions {
+            host: a.host,
+            port: a.port,
+            threads: a.threads.unwrap_or_else(default_threads),
+            cache: a.cache,
+            seed: a.seed,
+            verify: a.verify_cache,
+            devices: a.device,
+            exit_with_parent: a.exit_with_parent,
+        },
+        announce,
+    )
 }
 
 /// `shardline seed`.
@@ -138,7 +141,9 @@ fn run_worker(
     }
     tracing::info!(endpoint = %ready.endpoint, threads = opts.threads, "worker ready");
     // Lives until the process exits.
-    let _announcer = announce_port.map(|p| start_announcing(&ready, p)).transpose()?;
+    let _announcer = announce_port
+        .map(|p| start_announcing(&ready, p))
+        .transpose()?;
     let stopped_by = rt.block_on(async {
         let server = tokio::task::spawn_blocking(move || failed.recv());
         tokio::select! {
