@@ -7,8 +7,10 @@ const PALETTE = ["#3b82f6", "#10b981", "#f59e0b", "#8b5cf6", "#ef4444",
   "#14b8a6", "#ec4899", "#84cc16", "#6366f1", "#f97316"];
 const LOCAL_COLOR = "#475569";
 
-// Previous counters per model, for a live tokens/s between two polls.
-const previous = new Map();
+// Recent (server time, tokens generated) samples per model, for a live
+// tokens/s over the last few seconds.
+const samples = new Map();
+const RATE_WINDOW_MS = 5000;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -91,11 +93,15 @@ function renderServer(s, colors) {
     devices);
 }
 
-function liveRate(m, now) {
-  const prev = previous.get(m.name);
-  previous.set(m.name, { t: now, tokens: m.tokens_generated });
-  if (!prev || now <= prev.t || m.tokens_generated < prev.tokens) return null;
-  return (m.tokens_generated - prev.tokens) / ((now - prev.t) / 1000);
+function liveRate(m, serverMs) {
+  let list = samples.get(m.name) || [];
+  if (list.length && m.tokens_generated < list[list.length - 1].tokens) list = [];
+  list.push({ t: serverMs, tokens: m.tokens_generated });
+  list = list.filter((x) => serverMs - x.t <= RATE_WINDOW_MS);
+  samples.set(m.name, list);
+  const first = list[0];
+  const span = serverMs - first.t;
+  return span >= 900 ? (m.tokens_generated - first.tokens) / (span / 1000) : null;
 }
 
 function renderLayerMap(m, colors) {
@@ -122,7 +128,7 @@ function renderStages(m) {
   return el("table", {}, el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))), el("tbody", {}, rows));
 }
 
-function renderModel(m, colors, now) {
+function renderModel(m, colors, serverMs) {
   const card = el("div", { class: "card model", "data-model": m.name },
     el("h3", {}, el("span", { class: "model-name" }, m.name), el("span", { class: "badge " + m.state }, m.state)));
   if (m.error) card.append(el("div", { class: "alert bad" }, m.error));
@@ -133,7 +139,7 @@ function renderModel(m, colors, now) {
       el("div", { class: "bar load" }, el("span", { style: "width:" + pct(p.bytes_done, p.bytes_total) + "%;background:var(--warn)" })));
   }
   if (!m.stages) return card;
-  const live = liveRate(m, now);
+  const live = liveRate(m, serverMs);
   card.append(el("div", { class: "stats" },
     stat(live === null ? "–" : live.toFixed(1), "tokens/s live"),
     stat(m.tokens_per_second.toFixed(1), "tokens/s last step"),
@@ -166,7 +172,6 @@ function renderModel(m, colors, now) {
 }
 
 function render(status) {
-  const now = Date.now();
   const colors = deviceColors(status);
   const devices = status.servers.reduce((n, s) => n + s.devices.length, 0);
   document.getElementById("summary").textContent = status.servers.length + " servers · " + devices +
@@ -177,7 +182,7 @@ function render(status) {
     : [el("p", { class: "muted" }, "No server yet (the model is still loading).")]));
   const models = document.getElementById("models");
   models.replaceChildren(...(status.models.length
-    ? status.models.map((m) => renderModel(m, colors, now))
+    ? status.models.map((m) => renderModel(m, colors, status.time_ms))
     : [el("p", { class: "muted" }, "No model.")]));
 }
 
