@@ -30,8 +30,8 @@ pub mod metrics;
 mod recovery;
 mod scheduler;
 mod speed;
-mod stream;
 pub mod status;
+mod stream;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};

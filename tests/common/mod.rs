@@ -46,10 +46,5 @@ pub type Worker = shardline::worker::LocalWorker;
 pub fn start_worker(extra: &[&str]) -> Worker {
     let mut args = vec!["--threads", "1"];
     args.extend_from_slice(extra);
-    Worker::spawn(
-        &shardline_bin(),
-        &args,
-        Duration::from_secs(60),
-    )
-    .expect("start shardline worker")
+    Worker::spawn(&shardline_bin(), &args, Duration::from_secs(60)).expect("start shardline worker")
 }
