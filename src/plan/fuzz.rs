@@ -9,7 +9,9 @@ use super::{plan, DeviceSpec, ModelCost, Plan, PlanError, PlanOptions, Strategy}
 
 /// A fixed cluster: two roomy devices with different alignments, and one
 /// small device whose buffers are capped, so plans that fit, plans that do
-/// not, and the per-device rounding are all reached.
+/// not, and the per-device rounding are all reached. The capped ones read
+/// as GPUs ([`super::DeviceKind`]), so models whose heads a GPU cannot take
+/// are planned around them.
 pub fn devices() -> Vec<DeviceSpec> {
     let device = |port: u16, free: u64, alignment: u64, max_size: u64| DeviceSpec {
         endpoint: format!("127.0.0.1:{port}"),
@@ -44,7 +46,8 @@ pub fn options() -> Vec<PlanOptions> {
             ..base.clone()
         },
         PlanOptions {
-            strategy: Strategy::Split(vec![1, 0, 1]),
+            // The CPU device: the seed's 4-wide heads run on no GPU.
+            strategy: Strategy::Split(vec![2, 0, 0]),
             ..base
         },
     ]
