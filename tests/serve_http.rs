@@ -249,7 +249,8 @@ fn errors_have_openai_shape_and_status() {
     assert_eq!(e["code"], "model_not_found");
     assert_eq!(e["param"], "model");
     assert_error(&http::get(s.addr, "/v1/nope"), 404);
-    assert_error(&http::get(s.addr, "/"), 404);
+    // `/` is the dashboard now; any other unknown path is a 404.
+    assert_error(&http::get(s.addr, "/no-such-page"), 404);
 
     // 405: a known path with the wrong method.
     let r = http::request(s.addr, "GET", "/v1/chat/completions", &auth[..1], b"");
