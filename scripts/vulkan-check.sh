@@ -12,6 +12,10 @@ need=()
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
 dpkg -s libvulkan-dev >/dev/null 2>&1 || need+=(libvulkan-dev)
 command -v glslc >/dev/null 2>&1 || need+=(glslc)
+# ggml's CMake asks FindVulkan for glslangValidator as well.
+command -v glslangValidator >/dev/null 2>&1 || need+=(glslang-tools)
+# …and SPIRV-Headers' CMake package.
+dpkg -s spirv-headers >/dev/null 2>&1 || need+=(spirv-headers)
 command -v vulkaninfo >/dev/null 2>&1 || need+=(vulkan-tools)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
@@ -22,6 +26,11 @@ fi
 vulkaninfo --summary 2>/dev/null | grep -E "deviceName|deviceType" || true
 # Its own build folder: the feature rebuilds ggml.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shardline/target-vulkan}
+# A configure step that failed (a package was missing) leaves a build folder
+# the cmake crate would not configure again.
+for d in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out/build; do
+  [ -d "$d" ] && [ ! -f "$d/Makefile" ] && rm -rf "$(dirname "$(dirname "$d")")"
+done
 export SHARDLINE_TEST_MODEL=${SHARDLINE_TEST_MODEL:-$(scripts/fetch-model.sh)}
 cargo build --release --locked --features vulkan --bin shardline
 # ggml's Vulkan backend passes over CPU-type devices unless told which to use.

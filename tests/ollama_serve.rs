@@ -418,3 +418,124 @@ model = "{remote_name}"
         "{err}"
     );
 }
+
+/// The test model without `tokenizer.chat_template` (tensors and every
+/// other key as they are), written with the project's GGUF writer.
+fn without_chat_template(model: &std::path::Path, out: &std::path::Path) {
+    use shardline::gguf::{writer::GgufWriter, Gguf};
+    let src = Gguf::open(model).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata_map().iter() {
+        if k != "tokenizer.chat_template" {
+            w.add_kv(k, v.clone());
+        }
+    }
+    for t in src.tensors() {
+        w.add_tensor(t.name(), t.ty(), t.dims(), src.tensor_data(t))
+            .unwrap();
+    }
+    w.write_file(out).unwrap();
+}
+
+/// `/api/chat` and `/api/generate` of `model`, greedy: (text, prompt tokens).
+fn ollama_answer(addr: std::net::SocketAddr, route: &str, body: Value) -> (String, u64) {
+    let mut body = body;
+    body["stream"] = json!(false);
+    body["options"] = json!({"temperature": 0, "num_predict": 8});
+    let r = http::post_json(addr, route, &body, None);
+    assert_eq!(r.status, 200, "{route} {body}: {}", r.text());
+    let v = r.json();
+    let text = v["message"]["content"]
+        .as_str()
+        .or(v["response"].as_str())
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned();
+    (text, v["prompt_eval_count"].as_u64().unwrap())
+}
+
+#[test]
+fn go_template_layer_when_the_gguf_has_none() {
+    let model = model_path();
+    let dir = std::env::temp_dir().join(format!("shardline-gotmpl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bare = dir.join("bare.gguf");
+    without_chat_template(&model, &bare);
+    // The store's template layer is ChatML in Go, which renders what the
+    // file's Jinja template renders for a conversation with a system message.
+    let store = OllamaStore::build(&bare, "gotmpl");
+    // An rpc-server serves one client at a time: one worker per model.
+    let (w, w2) = (start_worker(&[]), start_worker(&[]));
+    let config = format!(
+        r#"servers = ["{}", "{}"]
+
+[[model]]
+model = "smollm2:135m"
+ctx = 512
+parallel = 1
+
+[[model]]
+name = "jinja"
+model = "{}"
+ctx = 512
+parallel = 1
+"#,
+        w.endpoint,
+        w2.endpoint,
+        model.display(),
+    );
+    let path = dir.join("models.toml");
+    std::fs::write(&path, config).unwrap();
+    let serve = Serve::start_env(
+        &["--config", path.to_str().unwrap()],
+        &[("OLLAMA_MODELS", store.root.as_os_str())],
+    );
+    serve.wait_ready(Duration::from_secs(240));
+
+    let conv = json!([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Name a color."}]);
+    let go = ollama_answer(
+        serve.addr,
+        "/api/chat",
+        json!({"model": NAME, "messages": conv}),
+    );
+    let jinja = ollama_answer(
+        serve.addr,
+        "/api/chat",
+        json!({"model": "jinja", "messages": conv}),
+    );
+    assert_eq!(go, jinja, "Go template vs the file's Jinja template");
+    assert!(go.1 > 10, "{go:?}");
+    // The system layer fills in a conversation without a system message.
+    let user_only = json!([{"role": "user", "content": "Name a color."}]);
+    let defaulted = ollama_answer(
+        serve.addr,
+        "/api/chat",
+        json!({"model": NAME, "messages": user_only}),
+    );
+    assert_eq!(defaulted, go);
+
+    // A request's own Go template on /api/generate: `{{ .Prompt }}` is the
+    // prompt as it is, the same tokens as `raw`.
+    let prompt = "The capital of France is";
+    let templated = ollama_answer(
+        serve.addr,
+        "/api/generate",
+        json!({"model": "jinja", "prompt": prompt, "template": "{{ .Prompt }}"}),
+    );
+    let raw = ollama_answer(
+        serve.addr,
+        "/api/generate",
+        json!({"model": "jinja", "prompt": prompt, "raw": true}),
+    );
+    assert_eq!(templated, raw);
+    let bad = http::post_json(
+        serve.addr,
+        "/api/generate",
+        &json!({"model": "jinja", "prompt": prompt, "template": "{{ .Prompt"}),
+        None,
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let e = bad.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(e.contains("'template'"), "{e}");
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+}

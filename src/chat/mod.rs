@@ -10,13 +10,15 @@
 //! (`.strip()`, `.startswith()`, `.items()`, …).
 //!
 //! A file without a template is [`ChatError::NoTemplate`]; a caller that
-//! wants a fallback can use [`ChatTemplate::chatml`] explicitly.
+//! wants a fallback can use [`ChatTemplate::chatml`] explicitly, or an
+//! Ollama model's Go template ([`ChatTemplate::go`], module [`go`]).
 //!
 //! llama.cpp's own `llama_chat_apply_template` does not run Jinja: it guesses
 //! the template family from the text and formats with built-in code, so it
 //! ignores anything a template adds beyond the family's basic shape (SmolLM2's
 //! default system prompt, for one).
 
+pub mod go;
 pub mod tools;
 
 use minijinja::value::Kwargs;
@@ -82,15 +84,34 @@ pub enum ChatError {
     /// The template called `raise_exception` (e.g. roles out of order).
     #[error("chat template raised: {0}")]
     Raised(String),
+    /// An Ollama (Go) template does not parse or failed to run.
+    #[error("Ollama (Go) chat template: {0}")]
+    Go(#[source] gotmpl::TemplateError),
 }
 
 /// A compiled chat template with the special-token texts it may use.
 #[derive(Debug)]
 pub struct ChatTemplate {
-    env: Environment<'static>,
+    engine: Engine,
     source: String,
     bos_token: String,
     eos_token: String,
+}
+
+/// What runs the template.
+#[derive(Debug)]
+enum Engine {
+    Jinja(Environment<'static>),
+    Go(go::GoTemplate),
+}
+
+/// A chat template's text and its language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// Jinja, as Hugging Face and `tokenizer.chat_template` have it.
+    Jinja(String),
+    /// Go `text/template`, as an Ollama model's template layer has it.
+    Go(String),
 }
 
 impl ChatTemplate {
@@ -100,26 +121,44 @@ impl ChatTemplate {
     pub fn from_gguf(gguf: &Gguf) -> Result<ChatTemplate, ChatError> {
         let source: Option<&str> = gguf.get_opt(TEMPLATE_KEY)?;
         let source = source.ok_or(ChatError::NoTemplate)?;
-        let tokens: Option<&[String]> = gguf.get_opt("tokenizer.ggml.tokens")?;
-        let text_of = |key: &str| -> String {
-            let id = gguf.metadata(key).and_then(|v| v.as_unsigned());
-            match (tokens, id) {
-                (Some(tokens), Some(id)) => usize::try_from(id)
-                    .ok()
-                    .and_then(|i| tokens.get(i))
-                    .cloned()
-                    .unwrap_or_default(),
-                _ => String::new(),
-            }
-        };
-        ChatTemplate::new(
-            source,
-            &text_of("tokenizer.ggml.bos_token_id"),
-            &text_of("tokenizer.ggml.eos_token_id"),
-        )
+        let (bos, eos) = special_texts(gguf)?;
+        ChatTemplate::new(source, &bos, &eos)
     }
 
-    /// Compiles `source`.
+    /// The file's own template, or `fallback` where the file has none.
+    pub fn from_gguf_or(
+        gguf: &Gguf,
+        fallback: Option<&TemplateSource>,
+    ) -> Result<ChatTemplate, ChatError> {
+        match (ChatTemplate::from_gguf(gguf), fallback) {
+            (Err(ChatError::NoTemplate), Some(TemplateSource::Go(text))) => ChatTemplate::go(text),
+            (Err(ChatError::NoTemplate), Some(TemplateSource::Jinja(text))) => {
+                let (bos, eos) = special_texts(gguf)?;
+                ChatTemplate::new(text, &bos, &eos)
+            }
+            (r, _) => r,
+        }
+    }
+
+    /// Compiles an Ollama (Go) template.
+    pub fn go(source: &str) -> Result<ChatTemplate, ChatError> {
+        Ok(ChatTemplate {
+            engine: Engine::Go(go::GoTemplate::new(source).map_err(ChatError::Go)?),
+            source: source.to_owned(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        })
+    }
+
+    /// The template's text and language.
+    pub fn template_source(&self) -> TemplateSource {
+        match self.engine {
+            Engine::Jinja(_) => TemplateSource::Jinja(self.source.clone()),
+            Engine::Go(_) => TemplateSource::Go(self.source.clone()),
+        }
+    }
+
+    /// Compiles a Jinja `source`.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate, ChatError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
@@ -131,7 +170,7 @@ impl ChatTemplate {
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(ChatError::Syntax)?;
         Ok(ChatTemplate {
-            env,
+            engine: Engine::Jinja(env),
             source: source.to_owned(),
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
@@ -156,7 +195,10 @@ impl ChatTemplate {
     /// Whether the template reads a `tools` variable (its family has its
     /// own way to show tools and calls).
     pub fn knows_tools(&self) -> bool {
-        self.source.contains("tools")
+        match self.engine {
+            Engine::Jinja(_) => self.source.contains("tools"),
+            Engine::Go(_) => self.source.contains(".Tools"),
+        }
     }
 
     /// Renders a conversation; with `add_generation_prompt` the text ends
@@ -177,10 +219,12 @@ impl ChatTemplate {
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(ChatError::Render)?;
+        let env = match &self.engine {
+            Engine::Jinja(env) => env,
+            // Go templates always end where the assistant answers.
+            Engine::Go(t) => return t.render(messages, tools).map_err(ChatError::Go),
+        };
+        let template = env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
         let ctx = minijinja::context! {
             messages => messages,
             tools => tools.map(Value::from_serialize),
@@ -193,6 +237,26 @@ impl ChatTemplate {
             None => ChatError::Render(e),
         })
     }
+}
+
+/// The texts of the file's BOS and EOS tokens (empty where it names none).
+fn special_texts(gguf: &Gguf) -> Result<(String, String), ChatError> {
+    let tokens: Option<&[String]> = gguf.get_opt("tokenizer.ggml.tokens")?;
+    let text_of = |key: &str| -> String {
+        let id = gguf.metadata(key).and_then(|v| v.as_unsigned());
+        match (tokens, id) {
+            (Some(tokens), Some(id)) => usize::try_from(id)
+                .ok()
+                .and_then(|i| tokens.get(i))
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    };
+    Ok((
+        text_of("tokenizer.ggml.bos_token_id"),
+        text_of("tokenizer.ggml.eos_token_id"),
+    ))
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {

@@ -300,7 +300,15 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     // The file name (without .gguf) is what users see and type as the
     // model id; `general.name` often has spaces and is not unique.
     let name = opts.served_name();
-    let chat = ChatTemplate::from_gguf(&gguf).ok();
+    let chat = match ChatTemplate::from_gguf_or(&gguf, opts.chat_template.as_ref()) {
+        Ok(t) => Some(t),
+        Err(crate::chat::ChatError::NoTemplate) => None,
+        // Chats fail with the reason, plain completions still work.
+        Err(e) => {
+            tracing::warn!("the chat template is not usable: {e}");
+            None
+        }
+    };
     let tokenizer = Arc::new(tokenizer);
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(HealthState::new(&builder.endpoints()));

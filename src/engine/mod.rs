@@ -178,6 +178,9 @@ pub struct EngineOptions {
     /// name without `.gguf` (an Ollama model passes its name, since its
     /// file is a `sha256-…` blob).
     pub name: Option<String>,
+    /// The chat template used when the GGUF carries none (an Ollama
+    /// model's template layer).
+    pub chat_template: Option<crate::chat::TemplateSource>,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -220,6 +223,7 @@ impl Default for EngineOptions {
             mem_caps: Vec::new(),
             head_split: crate::plan::HeadSplit::Auto,
             name: None,
+            chat_template: None,
         }
     }
 }

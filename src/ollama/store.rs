@@ -293,8 +293,8 @@ pub struct OllamaModel {
     pub digest: String,
     /// The GGUF file's size in bytes.
     pub size: u64,
-    /// The template layer: Go template text (shardline does not run it; the
-    /// GGUF's own Jinja template is used).
+    /// The template layer: Go template text, used for chats when the GGUF
+    /// has no Jinja template of its own (`EngineOptions::chat_template`).
     pub template: Option<String>,
     /// The system layer: the default system prompt.
     pub system: Option<String>,

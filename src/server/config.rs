@@ -225,6 +225,10 @@ impl ModelEntry {
         })?;
         let mut e = base.clone();
         e.model = source.gguf().to_path_buf();
+        e.chat_template = source
+            .ollama()
+            .and_then(|m| m.template.clone())
+            .map(crate::chat::TemplateSource::Go);
         e.servers = self.servers.clone().unwrap_or_else(|| pool.to_vec());
         if let Some(x) = self.ctx {
             e.n_ctx = x;

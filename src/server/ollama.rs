@@ -360,7 +360,7 @@ async fn chat_inner(state: AppState, req: Request) -> Result<Response, OllamaErr
         let tokens = blocking(move || {
             let text = e.render_chat(&messages).map_err(|err| match err {
                 crate::chat::ChatError::NoTemplate => OllamaError::bad(
-                    "the model file has no chat template: shardline runs the GGUF's Jinja template (tokenizer.chat_template), not the Go template of Ollama's template layer; use /api/generate with raw",
+                    "the model has no chat template (neither tokenizer.chat_template in the GGUF nor an Ollama template layer); use /api/generate with raw",
                 ),
                 err => OllamaError::bad(format!(
                     "the messages do not fit the model's chat template: {err}"
@@ -434,13 +434,17 @@ async fn generate_inner(state: AppState, req: Request) -> Result<Response, Ollam
         &mut r.common.stop,
     );
     let e = engine.clone();
-    let (raw, context) = (r.raw, std::mem::take(&mut r.context));
+    let (raw, context, template) = (r.raw, std::mem::take(&mut r.context), r.template.take());
     let tokens = blocking(move || {
         // Raw, or a model with no chat template: the prompt as it is.
         let text = if raw {
             messages.pop().map(|m| m.content).unwrap_or_default()
         } else {
-            match e.render_chat(&messages) {
+            let rendered = match &template {
+                Some(t) => t.render(&messages, true),
+                None => e.render_chat(&messages),
+            };
+            match rendered {
                 Ok(t) => t,
                 Err(crate::chat::ChatError::NoTemplate) => {
                     messages.pop().map(|m| m.content).unwrap_or_default()

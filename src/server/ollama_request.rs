@@ -77,6 +77,8 @@ pub struct GenerateRequest {
     pub system: Option<String>,
     /// Use the prompt as is, without the chat template.
     pub raw: bool,
+    /// A Go template used instead of the model's (`template`).
+    pub template: Option<std::sync::Arc<crate::chat::ChatTemplate>>,
     /// Tokens of an earlier exchange (`context` of its answer), put before
     /// the prompt.
     pub context: Vec<u32>,
@@ -296,11 +298,13 @@ impl GenerateRequest {
         seed: u64,
     ) -> Result<GenerateRequest, OllamaError> {
         let common = Common::parse(o, params, seed)?;
-        if string(o, "template")?.is_some_and(|t| !t.is_empty()) {
-            return Err(OllamaError::bad(
-                "'template' is not supported: shardline uses the model's own (Jinja) chat template and does not run Go templates",
-            ));
-        }
+        let template = match string(o, "template")?.filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => Some(
+                crate::chat::ChatTemplate::go(&t)
+                    .map_err(|e| OllamaError::bad(format!("'template': {e}")))?,
+            ),
+        };
         if string(o, "suffix")?.is_some_and(|t| !t.is_empty()) {
             return Err(OllamaError::bad(format!(
                 "{} does not support insert (suffix)",
@@ -326,6 +330,7 @@ impl GenerateRequest {
             prompt: string(o, "prompt")?.unwrap_or_default(),
             system: string(o, "system")?,
             raw: boolean(o, "raw")?.unwrap_or(false),
+            template: template.map(std::sync::Arc::new),
             context,
             common,
         })
@@ -411,9 +416,9 @@ mod tests {
                 .map(|_| ())
                 .unwrap_err()
         };
-        assert!(gen(json!({"model": "m", "template": "{{ .Prompt }}"}))
+        assert!(gen(json!({"model": "m", "template": "{{ .Prompt"}))
             .message
-            .contains("Go templates"));
+            .contains("'template': Ollama (Go) chat template"));
         assert!(gen(json!({"model": "m", "context": [-1]}))
             .message
             .contains("context"));

@@ -81,6 +81,10 @@ pub fn engine_options(c: &ClusterArgs) -> anyhow::Result<shardline::engine::Engi
     Ok(shardline::engine::EngineOptions {
         model: model.to_path_buf(),
         name: model.ollama().map(|m| m.name.to_string()),
+        chat_template: model
+            .ollama()
+            .and_then(|m| m.template.clone())
+            .map(shardline::chat::TemplateSource::Go),
         ..cluster_options(c)?
     })
 }
