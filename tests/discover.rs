@@ -3,7 +3,10 @@
 //! version, and a port nobody listens on; then a worker started with
 //! `--announce`, heard by `discover` and used by `plan --rpc auto`. The
 //! beacon goes to a UDP port picked free for the test and is joined on
-//! loopback only, so nothing leaves the machine.
+//! loopback only, so nothing leaves the machine. Last, the beacon over a
+//! real link: two network namespaces the test creates, joined by a veth
+//! pair, a worker announcing in one and `discover` listening in the other
+//! with its defaults.
 
 mod common;
 
@@ -203,4 +206,173 @@ fn announced_workers_are_found_and_used_by_rpc_auto() {
         err.contains("--rpc auto") && err.contains("no shardline worker announced"),
         "{err}"
     );
+}
+
+/// Two network namespaces joined by a veth pair: a two-machine LAN that
+/// only this test sees. Removed on drop (the veth goes with them).
+struct Lan {
+    /// (namespace, address) of each end.
+    ends: [(String, String); 2],
+}
+
+impl Lan {
+    /// `None` where this machine cannot make namespaces (not root).
+    fn new() -> Option<Lan> {
+        let id = std::process::id();
+        // A /24 per process, so parallel runs do not share addresses.
+        let net = format!("10.231.{}", id % 250);
+        let ends = [
+            (format!("sl-w{id}"), format!("{net}.1")),
+            (format!("sl-c{id}"), format!("{net}.2")),
+        ];
+        let veth = [
+            format!("slw{}", id % 1_000_000),
+            format!("slc{}", id % 1_000_000),
+        ];
+        let first = Command::new("ip")
+            .args(["netns", "add", &ends[0].0])
+            .output()
+            .expect("run ip");
+        if !first.status.success() {
+            let err = String::from_utf8_lossy(&first.stderr);
+            if err.contains("Operation not permitted") || err.contains("Permission denied") {
+                eprintln!("SKIPPED: cannot create network namespaces here: {err}");
+                return None;
+            }
+            panic!("ip netns add: {err}");
+        }
+        let lan = Lan { ends };
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &lan.ends[1].0]);
+        ip(&[
+            "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
+        ]);
+        for ((ns, addr), dev) in lan.ends.iter().zip(&veth) {
+            ip(&["link", "set", dev, "netns", ns]);
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            // As on a LAN machine, the default route is the LAN.
+            ip(&["-n", ns, "route", "add", "default", "dev", dev]);
+        }
+        Some(lan)
+    }
+
+    /// `shardline ARGS` inside namespace `end`.
+    fn command(&self, end: usize, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ends[end].0])
+            .arg(common::shardline_bin())
+            .args(args)
+            .env("SHARDLINE_LOG", "warn");
+        cmd
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for (ns, _) in &self.ends {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Kills a process by pid on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn announced_over_a_lan_in_network_namespaces() {
+    use std::io::BufRead;
+    let Some(lan) = Lan::new() else { return };
+    let (worker_ip, coord_ip) = (lan.ends[0].1.clone(), lan.ends[1].1.clone());
+    // The default beacon port and group: the namespaces are the whole LAN.
+    // `ip netns exec` execs the program, so the child's pid is the worker's.
+    let mut child = lan
+        .command(
+            0,
+            &[
+                "worker",
+                "--host",
+                &worker_ip,
+                "--port",
+                "0",
+                "--threads",
+                "1",
+                "--announce",
+                "--exit-with-parent",
+            ],
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the worker in its namespace");
+    let stdout = child.stdout.take().unwrap();
+    let worker = Killed(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("shardline worker ready: endpoint=") {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let ep = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the worker got ready");
+    assert!(ep.starts_with(&format!("{worker_ip}:")), "{ep}");
+
+    // The other machine hears it with no target and no interface given, and
+    // probes it over the link.
+    let out = lan
+        .command(1, &["discover", "--json", "--listen", "2500ms"])
+        .output()
+        .unwrap();
+    let rows = json_of(&out);
+    assert_eq!(row(&rows, &ep)["state"], "ready", "{rows}");
+    // Its own loopback hears nothing of another machine's beacon there.
+    let out = lan
+        .command(
+            1,
+            &[
+                "discover",
+                "--json",
+                "--listen",
+                "1500ms",
+                "--interface",
+                "127.0.0.1",
+            ],
+        )
+        .output()
+        .unwrap();
+    let rows = json_of(&out);
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["endpoint"] != ep.as_str()),
+        "heard on loopback: {rows} (coordinator {coord_ip})"
+    );
+    drop(worker);
 }
