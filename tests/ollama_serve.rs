@@ -11,15 +11,8 @@ use std::time::Duration;
 
 use common::http::{self, assert_error, Serve, Sse};
 use common::ollama_store::{OllamaStore, NAME, NUM_PREDICT, SYSTEM};
-use common::{model_path, start_worker, Worker};
+use common::{model_path, rpc, start_worker};
 use serde_json::{json, Value};
-
-fn rpc(ws: &[&Worker]) -> String {
-    ws.iter()
-        .map(|w| w.endpoint.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 fn shardline(args: &[&str], store: &OllamaStore) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_shardline"))

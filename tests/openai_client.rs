@@ -9,20 +9,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::http::Serve;
-use common::{model_path, start_worker, Worker};
+use common::{model_path, rpc, start_worker};
 
 const PROMPT: &str = "What is the capital of France? Answer in one sentence.";
 const MAX_TOKENS: usize = 24;
 /// Context of one sequence: `run` gets it whole, `serve` splits 8 times as
 /// much between `--parallel 8`, so both decode over the same KV length.
 const SEQ_CTX: u32 = 512;
-
-fn rpc(ws: &[&Worker]) -> String {
-    ws.iter()
-        .map(|w| w.endpoint.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 /// Prompt tokens of `PROMPT` in the model's chat template, counted with the
 /// library's tokenizer.

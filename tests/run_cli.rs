@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::llama_ref::LlamaRef;
-use common::{model_path, start_worker, Worker};
+use common::{model_path, rpc, start_worker};
 use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
 use shardline::plan::Strategy;
 use shardline::sample::SamplerConfig;
@@ -17,13 +17,6 @@ fn shardline(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run shardline")
-}
-
-fn rpc(ws: &[&Worker]) -> String {
-    ws.iter()
-        .map(|w| w.endpoint.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[test]

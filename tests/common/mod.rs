@@ -6,6 +6,7 @@ pub mod families;
 pub mod http;
 pub mod llama_ref;
 pub mod ollama_store;
+pub mod openai;
 pub mod pipeline;
 pub mod synth;
 pub mod tiny;
@@ -47,4 +48,12 @@ pub fn start_worker(extra: &[&str]) -> Worker {
     let mut args = vec!["--threads", "1"];
     args.extend_from_slice(extra);
     Worker::spawn(&shardline_bin(), &args, Duration::from_secs(60)).expect("start shardline worker")
+}
+
+/// The `--rpc` value naming `ws`.
+pub fn rpc(ws: &[&Worker]) -> String {
+    ws.iter()
+        .map(|w| w.endpoint.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
