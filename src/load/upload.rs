@@ -235,4 +235,111 @@ mod tests {
         assert_eq!(groups[1].0, 37);
         assert!(pack(&[], 32, 64).is_empty());
     }
+
+    /// Uploads a Q8_0 and an F32 weight to the scripted fake peer, which
+    /// answers GET_ALLOC_SIZE with `padding` more than the Q8_0 data (as a
+    /// CUDA device does for quantized rows); returns the requests it got.
+    async fn upload_with_padding(padding: u64) -> crate::rpc::fake::Log {
+        use crate::gguf::writer::GgufWriter;
+        use crate::gguf::GgmlType;
+        use crate::rpc::fake::{alloc, handshake, reply, FakeServer, Step};
+        use shardline_protocol::{Command, Response};
+
+        let q8 = vec![1u8; 2 * 2 * 34]; // 2 rows of 64: 2 blocks of 34 bytes each
+        let f32s = vec![2u8; 16 * 4];
+        let (bytes, _) = GgufWriter::new()
+            .add_kv("general.architecture", "llama")
+            .add_tensor("q", GgmlType::Q8_0, &[64, 2], q8.as_slice())
+            .unwrap()
+            .add_tensor("f", GgmlType::F32, &[16], f32s.as_slice())
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "shardline-upload-init-{}-{padding}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.gguf");
+        std::fs::write(&path, &bytes).unwrap();
+        let g = Gguf::open(&path).unwrap();
+
+        let mut script = handshake(1);
+        script.extend([
+            Step::Expect(Command::GetAlignment, reply(Response::GetAlignment(32))),
+            Step::Expect(Command::GetMaxSize, reply(Response::GetMaxSize(0))),
+            // One query per distinct shape, in the order given.
+            Step::Expect(
+                Command::GetAllocSize,
+                reply(Response::GetAllocSize(q8.len() as u64 + padding)),
+            ),
+            Step::Expect(
+                Command::GetAllocSize,
+                reply(Response::GetAllocSize(f32s.len() as u64)),
+            ),
+        ]);
+        script.extend(alloc(0xb0, 4096, 0x7000_0000));
+        if padding > 0 {
+            script.push(Step::Expect(Command::InitTensor, vec![]));
+        }
+        // Asked for by hash (the peer has neither), then sent.
+        let miss = reply(Response::SetTensorHash(false));
+        script.extend([
+            Step::Expect(Command::SetTensorHash, miss.clone()),
+            Step::Expect(Command::SetTensorHash, miss),
+            Step::Expect(Command::SetTensor, vec![]),
+            Step::Expect(Command::SetTensor, vec![]),
+            // The round trip that confirms the pipelined commands.
+            Step::Expect(Command::DeviceCount, reply(Response::DeviceCount(1))),
+            Step::Stall,
+        ]);
+        let server = FakeServer::start(script).await;
+        let mut client = RpcClient::connect(&server.addr, Default::default())
+            .await
+            .unwrap();
+        let hashes = TensorHashes::start(&g, &path, None, &[], 1);
+        let names = vec!["q".to_string(), "f".to_string()];
+        let placed = upload_weights(&mut client, 0, &g, &names, &hashes, &|_, _| {}).await;
+        let placed = match placed {
+            Ok((p, _)) => p,
+            Err(e) => {
+                drop(client);
+                panic!("{e}; the peer saw {:?}", server.finish().await.commands());
+            }
+        };
+        assert_eq!(placed.len(), 2);
+        drop(client);
+        let log = server.finish().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(log.error.is_none(), "{:?}", log.error);
+        log
+    }
+
+    #[tokio::test]
+    async fn init_tensor_exactly_where_the_device_pads() {
+        let log = upload_with_padding(64).await;
+        let inits: Vec<usize> = log
+            .commands()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == shardline_protocol::Command::InitTensor)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(inits.len(), 1, "{:?}", log.commands());
+        match log.request(inits[0]) {
+            shardline_protocol::Request::InitTensor { tensor } => {
+                // The Q8_0 weight: type 8, 64 by 2.
+                assert_eq!((tensor.ty, tensor.ne[0], tensor.ne[1]), (8, 64, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        // No padding, no INIT_TENSOR.
+        let log = upload_with_padding(0).await;
+        assert!(
+            !log.commands()
+                .contains(&shardline_protocol::Command::InitTensor),
+            "{:?}",
+            log.commands()
+        );
+    }
 }
