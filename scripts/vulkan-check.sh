@@ -23,6 +23,22 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
 fi
+# The pinned ggml uses VK_EXT_layer_settings from Vulkan-Headers 1.3.261+;
+# Debian 12 has 1.3.239. Then the headers of Debian 13's libvulkan-dev are
+# unpacked into a private folder (not installed) and put first on the C++
+# include path; the loader and driver stay Debian 12's.
+hdr_version=$(sed -n 's/^#define VK_HEADER_VERSION \([0-9]*\)$/\1/p' /usr/include/vulkan/vulkan_core.h)
+if [ "${hdr_version:-0}" -lt 261 ]; then
+  vk_dir=$HOME/.cache/shardline/vulkan-headers
+  if [ ! -f "$vk_dir/usr/include/vulkan/vulkan.hpp" ]; then
+    deb=libvulkan-dev_1.4.309.0-1_amd64.deb
+    mkdir -p "$vk_dir"
+    curl -fsSL -o "$vk_dir/$deb" "http://deb.debian.org/debian/pool/main/v/vulkan-loader/$deb"
+    dpkg -x "$vk_dir/$deb" "$vk_dir"
+  fi
+  export CXXFLAGS="${CXXFLAGS:-} -isystem $vk_dir/usr/include"
+  echo "Vulkan headers $hdr_version are too old for ggml: using $vk_dir/usr/include"
+fi
 vulkaninfo --summary 2>/dev/null | grep -E "deviceName|deviceType" || true
 # Its own build folder: the feature rebuilds ggml.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shardline/target-vulkan}

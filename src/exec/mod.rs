@@ -300,3 +300,58 @@ mod blocking_tests {
         other.await.unwrap();
     }
 }
+
+#[cfg(test)]
+mod device_check_tests {
+    use super::{check_device_supports, ExecError};
+    use crate::plan::DeviceKind;
+    use ggml_sys::{ty, Context};
+
+    /// Checks a graph with one flash attention of `head`-wide heads on a
+    /// device of `kind`.
+    fn check(head: i64, kind: DeviceKind) -> Result<(), ExecError> {
+        let ctx = Context::new(
+            Context::tensor_overhead() * 8 + Context::graph_overhead(16),
+            true,
+        )
+        .unwrap();
+        let q = ctx.new_tensor(ty::F32, &[head, 1, 2]).unwrap();
+        let k = ctx.new_tensor(ty::F16, &[head, 64, 2]).unwrap();
+        let v = ctx.new_tensor(ty::F16, &[head, 64, 2]).unwrap();
+        let mask = ctx.new_tensor(ty::F16, &[64, 1]).unwrap();
+        let out = ctx
+            .flash_attn_ext(q, k, v, Some(mask), 0.125, 0.0, 0.0)
+            .unwrap();
+        let mut graph = ctx.new_graph(16).unwrap();
+        graph.build_forward(out).unwrap();
+        check_device_supports(&graph, kind, "gpu-box:50052", 1)
+    }
+
+    #[test]
+    fn attention_a_device_kind_cannot_run_is_refused_before_sending() {
+        // 16-wide heads: CUDA's flash attention has no kernel for them.
+        let e = check(16, DeviceKind::CudaLike).unwrap_err();
+        match &e {
+            ExecError::UnsupportedOnDevice {
+                endpoint,
+                device,
+                op,
+                reason,
+                ..
+            } => {
+                assert_eq!((endpoint.as_str(), *device), ("gpu-box:50052", 1));
+                assert_eq!(op, "FLASH_ATTN_EXT");
+                assert!(reason.contains("CUDA") && reason.contains("16"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string()
+                .contains("cannot run on gpu-box:50052 device 1"),
+            "{e}"
+        );
+        // The same graph runs on a CPU, and 64-wide heads run on CUDA.
+        check(16, DeviceKind::Cpu).unwrap();
+        check(64, DeviceKind::CudaLike).unwrap();
+    }
+}
