@@ -43,9 +43,13 @@ vulkaninfo --summary 2>/dev/null | grep -E "deviceName|deviceType" || true
 # Its own build folder: the feature rebuilds ggml.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shardline/target-vulkan}
 # A configure step that failed (a package was missing) leaves a build folder
-# the cmake crate would not configure again.
+# the cmake crate would not configure again; so does one configured before
+# the private headers were put on the include path.
 for d in "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out/build; do
-  [ -d "$d" ] && [ ! -f "$d/Makefile" ] && rm -rf "$(dirname "$(dirname "$d")")"
+  [ -d "$d" ] || continue
+  if [ ! -f "$d/Makefile" ] || { [ -n "${vk_dir:-}" ] && ! grep -q "$vk_dir" "$d/CMakeCache.txt"; }; then
+    rm -rf "$(dirname "$(dirname "$d")")"
+  fi
 done
 export SHARDLINE_TEST_MODEL=${SHARDLINE_TEST_MODEL:-$(scripts/fetch-model.sh)}
 cargo build --release --locked --features vulkan --bin shardline

@@ -4,7 +4,8 @@ use std::fmt;
 
 use super::{layer_range, Plan};
 
-const HEADERS: [&str; 9] = [
+/// The table's column headers.
+pub(super) const HEADERS: [&str; 9] = [
     "stage",
     "device",
     "kind",

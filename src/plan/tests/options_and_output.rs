@@ -167,7 +167,7 @@ fn table_and_json() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1 + 1 + 3 + 1, "{text}");
     assert!(lines[0].starts_with("30 layers, context 1024"), "{text}");
-    for h in HEADERS_FOR_TEST {
+    for h in crate::plan::display::HEADERS {
         assert!(lines[1].contains(h), "{text}");
     }
     assert!(
@@ -200,15 +200,3 @@ fn table_and_json() {
     assert_eq!(json["stages"][2]["holds_output"], true);
     assert_eq!(json["strategy"]["split"][1], 20);
 }
-
-const HEADERS_FOR_TEST: [&str; 9] = [
-    "stage",
-    "device",
-    "kind",
-    "layers",
-    "weights",
-    "KV",
-    "compute",
-    "output",
-    "free after",
-];

@@ -93,6 +93,26 @@ pub(crate) fn check_fields(body: &Map<String, Value>, endpoint: Endpoint) -> Res
 }
 
 /// Renames the `param` of an error from a nested parser.
+/// The `function` object of a tool or call at `p`, and its `name`.
+fn function_of<'a>(f: &Fields<'a>, p: &str) -> Result<(Fields<'a>, &'a str), ApiError> {
+    let func = match f.get("function") {
+        Some(Value::Object(m)) => Fields(m),
+        Some(v) => {
+            return Err(ApiError::invalid_type(
+                &format!("{p}.function"),
+                "an object",
+                v,
+            ))
+        }
+        None => return Err(ApiError::missing(&format!("{p}.function"))),
+    };
+    let name = func
+        .string("name")
+        .map_err(at(format!("{p}.function.name")))?
+        .ok_or_else(|| ApiError::missing(&format!("{p}.function.name")))?;
+    Ok((func, name))
+}
+
 fn at(param: String) -> impl FnOnce(ApiError) -> ApiError {
     move |mut e| {
         e.param = Some(param);
@@ -213,21 +233,7 @@ pub(crate) fn tools(f: &Fields<'_>) -> Result<Vec<Tool>, ApiError> {
             }
             None => return Err(ApiError::missing(&format!("{p}.type"))),
         }
-        let func = match tf.get("function") {
-            Some(Value::Object(m)) => Fields(m),
-            Some(v) => {
-                return Err(ApiError::invalid_type(
-                    &format!("{p}.function"),
-                    "an object",
-                    v,
-                ))
-            }
-            None => return Err(ApiError::missing(&format!("{p}.function"))),
-        };
-        let name = func
-            .string("name")
-            .map_err(at(format!("{p}.function.name")))?
-            .ok_or_else(|| ApiError::missing(&format!("{p}.function.name")))?;
+        let (func, name) = function_of(&tf, &p)?;
         let valid = !name.is_empty()
             && name.len() <= 64
             && name
@@ -337,21 +343,7 @@ pub(crate) fn tool_calls(i: usize, f: &Fields<'_>) -> Result<Vec<ToolCall>, ApiE
                 .string("id")
                 .map_err(at(format!("{p}.id")))?
                 .unwrap_or("");
-            let func = match cf.get("function") {
-                Some(Value::Object(m)) => Fields(m),
-                Some(v) => {
-                    return Err(ApiError::invalid_type(
-                        &format!("{p}.function"),
-                        "an object",
-                        v,
-                    ))
-                }
-                None => return Err(ApiError::missing(&format!("{p}.function"))),
-            };
-            let name = func
-                .string("name")
-                .map_err(at(format!("{p}.function.name")))?
-                .ok_or_else(|| ApiError::missing(&format!("{p}.function.name")))?;
+            let (func, name) = function_of(&cf, &p)?;
             let arguments = func
                 .string("arguments")
                 .map_err(at(format!("{p}.function.arguments")))?
