@@ -25,9 +25,6 @@ fn shardline(args: &[&str], store: &OllamaStore) -> std::process::Output {
 
 #[test]
 fn ollama_names_and_api() {
-    let python = std::env::var("SHARDLINE_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("SHARDLINE_TEST_PYTHON is not set: run scripts/test.sh (it makes a venv with the ollama package)")
-    });
     let store = OllamaStore::build(&model_path(), "api");
 
     // An unknown tag names the tags there are, before anything starts.
@@ -89,24 +86,11 @@ fn ollama_names_and_api() {
     let expect = json!({
         "model": NAME, "digest": store.digest, "system": SYSTEM, "num_predict": NUM_PREDICT,
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ollama_client.py");
-    let out = Command::new(&python)
-        .args([
-            script,
-            &format!("http://{}", serve.addr),
-            &expect.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {python}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "ollama_client.py failed:\n{stdout}\n{}\nserve stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        serve.stderr()
+    common::python_checks(
+        "ollama_client.py",
+        &[&format!("http://{}", serve.addr), &expect.to_string()],
+        || serve.stderr(),
     );
-    eprintln!("{stdout}");
 }
 
 /// A greedy chat answer from `model`; `answered_as` is the `model` the

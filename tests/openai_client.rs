@@ -31,9 +31,6 @@ fn chat_prompt_tokens(model: &std::path::Path) -> usize {
 
 #[test]
 fn official_openai_client() {
-    let python = std::env::var("SHARDLINE_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("SHARDLINE_TEST_PYTHON is not set: run scripts/test.sh (it makes a venv with the openai package)")
-    });
     let model = model_path();
     let (w1, w2) = (start_worker(&[]), start_worker(&[]));
     let rpc = rpc(&[&w1, &w2]);
@@ -93,23 +90,9 @@ fn official_openai_client() {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": stats["gen_tokens"],
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let out = Command::new(&python)
-        .args([
-            script,
-            &format!("http://{}/v1", serve.addr),
-            &expect.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {python}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "openai_client.py failed:\n{stdout}\n{stderr}\nserve stderr:\n{}",
-        serve.stderr()
+    common::python_checks(
+        "openai_client.py",
+        &[&format!("http://{}/v1", serve.addr), &expect.to_string()],
+        || serve.stderr(),
     );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
-    eprintln!("{stdout}");
 }

@@ -57,3 +57,30 @@ pub fn rpc(ws: &[&Worker]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// Runs `tests/SCRIPT` with `args` under the Python of
+/// `$SHARDLINE_TEST_PYTHON` (the venv scripts/test.sh makes, with the
+/// `openai`, `ollama` and `jsonschema` packages); it must exit 0 and print
+/// "all checks passed". `server_log` is shown with a failure.
+pub fn python_checks(script: &str, args: &[&str], server_log: impl FnOnce() -> String) {
+    let python = std::env::var("SHARDLINE_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("SHARDLINE_TEST_PYTHON is not set: run scripts/test.sh (it makes a venv with the client packages)")
+    });
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = std::process::Command::new(&python)
+        .arg(&path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "{script} failed:\n{stdout}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server_log()
+    );
+    eprintln!("{stdout}");
+}
