@@ -52,8 +52,14 @@ pub struct LlamaConfig {
     pub rope: RopeParams,
     /// Attention scale (1/sqrt(head_dim) unless the model says otherwise).
     pub kq_scale: f32,
-    /// Whether `rope_freqs.weight` (Llama 3 frequency factors) is present.
+    /// Whether the graph multiplies RoPE frequencies by factors: Llama 3's
+    /// `rope_freqs.weight`, or Phi-3's LongRoPE factors.
     pub rope_freqs: bool,
+    /// The tensor of those factors ([`ROPE_FREQS`], [`ROPE_FACTORS_SHORT`]
+    /// or [`ROPE_FACTORS_LONG`]; see [`LlamaConfig::for_seq_context`]).
+    pub rope_freqs_name: &'static str,
+    /// Whether the file has LongRoPE's pair of factor tensors.
+    pub long_rope: bool,
     /// Whether the output matrix is the token embedding (no `output.weight`).
     pub tied_output: bool,
     /// The model's family: its layers' tensors and its graph's choices.
@@ -115,16 +121,16 @@ impl LlamaConfig {
             Some(f) => f,
             None => g.get_opt::<f32>(&key("rope.scale_linear"))?.unwrap_or(0.0),
         };
-        let freq_scale = match scaling {
+        let linear = if factor > 0.0 { 1.0 / factor } else { 1.0 };
+        // (freq_scale, ext_factor) as llama.cpp sets them: YaRN is linear
+        // scaling plus the ramp between interpolated and extrapolated
+        // frequencies (ext_factor 1); LongRoPE scales through its factor
+        // tensors.
+        let (freq_scale, ext_factor) = match scaling {
             // A type of "none" never scales, whatever the factor says.
-            "none" => 1.0,
-            "linear" => {
-                if factor > 0.0 {
-                    1.0 / factor
-                } else {
-                    1.0
-                }
-            }
+            "none" => (1.0, 0.0),
+            "linear" | "longrope" => (linear, 0.0),
+            "yarn" => (linear, 1.0),
             other => {
                 return Err(ModelError::Unsupported(format!(
                     "{} = '{other}'",
@@ -132,9 +138,10 @@ impl LlamaConfig {
                 )));
             }
         };
-        let attn_factor = g
+        let rope_attn_factor = g
             .get_opt::<f32>(&key("rope.scaling.attn_factor"))?
             .unwrap_or(1.0);
+        let attn_factor = rope_attn_factor * yarn_attn_factor(freq_scale, ext_factor);
         // Capped like the training context, so it fits ggml's i32.
         let n_ctx_orig = g
             .get_opt::<u32>(&key("rope.scaling.original_context_length"))
@@ -168,10 +175,23 @@ impl LlamaConfig {
             n_ctx_orig: n_ctx_orig as i32,
             freq_base: hp.rope_freq_base,
             freq_scale,
-            ext_factor: 0.0,
+            ext_factor,
             attn_factor,
             beta_fast: 32.0,
             beta_slow: 1.0,
+        };
+        // A family that does not read the factors ignores them, as
+        // llama.cpp does; of LongRoPE's pair, the short ones until a
+        // context is known (`for_seq_context`).
+        let long_rope = family.long_rope
+            && g.tensor(ROPE_FACTORS_SHORT).is_some()
+            && g.tensor(ROPE_FACTORS_LONG).is_some();
+        let rope_freqs_name = if family.rope_freqs && g.tensor(ROPE_FREQS).is_some() {
+            Some(ROPE_FREQS)
+        } else if long_rope {
+            Some(ROPE_FACTORS_SHORT)
+        } else {
+            None
         };
         let swa = if family.sliding_window {
             SlidingWindow::read(g, &arch, hp.n_layer, rope)?
@@ -180,9 +200,9 @@ impl LlamaConfig {
         };
         let cfg = LlamaConfig {
             swa,
-            // A family that does not read the factors ignores them, as
-            // llama.cpp does.
-            rope_freqs: family.rope_freqs && g.tensor(ROPE_FREQS).is_some(),
+            rope_freqs: rope_freqs_name.is_some(),
+            rope_freqs_name: rope_freqs_name.unwrap_or(ROPE_FREQS),
+            long_rope,
             arch: family,
             tied_output: g.tensor(OUTPUT).is_none(),
             hp,
@@ -191,6 +211,20 @@ impl LlamaConfig {
         };
         cfg.check_weights(g)?;
         Ok(cfg)
+    }
+
+    /// The configuration for sequences of `n_ctx_seq` cells: LongRoPE's
+    /// long factors when that exceeds the original context, as llama.cpp
+    /// chooses per context.
+    pub fn for_seq_context(mut self, n_ctx_seq: u32) -> LlamaConfig {
+        if self.long_rope {
+            self.rope_freqs_name = if n_ctx_seq as i32 > self.rope.n_ctx_orig {
+                ROPE_FACTORS_LONG
+            } else {
+                ROPE_FACTORS_SHORT
+            };
+        }
+        self
     }
 
     /// The RoPE of layer `il`: windowed layers have their own.
@@ -232,8 +266,12 @@ impl LlamaConfig {
         if !self.tied_output {
             expect.push((OUTPUT.into(), vec![e, v]));
         }
-        if self.rope_freqs {
-            expect.push((ROPE_FREQS.into(), vec![u64::from(self.hp.n_rot / 2)]));
+        let half_rot = vec![u64::from(self.hp.n_rot / 2)];
+        if self.long_rope {
+            expect.push((ROPE_FACTORS_SHORT.into(), half_rot.clone()));
+            expect.push((ROPE_FACTORS_LONG.into(), half_rot));
+        } else if self.rope_freqs {
+            expect.push((ROPE_FREQS.into(), half_rot));
         }
         for il in 0..self.hp.n_layer {
             expect.extend(self.layer_weights(il));
@@ -256,7 +294,11 @@ impl LlamaConfig {
                 .and_then(|r| r.split_once('.'))
             {
                 Some((_, rest)) => self.arch.layer_tensor(rest).is_some(),
-                None => [TOKEN_EMBD, OUTPUT_NORM, OUTPUT, ROPE_FREQS].contains(&t.name()),
+                None => {
+                    [TOKEN_EMBD, OUTPUT_NORM, OUTPUT, ROPE_FREQS].contains(&t.name())
+                        || (self.long_rope
+                            && [ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG].contains(&t.name()))
+                }
             };
             if !known {
                 return Err(ModelError::Unsupported(format!(
@@ -298,5 +340,25 @@ pub const OUTPUT_NORM: &str = "output_norm.weight";
 pub const OUTPUT: &str = "output.weight";
 /// Llama 3 RoPE frequency factors.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
+/// LongRoPE's factors for contexts up to the original one.
+pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+/// LongRoPE's factors for longer contexts.
+pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+
+/// The YaRN attention factor llama.cpp multiplies into RoPE: YaRN's
+/// magnitude scale for the context factor, over the `1 + 0.1 ln(factor)`
+/// ggml's RoPE applies by itself whenever `ext_factor` is not 0.
+fn yarn_attn_factor(freq_scale: f32, ext_factor: f32) -> f32 {
+    if ext_factor == 0.0 {
+        return 1.0;
+    }
+    let factor = 1.0 / freq_scale;
+    let mscale = if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * factor.ln() + 1.0
+    };
+    mscale / (1.0 + 0.1 * factor.ln())
+}
 
 pub use crate::arch::LayerRole;

@@ -16,11 +16,18 @@ use shardline::model::LlamaConfig;
 
 /// llama.cpp's output against shardline's in the three placements.
 async fn matches_llama_cpp(f: Family) {
-    let m = write_model(f, "e2e", &Extra::default());
+    matches_llama_cpp_with(f, "e2e", &Extra::default()).await;
+}
+
+/// [`matches_llama_cpp`] for the family's model with `extra` keys or
+/// tensors; returns llama.cpp's greedy tokens.
+async fn matches_llama_cpp_with(f: Family, name: &str, extra: &Extra) -> Vec<Vec<u32>> {
+    let m = write_model(f, name, extra);
     let prompts = id_prompts(N_VOCAB, &[(1, 12), (2, 40)]);
     let want = synth::reference(&m.0, &prompts, N_CTX, N_GEN);
     let g = Gguf::open(&m.0).unwrap();
-    let cfg = LlamaConfig::from_gguf(&g).unwrap();
+    // One sequence of N_CTX cells, as llama.cpp's context here.
+    let cfg = LlamaConfig::from_gguf(&g).unwrap().for_seq_context(N_CTX);
     assert_eq!(cfg.arch.name, f.description());
     let workers = [start_worker(&[]), start_worker(&[])];
     let pipeline = |stages: Vec<StageRunner>| {
@@ -48,6 +55,7 @@ async fn matches_llama_cpp(f: Family) {
         StageRunner::Remote(b.into()),
     ]);
     synth::check_against(&mut p, &prompts, &want, &format!("{f:?}: local layers")).await;
+    want.into_iter().map(|(toks, _)| toks).collect()
 }
 
 #[tokio::test]
@@ -63,6 +71,50 @@ async fn qwen3_matches_llama_cpp() {
 #[tokio::test]
 async fn phi3_matches_llama_cpp() {
     matches_llama_cpp(Family::Phi3).await;
+}
+
+/// YaRN (Qwen2.5's long-context scaling): a context factor of 4 over an
+/// original context of 64.
+#[tokio::test]
+async fn qwen2_yarn_matches_llama_cpp() {
+    let yarn = Extra {
+        kv: vec![
+            ("rope.scaling.type", "yarn".into()),
+            ("rope.scaling.factor", 4.0f32.into()),
+            ("rope.scaling.original_context_length", 64u32.into()),
+        ],
+        ..Extra::default()
+    };
+    let with = matches_llama_cpp_with(Family::Qwen2, "yarn", &yarn).await;
+    // Without this, matching llama.cpp would say nothing about YaRN.
+    let plain = write_model(Family::Qwen2, "no-yarn", &Extra::default());
+    let prompts = id_prompts(N_VOCAB, &[(1, 12), (2, 40)]);
+    let without: Vec<Vec<u32>> = synth::reference(&plain.0, &prompts, N_CTX, N_GEN)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_ne!(with, without, "YaRN changes llama.cpp's tokens");
+}
+
+/// LongRoPE (Phi-3's long-context models): the long factors when the
+/// sequence's context (N_CTX) exceeds the original one, else the short.
+#[tokio::test]
+async fn phi3_long_rope_matches_llama_cpp() {
+    let half = Family::Phi3.head_dim() / 2;
+    let long_rope = |orig: u32| Extra {
+        kv: vec![
+            ("rope.scaling.attn_factor", 1.19f32.into()),
+            ("rope.scaling.original_context_length", orig.into()),
+        ],
+        tensors: vec![
+            ("rope_factors_long.weight", half),
+            ("rope_factors_short.weight", half),
+        ],
+        ..Extra::default()
+    };
+    let long = matches_llama_cpp_with(Family::Phi3, "longrope-long", &long_rope(N_CTX / 2)).await;
+    let short = matches_llama_cpp_with(Family::Phi3, "longrope-short", &long_rope(N_CTX)).await;
+    assert_ne!(long, short, "the long factors change llama.cpp's tokens");
 }
 
 #[tokio::test]

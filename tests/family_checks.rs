@@ -105,15 +105,15 @@ fn refusal(f: Family, name: &str, extra: Extra) -> ModelError {
 fn refusals_name_what_they_refuse() {
     let msg = refusal(
         Family::Qwen2,
-        "yarn",
+        "dynamic-rope",
         Extra {
-            kv: vec![("rope.scaling.type", "yarn".into())],
+            kv: vec![("rope.scaling.type", "dynamic".into())],
             ..Extra::default()
         },
     )
     .to_string();
     assert!(
-        msg.contains("qwen2.rope.scaling.type") && msg.contains("yarn"),
+        msg.contains("qwen2.rope.scaling.type") && msg.contains("dynamic"),
         "{msg}"
     );
 

@@ -30,6 +30,7 @@ pub const GEMMA3: Arch = Arch {
     ],
     rope: RopeStyle::Neox,
     rope_freqs: false,
+    long_rope: false,
     scale_q: true,
     attn_scale: AttnScale::GemmaBySize,
     embd_scale: true,

@@ -12,6 +12,7 @@ pub const LLAMA: Arch = Arch {
     layer: &[ATTN_NORM, Q, K, V, OUT, FFN_NORM, GATE, UP, DOWN],
     rope: RopeStyle::Normal,
     rope_freqs: true,
+    long_rope: false,
     scale_q: false,
     attn_scale: AttnScale::KeyLength,
     embd_scale: false,

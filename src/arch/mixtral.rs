@@ -29,6 +29,7 @@ pub const MIXTRAL: Arch = Arch {
     ],
     rope: RopeStyle::Normal,
     rope_freqs: true,
+    long_rope: false,
     scale_q: false,
     attn_scale: AttnScale::KeyLength,
     embd_scale: false,

@@ -228,6 +228,11 @@ pub struct Arch {
     pub rope: RopeStyle,
     /// Whether `rope_freqs.weight` (frequency factors) is read when present.
     pub rope_freqs: bool,
+    /// Whether LongRoPE's `rope_factors_short.weight` and
+    /// `rope_factors_long.weight` are read when present (Phi-3's long
+    /// context models): the long ones when a sequence's context exceeds
+    /// `rope.scaling.original_context_length`, as llama.cpp chooses.
+    pub long_rope: bool,
     /// Whether the queries are scaled before attention, which then scales
     /// by one, rather than in it: the same product, rounded as the family's
     /// reference implementation rounds it.

@@ -27,6 +27,7 @@ pub const PHI3: Arch = Arch {
     ],
     rope: RopeStyle::Neox,
     rope_freqs: false,
+    long_rope: true,
     scale_q: true,
     attn_scale: AttnScale::KeyLength,
     embd_scale: false,

@@ -23,6 +23,7 @@ pub const QWEN3: Arch = Arch {
     ],
     rope: RopeStyle::Neox,
     rope_freqs: false,
+    long_rope: false,
     scale_q: false,
     attn_scale: AttnScale::KeyLength,
     embd_scale: false,

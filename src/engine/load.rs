@@ -200,7 +200,9 @@ pub(super) async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         path: path.clone(),
         source,
     })?;
-    let cfg = LlamaConfig::from_gguf(&gguf)?;
+    // The context of one sequence picks LongRoPE's factors, as llama.cpp's
+    // per-sequence context does.
+    let cfg = LlamaConfig::from_gguf(&gguf)?.for_seq_context(slot_size(opts.n_ctx, opts.parallel));
     let tokenizer = crate::exec::blocking(|| Tokenizer::from_gguf(&gguf))?;
     // Everything the file and the options decide is checked before any
     // worker starts or any server is reached.

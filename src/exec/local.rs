@@ -11,7 +11,7 @@ use super::{ExecError, Step};
 use crate::gguf::Gguf;
 use crate::graph::llama::{build_stage, Head, StageInputs, StageTensors};
 pub(crate) use crate::graph::window::CELL_POS;
-use crate::model::{LlamaConfig, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
+use crate::model::{LlamaConfig, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
 
 /// Graph size for one step: generous for the ~30 nodes a dense layer takes
 /// and the ~50 of a layer routing over 8 experts.
@@ -31,7 +31,7 @@ pub(crate) fn stage_weight_names(
         .flat_map(|il| cfg.layer_weight_names(il))
         .collect();
     if cfg.rope_freqs {
-        names.push(ROPE_FREQS.into());
+        names.push(cfg.rope_freqs_name.into());
     }
     let head = head.into();
     if head != Head::None {

@@ -130,7 +130,7 @@ impl<'c> StageTensors<'c> {
         mut weight: impl FnMut(&str) -> Result<Tensor<'c>, E>,
         mut cache: impl FnMut(u32, bool) -> Result<Tensor<'c>, E>,
     ) -> Result<Self, E> {
-        use crate::model::{OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD};
+        use crate::model::{OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
         let mut out = Vec::new();
         for il in layers {
             let mut weights = [None; LayerRole::COUNT];
@@ -156,7 +156,7 @@ impl<'c> StageTensors<'c> {
             }),
         };
         let rope_freqs = if cfg.rope_freqs {
-            Some(weight(ROPE_FREQS)?)
+            Some(weight(cfg.rope_freqs_name)?)
         } else {
             None
         };

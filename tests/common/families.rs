@@ -250,7 +250,14 @@ pub fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
         }
     }
     for (name, n) in &extra.tensors {
-        put(name, F32, &[*n], normal(name, *n, 0.1));
+        // RoPE frequency factors divide frequencies: positive, from 1 up,
+        // steeper for LongRoPE's long ones.
+        let values = match *name {
+            "rope_factors_long.weight" => (0..*n).map(|i| 1.0 + 0.5 * i as f32).collect(),
+            "rope_factors_short.weight" => (0..*n).map(|i| 1.0 + 0.05 * i as f32).collect(),
+            _ => normal(name, *n, 0.1),
+        };
+        put(name, F32, &[*n], values);
     }
     TempModel::write(&mut w, &format!("{a}-{name}"))
 }
