@@ -103,6 +103,47 @@ fn builtin_chatml_matches_llama_cpp() {
     }
 }
 
+/// Gemma's and Phi-3's turn formats: our Jinja rendering of a template in
+/// each family's shape equals llama.cpp's built-in formatting, which it
+/// picks by finding the family's markers in that same template text.
+#[test]
+fn gemma_and_phi3_formats_match_llama_cpp() {
+    use common::families::{GEMMA_TEMPLATE, PHI3_TEMPLATE};
+    let mut convs = conversations();
+    convs.push(vec![("user", "no system")]);
+    convs.push(vec![
+        ("system", "  spaced system  "),
+        ("user", "\tq\n"),
+        ("assistant", " a "),
+        ("user", "again"),
+    ]);
+    let mut compared = 0;
+    for source in [GEMMA_TEMPLATE, PHI3_TEMPLATE] {
+        let ours = ChatTemplate::new(source, "<bos>", "<eos>").unwrap();
+        for conv in &convs {
+            for add_gen in [false, true] {
+                let reference =
+                    chat_apply_template(source, conv, add_gen).expect("llama.cpp knows the family");
+                assert_eq!(
+                    ours.render(&to_messages(conv), add_gen).unwrap(),
+                    reference,
+                    "{conv:?}, add_generation_prompt={add_gen}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    // llama.cpp chose the families' formats, not a generic one.
+    let gemma = chat_apply_template(GEMMA_TEMPLATE, &[("user", "x")], true).unwrap();
+    assert_eq!(
+        gemma,
+        "<start_of_turn>user\nx<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let phi3 = chat_apply_template(PHI3_TEMPLATE, &[("user", "x")], true).unwrap();
+    assert_eq!(phi3, "<|user|>\nx<|end|>\n<|assistant|>\n");
+    eprintln!("{compared} renderings equal to llama.cpp's");
+}
+
 #[test]
 fn template_errors_are_typed() {
     for bad in [

@@ -261,3 +261,31 @@ pub fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
     }
     TempModel::write(&mut w, &format!("{a}-{name}"))
 }
+
+/// A Jinja chat template in Gemma's turn format (written for these tests
+/// in the shape of the ones Gemma models ship, without the leading
+/// `bos_token`, which llama.cpp's formatting leaves to the tokenizer):
+/// `model` for the assistant, the system text merged into the first user
+/// turn, every text trimmed.
+pub const GEMMA_TEMPLATE: &str = "{%- set ns = namespace(system='') -%}
+{%- for m in messages -%}
+{%- if m['role'] == 'system' -%}
+{%- set ns.system = ns.system + (m['content'] | trim) -%}
+{%- else -%}
+{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}
+{{ '<start_of_turn>' + role + '\n' }}
+{%- if ns.system and role != 'model' -%}
+{{ ns.system + '\n\n' }}
+{%- set ns.system = '' -%}
+{%- endif -%}
+{{ (m['content'] | trim) + '<end_of_turn>\n' }}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
+/// A Jinja chat template in Phi-3's format (written for these tests):
+/// `<|role|>`, the text, `<|end|>`.
+pub const PHI3_TEMPLATE: &str = "{%- for m in messages -%}
+{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}";
