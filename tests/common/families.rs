@@ -1,6 +1,7 @@
 //! Small synthetic models of every family beyond llama (random weights in
 //! F32, F16 and Q8_0; each family's real key and tensor names and shapes;
-//! three layers), for `tests/families.rs` and `tests/family_checks.rs`.
+//! three layers), for `tests/families.rs`, `tests/family_checks.rs` and
+//! `benches/families.rs` (with plain llama as the reference).
 
 use shardline::gguf::writer::GgufWriter;
 use shardline::gguf::{GgmlType, Value};
@@ -21,6 +22,8 @@ pub const WINDOW: u32 = 16;
 /// A family under test.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Family {
+    /// Plain llama: the reference the others' speed is compared with.
+    Llama,
     /// Q/K/V biases.
     Qwen2,
     /// Per-head Q/K norms; heads wider than `n_embd / n_head`.
@@ -39,6 +42,7 @@ pub enum Family {
 impl Family {
     pub fn arch(self) -> &'static str {
         match self {
+            Family::Llama => "llama",
             Family::Qwen2 => "qwen2",
             Family::Qwen3 => "qwen3",
             Family::Phi3 => "phi3",

@@ -1,0 +1,133 @@
+//! Decode speed per model family against llama.cpp's own RPC client, on the
+//! same two workers in the same run: each family's small synthetic model
+//! (`tests/common/families.rs`, plain llama included as the reference),
+//! split evenly over both workers, a 40-token prompt, greedy decoding.
+//! The figure that matters is each family's ratio (shardline / llama.cpp)
+//! next to llama's: no family should be a slow path.
+//!
+//! `cargo bench --bench families` (env: SHARDLINE_BENCH_ROUNDS,
+//! SHARDLINE_BENCH_TOKENS, SHARDLINE_BENCH_THREADS). Prints a Markdown
+//! table for docs/BENCHMARKS.md and checks that both produced the same
+//! tokens.
+
+#[path = "../tests/common/mod.rs"]
+mod tests_common;
+
+mod common;
+
+use std::path::Path;
+
+use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
+use shardline::plan::{HeadSplit, Strategy};
+use shardline::sample::SamplerConfig;
+
+use common::{env_or, median};
+use tests_common::families::{write_model, Extra, Family, N_VOCAB};
+use tests_common::llama_ref::{rpc_devices, LlamaRef};
+use tests_common::synth::id_prompts;
+
+const FAMILIES: [Family; 7] = [
+    Family::Llama,
+    Family::Qwen2,
+    Family::Qwen3,
+    Family::Phi3,
+    Family::Mixtral,
+    Family::Qwen3Moe,
+    Family::Gemma3,
+];
+
+fn main() {
+    let rounds: usize = env_or("SHARDLINE_BENCH_ROUNDS", 3);
+    let n_gen: usize = env_or("SHARDLINE_BENCH_TOKENS", 64);
+    let threads: usize = env_or("SHARDLINE_BENCH_THREADS", 1);
+    let n_ctx = 256u32;
+    let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
+    let workers = common::start_workers(exe, 2, threads);
+    let servers: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
+    let prompt = id_prompts(N_VOCAB, &[(7, 40)]).remove(0);
+    let with_vocab = Extra {
+        vocab: true,
+        ..Extra::default()
+    };
+    let models: Vec<_> = FAMILIES
+        .iter()
+        .map(|&f| write_model(f, "bench", &with_vocab))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Every family with shardline first: llama.cpp's client keeps its
+    // connections for the whole process, and a server serves one client
+    // at a time.
+    let mut ours = Vec::new();
+    for (f, m) in FAMILIES.iter().zip(&models) {
+        let mut speeds = Vec::new();
+        let mut tokens = Vec::new();
+        for _ in 0..rounds {
+            let e = rt
+                .block_on(Engine::load(EngineOptions {
+                    model: m.0.clone(),
+                    servers: servers.clone(),
+                    n_ctx,
+                    n_batch: n_ctx,
+                    strategy: Strategy::Even,
+                    head_split: HeadSplit::Off,
+                    threads,
+                    progress: false,
+                    ..EngineOptions::default()
+                }))
+                .unwrap_or_else(|e| panic!("{f:?}: {e}"));
+            let req = GenerateRequest {
+                prompt: Prompt::Tokens(prompt.clone()),
+                max_tokens: n_gen,
+                sampler: SamplerConfig::greedy(),
+                stop: Vec::new(),
+                stop_at_eog: false,
+            };
+            let (toks, st) = rt.block_on(async {
+                let mut s = e.generate(req).expect("generate");
+                let mut usage = None;
+                while let Some(ev) = s.next().await {
+                    match ev {
+                        Event::Done(u) => usage = Some(u),
+                        Event::Error(err) => panic!("{f:?}: {err}"),
+                        Event::Text(_) => {}
+                    }
+                }
+                (s.token_ids(), usage.expect("done"))
+            });
+            tokens = toks.into_iter().map(|t| t as i32).collect::<Vec<_>>();
+            speeds.push(st.gen_steps as f64 / st.gen_s);
+        }
+        ours.push((median(speeds), tokens));
+    }
+
+    let devices = rpc_devices(&workers.iter().map(|w| w.endpoint).collect::<Vec<_>>());
+    let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
+    let mut theirs = Vec::new();
+    for m in &models {
+        let mut speeds = Vec::new();
+        let mut tokens = Vec::new();
+        for _ in 0..rounds {
+            let mut r = LlamaRef::load(&m.0, &devices, n_ctx);
+            let (toks, _, decode_s) = r.greedy_timed(&ids, n_gen);
+            tokens = toks;
+            speeds.push((n_gen - 1) as f64 / decode_s);
+        }
+        theirs.push((median(speeds), tokens));
+    }
+
+    println!("2 workers on loopback, {threads} thread(s) each; layers split evenly, output on the last worker; prompt {} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds", prompt.len());
+    println!();
+    println!("| family | shardline decode (tok/s) | llama.cpp decode (tok/s) | ratio | ratio / llama's | same tokens |");
+    println!("|---|---:|---:|---:|---:|---|");
+    let llama_ratio = ours[0].0 / theirs[0].0;
+    for ((f, (a, at)), (b, bt)) in FAMILIES.iter().zip(&ours).zip(&theirs) {
+        let ratio = a / b;
+        println!(
+            "| {} | {a:.1} | {b:.1} | {ratio:.2}x | {:.2} | {} |",
+            f.description(),
+            ratio / llama_ratio,
+            at == bt
+        );
+    }
+}
