@@ -111,6 +111,7 @@ fn check_status(v: &Value, endpoints: &[String], model: &str) {
         assert_eq!(st["first_layer"].as_u64().unwrap(), next, "{st}");
         next = st["end_layer"].as_u64().unwrap();
         assert_eq!(st["target"], format!("{ep}/0"));
+        assert_eq!(st["kind"], "CPU", "{st}");
         assert!(st["steps"].as_u64().unwrap() > 0, "{st}");
         assert!(st["step_ms"].as_f64().unwrap() > 0.0, "{st}");
         assert!(st["bytes_received"].as_u64().unwrap() > 0, "{st}");
@@ -213,6 +214,7 @@ fn dashboard_shows_servers_devices_and_layer_map() {
     assert!(dom.contains(r#"data-layer="29""#));
     assert!(dom.contains("2 servers · 2 devices · 1 models"), "{dom}");
     assert!(dom.contains("tokens/s live") && dom.contains("ms / step"));
+    assert_eq!(dom.matches(r#"<td class="kind">CPU</td>"#).count(), 2, "{dom}");
 
     let png = dir.join("dashboard.png");
     browse(

@@ -165,6 +165,8 @@ pub struct StageStatus {
     pub endpoint: Option<String>,
     /// The device on that server.
     pub device: Option<u32>,
+    /// The device's kind as the planner read it (`CPU`, `CUDA GPU`, …).
+    pub kind: String,
     /// First layer.
     pub first_layer: u32,
     /// One past the last layer.
@@ -224,6 +226,7 @@ fn ready_status(e: &Engine) -> ReadyStatus {
                 target,
                 endpoint,
                 device,
+                kind: s.kind.to_string(),
                 first_layer: s.layers.start,
                 end_layer: s.layers.end,
                 holds_output: s.holds_output,

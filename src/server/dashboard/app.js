@@ -119,9 +119,9 @@ function renderLayerMap(m, colors) {
 }
 
 function renderStages(m) {
-  const head = ["stage", "layers", "planned", "allocated", "steps", "ms / step", "sent", "received"];
+  const head = ["stage", "kind", "layers", "planned", "allocated", "steps", "ms / step", "sent", "received"];
   const rows = m.stages.map((s) => el("tr", { class: "stage" },
-    el("td", {}, s.target), el("td", {}, s.first_layer + "–" + (s.end_layer - 1)),
+    el("td", {}, s.target), el("td", { class: "kind" }, s.kind), el("td", {}, s.first_layer + "–" + (s.end_layer - 1)),
     el("td", {}, bytes(s.planned_bytes)), el("td", {}, bytes(s.allocated_bytes)),
     el("td", {}, s.steps), el("td", {}, s.step_ms.toFixed(2)),
     el("td", {}, bytes(s.bytes_sent)), el("td", {}, bytes(s.bytes_received))));
