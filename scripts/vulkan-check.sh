@@ -58,7 +58,9 @@ export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
 out=$(mktemp -d)
 "$CARGO_TARGET_DIR/release/shardline" worker --port 0 --device Vulkan0 > "$out/worker.log" 2>&1 &
 worker=$!
-trap 'kill $worker 2>/dev/null || true; rm -rf "$out"' EXIT
+# The worker's own log is shown when the check fails: an abort there names
+# the op the device could not run.
+trap 'rc=$?; kill $worker 2>/dev/null || true; [ $rc -eq 0 ] || { echo "--- worker log:"; tail -40 "$out/worker.log"; }; rm -rf "$out"' EXIT
 for _ in $(seq 600); do
   grep -q "ready" "$out/worker.log" 2>/dev/null && break
   kill -0 $worker 2>/dev/null || { cat "$out/worker.log"; exit 1; }
