@@ -17,26 +17,16 @@ mod common;
 
 use std::path::Path;
 
-use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
+use shardline::engine::{Engine, EngineOptions};
 use shardline::plan::{HeadSplit, Strategy};
-use shardline::sample::SamplerConfig;
 
 use common::{env_or, median};
-use tests_common::families::{write_model, Extra, Family, N_VOCAB};
+use tests_common::families::{write_model, Extra, Family, BEYOND_LLAMA, N_VOCAB};
 use tests_common::llama_ref::{rpc_devices, LlamaRef};
 use tests_common::synth::id_prompts;
 
-const FAMILIES: [Family; 7] = [
-    Family::Llama,
-    Family::Qwen2,
-    Family::Qwen3,
-    Family::Phi3,
-    Family::Mixtral,
-    Family::Qwen3Moe,
-    Family::Gemma3,
-];
-
 fn main() {
+    let families: Vec<Family> = std::iter::once(Family::Llama).chain(BEYOND_LLAMA).collect();
     let rounds: usize = env_or("SHARDLINE_BENCH_ROUNDS", 3);
     let n_gen: usize = env_or("SHARDLINE_BENCH_TOKENS", 64);
     let threads: usize = env_or("SHARDLINE_BENCH_THREADS", 1);
@@ -52,11 +42,11 @@ fn main() {
     // The engine needs a tokenizer even for token prompts; llama.cpp takes
     // the same weights with no vocabulary (it refuses some families' files
     // with the generic test vocabulary).
-    let models: Vec<_> = FAMILIES
+    let models: Vec<_> = families
         .iter()
         .map(|&f| write_model(f, "bench", &with_vocab))
         .collect();
-    let bare: Vec<_> = FAMILIES
+    let bare: Vec<_> = families
         .iter()
         .map(|&f| write_model(f, "bench-bare", &Extra::default()))
         .collect();
@@ -66,7 +56,7 @@ fn main() {
     // connections for the whole process, and a server serves one client
     // at a time.
     let mut ours = Vec::new();
-    for (f, m) in FAMILIES.iter().zip(&models) {
+    for (f, m) in families.iter().zip(&models) {
         let mut speeds = Vec::new();
         let mut tokens = Vec::new();
         for _ in 0..rounds {
@@ -83,25 +73,7 @@ fn main() {
                     ..EngineOptions::default()
                 }))
                 .unwrap_or_else(|e| panic!("{f:?}: {e}"));
-            let req = GenerateRequest {
-                prompt: Prompt::Tokens(prompt.clone()),
-                max_tokens: n_gen,
-                sampler: SamplerConfig::greedy(),
-                stop: Vec::new(),
-                stop_at_eog: false,
-            };
-            let (toks, st) = rt.block_on(async {
-                let mut s = e.generate(req).expect("generate");
-                let mut usage = None;
-                while let Some(ev) = s.next().await {
-                    match ev {
-                        Event::Done(u) => usage = Some(u),
-                        Event::Error(err) => panic!("{f:?}: {err}"),
-                        Event::Text(_) => {}
-                    }
-                }
-                (s.token_ids(), usage.expect("done"))
-            });
+            let (toks, st) = common::greedy(&rt, &e, prompt.clone(), n_gen);
             tokens = toks.into_iter().map(|t| t as i32).collect::<Vec<_>>();
             speeds.push(st.gen_steps as f64 / st.gen_s);
         }
@@ -128,7 +100,7 @@ fn main() {
     println!("| family | shardline decode (tok/s) | llama.cpp decode (tok/s) | ratio | ratio / llama's | same tokens |");
     println!("|---|---:|---:|---:|---:|---|");
     let llama_ratio = ours[0].0 / theirs[0].0;
-    for ((f, (a, at)), (b, bt)) in FAMILIES.iter().zip(&ours).zip(&theirs) {
+    for ((f, (a, at)), (b, bt)) in families.iter().zip(&ours).zip(&theirs) {
         let ratio = a / b;
         println!(
             "| {} | {a:.1} | {b:.1} | {ratio:.2}x | {:.2} | {} |",

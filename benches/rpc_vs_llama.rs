@@ -17,9 +17,8 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use shardline::engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
+use shardline::engine::{Engine, EngineOptions};
 use shardline::plan::{HeadSplit, Strategy};
-use shardline::sample::SamplerConfig;
 
 use common::{env_or, median, model_path};
 
@@ -77,25 +76,7 @@ fn main() {
             .expect("load");
         let load_s = started.elapsed().as_secs_f64();
         let prompt = e.tokenizer().encode(PROMPT, true, true);
-        let req = GenerateRequest {
-            prompt: Prompt::Tokens(prompt),
-            max_tokens: n_gen,
-            sampler: SamplerConfig::greedy(),
-            stop: Vec::new(),
-            stop_at_eog: false,
-        };
-        let (toks, st) = rt.block_on(async {
-            let mut s = e.generate(req).expect("generate");
-            let mut usage = None;
-            while let Some(ev) = s.next().await {
-                match ev {
-                    Event::Done(u) => usage = Some(u),
-                    Event::Error(err) => panic!("{err}"),
-                    Event::Text(_) => {}
-                }
-            }
-            (s.token_ids(), usage.expect("done"))
-        });
+        let (toks, st) = common::greedy(&rt, &e, prompt, n_gen);
         our_tokens = toks.into_iter().map(|t| t as i32).collect::<Vec<_>>();
         ours.push(Round {
             load_s,

@@ -214,7 +214,11 @@ fn dashboard_shows_servers_devices_and_layer_map() {
     assert!(dom.contains(r#"data-layer="29""#));
     assert!(dom.contains("2 servers · 2 devices · 1 models"), "{dom}");
     assert!(dom.contains("tokens/s live") && dom.contains("ms / step"));
-    assert_eq!(dom.matches(r#"<td class="kind">CPU</td>"#).count(), 2, "{dom}");
+    assert_eq!(
+        dom.matches(r#"<td class="kind">CPU</td>"#).count(),
+        2,
+        "{dom}"
+    );
 
     let png = dir.join("dashboard.png");
     browse(

@@ -14,14 +14,7 @@ use shardline::model::{LlamaConfig, ModelError};
 fn every_family_measures_its_stage_graphs() {
     // The planner's compute figures come from the same graphs, built on
     // the coordinator without running them.
-    for f in [
-        Family::Qwen2,
-        Family::Qwen3,
-        Family::Phi3,
-        Family::Mixtral,
-        Family::Qwen3Moe,
-        Family::Gemma3,
-    ] {
+    for f in BEYOND_LLAMA {
         let m = write_model(f, "measure", &Extra::default());
         let g = Gguf::open(&m.0).unwrap();
         let cfg = LlamaConfig::from_gguf(&g).unwrap();

@@ -43,3 +43,33 @@ pub fn start_workers(exe: &Path, n: usize, threads: usize) -> Vec<shardline::wor
         })
         .collect()
 }
+
+/// `n_gen` tokens from `prompt` (token ids) on `e`, greedily, to the end:
+/// the tokens and the usage the engine reported.
+pub fn greedy(
+    rt: &tokio::runtime::Runtime,
+    e: &shardline::engine::Engine,
+    prompt: Vec<u32>,
+    n_gen: usize,
+) -> (Vec<u32>, shardline::engine::Usage) {
+    use shardline::engine::{Event, GenerateRequest, Prompt};
+    let req = GenerateRequest {
+        prompt: Prompt::Tokens(prompt),
+        max_tokens: n_gen,
+        sampler: shardline::sample::SamplerConfig::greedy(),
+        stop: Vec::new(),
+        stop_at_eog: false,
+    };
+    rt.block_on(async {
+        let mut s = e.generate(req).expect("generate");
+        let mut usage = None;
+        while let Some(ev) = s.next().await {
+            match ev {
+                Event::Done(u) => usage = Some(u),
+                Event::Error(err) => panic!("{err}"),
+                Event::Text(_) => {}
+            }
+        }
+        (s.token_ids(), usage.expect("done"))
+    })
+}

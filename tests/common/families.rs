@@ -39,6 +39,16 @@ pub enum Family {
     Gemma3,
 }
 
+/// Every family beyond plain llama.
+pub const BEYOND_LLAMA: [Family; 6] = [
+    Family::Qwen2,
+    Family::Qwen3,
+    Family::Phi3,
+    Family::Mixtral,
+    Family::Qwen3Moe,
+    Family::Gemma3,
+];
+
 impl Family {
     pub fn arch(self) -> &'static str {
         match self {
