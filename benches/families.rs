@@ -6,7 +6,10 @@
 //! next to llama's: no family should be a slow path.
 //!
 //! `cargo bench --bench families` (env: SHARDLINE_BENCH_ROUNDS,
-//! SHARDLINE_BENCH_TOKENS, SHARDLINE_BENCH_THREADS). Prints a Markdown
+//! SHARDLINE_BENCH_TOKENS, SHARDLINE_BENCH_THREADS, SHARDLINE_BENCH_SCALE:
+//! the test models' widths times this, 8 by default (width 1024), so that
+//! arithmetic rather than per-step overhead takes the time; 1 is the
+//! tests' own small models). Prints a Markdown
 //! table for docs/BENCHMARKS.md and checks that both produced the same
 //! tokens.
 
@@ -30,6 +33,7 @@ fn main() {
     let rounds: usize = env_or("SHARDLINE_BENCH_ROUNDS", 3);
     let n_gen: usize = env_or("SHARDLINE_BENCH_TOKENS", 64);
     let threads: usize = env_or("SHARDLINE_BENCH_THREADS", 1);
+    let scale: usize = env_or("SHARDLINE_BENCH_SCALE", 8);
     let n_ctx = 256u32;
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
     let workers = common::start_workers(exe, 2, threads);
@@ -37,6 +41,11 @@ fn main() {
     let prompt = id_prompts(N_VOCAB, &[(7, 40)]).remove(0);
     let with_vocab = Extra {
         vocab: true,
+        scale,
+        ..Extra::default()
+    };
+    let bare_extra = Extra {
+        scale,
         ..Extra::default()
     };
     // The engine needs a tokenizer even for token prompts; llama.cpp takes
@@ -48,7 +57,7 @@ fn main() {
         .collect();
     let bare: Vec<_> = families
         .iter()
-        .map(|&f| write_model(f, "bench-bare", &Extra::default()))
+        .map(|&f| write_model(f, "bench-bare", &bare_extra))
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
 
@@ -95,7 +104,7 @@ fn main() {
         theirs.push((median(speeds), tokens));
     }
 
-    println!("2 workers on loopback, {threads} thread(s) each; layers split evenly, output on the last worker; prompt {} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds", prompt.len());
+    println!("widths x{scale} (embedding {}); 2 workers on loopback, {threads} thread(s) each; layers split evenly, output on the last worker; prompt {} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds", tests_common::families::N_EMBD * scale.max(1), prompt.len());
     println!();
     println!("| family | shardline decode (tok/s) | llama.cpp decode (tok/s) | ratio | ratio / llama's | same tokens |");
     println!("|---|---:|---:|---:|---:|---|");

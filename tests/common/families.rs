@@ -113,6 +113,10 @@ pub struct Extra {
     /// A SentencePiece vocabulary of `N_VOCAB` tokens instead of none, for
     /// the engine, which needs a tokenizer even for token prompts.
     pub vocab: bool,
+    /// Widths (embedding, feed-forward, head size) times this; 0 or 1:
+    /// the small model. The bench uses a larger one, where arithmetic
+    /// rather than per-step overhead takes the time.
+    pub scale: usize,
 }
 
 /// Writes the family's synthetic model.
@@ -120,14 +124,16 @@ pub fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
     use GgmlType::{F16, F32, Q8_0};
     let a = f.arch();
     let key = |s: &str| format!("{a}.{s}");
-    let hd = f.head_dim();
+    let scale = extra.scale.max(1);
+    let hd = f.head_dim() * scale;
+    let (n_embd, n_ff) = (N_EMBD * scale, N_FF * scale);
     let mut w = GgufWriter::new();
     w.add_kv("general.architecture", a)
         .add_kv("general.name", format!("shardline synthetic {a}"))
         .add_kv(key("block_count"), N_LAYER)
         .add_kv(key("context_length"), 512u32)
-        .add_kv(key("embedding_length"), N_EMBD as u32)
-        .add_kv(key("feed_forward_length"), N_FF as u32)
+        .add_kv(key("embedding_length"), n_embd as u32)
+        .add_kv(key("feed_forward_length"), n_ff as u32)
         .add_kv(key("attention.head_count"), N_HEAD as u32)
         .add_kv(key("attention.head_count_kv"), N_HEAD_KV as u32)
         .add_kv(key("rope.freq_base"), 1_000_000f32)
@@ -150,7 +156,10 @@ pub fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
         w.add_kv(key("expert_count"), n as u32)
             .add_kv(key("expert_used_count"), used as u32);
         if f == Family::Qwen3Moe {
-            w.add_kv(key("expert_feed_forward_length"), f.n_ff_exp() as u32);
+            w.add_kv(
+                key("expert_feed_forward_length"),
+                (f.n_ff_exp() * scale) as u32,
+            );
         }
     }
     if extra.vocab {
@@ -171,7 +180,7 @@ pub fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
         w.add_kv(key(k), v.clone());
     }
 
-    let (e, ff, v) = (N_EMBD, N_FF, N_VOCAB);
+    let (e, ff, v) = (n_embd, n_ff, N_VOCAB);
     let (q, kv) = (hd * N_HEAD, hd * N_HEAD_KV);
     let mut put = |name: &str, ty: GgmlType, dims: &[usize], values: Vec<f32>| {
         if extra.skip != Some(name) {
@@ -213,7 +222,7 @@ pub fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
     match (f, f.experts()) {
         (Family::Phi3, _) => mats.push(("ffn_up", vec![e, 2 * ff], 0.1)),
         (_, Some((n, _))) => {
-            let fe = f.n_ff_exp();
+            let fe = f.n_ff_exp() * scale;
             mats.push(("ffn_gate_inp", vec![e, n], 0.3));
             mats.push(("ffn_gate_exps", vec![e, fe, n], 0.1));
             mats.push(("ffn_up_exps", vec![e, fe, n], 0.1));
