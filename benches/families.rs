@@ -1,5 +1,6 @@
-//! Decode speed per model family against llama.cpp's own RPC client, on the
-//! same two workers in the same run: each family's small synthetic model
+//! Decode speed per model family against llama.cpp's own RPC client, on
+//! two workers each (alike, started by the bench) in the same run, the two
+//! clients measured back to back in every round: each family's small synthetic model
 //! (`tests/common/families.rs`, plain llama included as the reference),
 //! split evenly over both workers, a 40-token prompt, greedy decoding.
 //! The figure that matters is each family's ratio (shardline / llama.cpp)
@@ -36,9 +37,21 @@ fn main() {
     let scale: usize = env_or("SHARDLINE_BENCH_SCALE", 8);
     let n_ctx = 256u32;
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
-    let workers = common::start_workers(exe, 2, threads);
-    let servers: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
+    // Two pairs of workers: llama.cpp's client keeps its connections for
+    // the whole process and a server serves one client at a time, so each
+    // client gets its own pair. That lets every round measure both clients
+    // back to back (order alternating), and the ratio is taken per round:
+    // drift in the machine's speed between rounds (large on a shared
+    // 2-core machine) then cancels instead of landing on one side.
+    let ours_workers = common::start_workers(exe, 2, threads);
+    let their_workers = common::start_workers(exe, 2, threads);
+    let servers: Vec<String> = ours_workers
+        .iter()
+        .map(|w| w.endpoint.to_string())
+        .collect();
+    let devices = rpc_devices(&their_workers.iter().map(|w| w.endpoint).collect::<Vec<_>>());
     let prompt = id_prompts(N_VOCAB, &[(7, 40)]).remove(0);
+    let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     let with_vocab = Extra {
         vocab: true,
         scale,
@@ -61,61 +74,69 @@ fn main() {
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
 
-    // Every family with shardline first: llama.cpp's client keeps its
-    // connections for the whole process, and a server serves one client
-    // at a time.
-    let mut ours = Vec::new();
-    for (f, m) in families.iter().zip(&models) {
-        let mut speeds = Vec::new();
-        let mut tokens = Vec::new();
-        for _ in 0..rounds {
-            let e = rt
-                .block_on(Engine::load(EngineOptions {
-                    model: m.0.clone(),
-                    servers: servers.clone(),
-                    n_ctx,
-                    n_batch: n_ctx,
-                    strategy: Strategy::Even,
-                    head_split: HeadSplit::Off,
-                    threads,
-                    progress: false,
-                    ..EngineOptions::default()
-                }))
-                .unwrap_or_else(|e| panic!("{f:?}: {e}"));
-            let (toks, st) = common::greedy(&rt, &e, prompt.clone(), n_gen);
-            tokens = toks.into_iter().map(|t| t as i32).collect::<Vec<_>>();
-            speeds.push(st.gen_steps as f64 / st.gen_s);
-        }
-        ours.push((median(speeds), tokens));
-    }
+    let shardline_run = |f: Family, m: &Path| {
+        let e = rt
+            .block_on(Engine::load(EngineOptions {
+                model: m.to_path_buf(),
+                servers: servers.clone(),
+                n_ctx,
+                n_batch: n_ctx,
+                strategy: Strategy::Even,
+                head_split: HeadSplit::Off,
+                threads,
+                progress: false,
+                ..EngineOptions::default()
+            }))
+            .unwrap_or_else(|e| panic!("{f:?}: {e}"));
+        let (toks, st) = common::greedy(&rt, &e, prompt.clone(), n_gen);
+        let toks: Vec<i32> = toks.into_iter().map(|t| t as i32).collect();
+        (st.gen_steps as f64 / st.gen_s, toks)
+    };
+    let llama_run = |m: &Path| {
+        let mut r = LlamaRef::load(m, &devices, n_ctx);
+        let (toks, _, decode_s) = r.greedy_timed(&ids, n_gen);
+        ((n_gen - 1) as f64 / decode_s, toks)
+    };
 
-    let devices = rpc_devices(&workers.iter().map(|w| w.endpoint).collect::<Vec<_>>());
-    let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
-    let mut theirs = Vec::new();
-    for m in &bare {
-        let mut speeds = Vec::new();
-        let mut tokens = Vec::new();
-        for _ in 0..rounds {
-            let mut r = LlamaRef::load(&m.0, &devices, n_ctx);
-            let (toks, _, decode_s) = r.greedy_timed(&ids, n_gen);
-            tokens = toks;
-            speeds.push((n_gen - 1) as f64 / decode_s);
+    // Per family: speeds of each client, and per-round ratios.
+    let n = families.len();
+    let mut ours = vec![Vec::new(); n];
+    let mut theirs = vec![Vec::new(); n];
+    let mut ratios = vec![Vec::new(); n];
+    let mut same = vec![true; n];
+    for round in 0..rounds {
+        for (i, &f) in families.iter().enumerate() {
+            let ((a, at), (b, bt)) = if round % 2 == 0 {
+                let a = shardline_run(f, &models[i].0);
+                (a, llama_run(&bare[i].0))
+            } else {
+                let b = llama_run(&bare[i].0);
+                (shardline_run(f, &models[i].0), b)
+            };
+            same[i] &= at == bt;
+            ours[i].push(a);
+            theirs[i].push(b);
+            ratios[i].push(a / b);
         }
-        theirs.push((median(speeds), tokens));
     }
+    // Each round's family ratio over that round's llama ratio.
+    let relative: Vec<f64> = (0..n)
+        .map(|i| median((0..rounds).map(|r| ratios[i][r] / ratios[0][r]).collect()))
+        .collect();
 
-    println!("widths x{scale} (embedding {}); 2 workers on loopback, {threads} thread(s) each; layers split evenly, output on the last worker; prompt {} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds", tests_common::families::N_EMBD * scale.max(1), prompt.len());
+    println!("widths x{scale} (embedding {}); 2 workers on loopback per client, {threads} thread(s) each; layers split evenly, output on the last worker; prompt {} tokens; {n_gen} tokens generated greedily; {rounds} rounds, the two clients back to back in each (order alternating); medians", tests_common::families::N_EMBD * scale.max(1), prompt.len());
     println!();
     println!("| family | shardline decode (tok/s) | llama.cpp decode (tok/s) | ratio | ratio / llama's | same tokens |");
     println!("|---|---:|---:|---:|---:|---|");
-    let llama_ratio = ours[0].0 / theirs[0].0;
-    for ((f, (a, at)), (b, bt)) in families.iter().zip(&ours).zip(&theirs) {
-        let ratio = a / b;
+    for i in 0..n {
         println!(
-            "| {} | {a:.1} | {b:.1} | {ratio:.2}x | {:.2} | {} |",
-            f.description(),
-            ratio / llama_ratio,
-            at == bt
+            "| {} | {:.1} | {:.1} | {:.2}x | {:.2} | {} |",
+            families[i].description(),
+            median(ours[i].clone()),
+            median(theirs[i].clone()),
+            median(ratios[i].clone()),
+            relative[i],
+            same[i]
         );
     }
 }

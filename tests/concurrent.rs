@@ -177,6 +177,78 @@ async fn pipelined_prompt_chunks_match_the_solo_run() {
     assert!(spans.iter().any(|s| s.endpoint.starts_with("head:")));
 }
 
+/// Several answers to one prompt (an API request's `n`): the prompt is
+/// read once and the other sequences copy its KV cells, on both workers
+/// and on the coordinator's layer, in the pipeline ahead of their first
+/// token; every answer is what its sampler gives alone. A group larger
+/// than the engine's slots reads the prompt once per answer instead.
+#[tokio::test]
+async fn choices_of_one_prompt_read_it_once_and_match_their_solo_runs() {
+    let workers = [start_worker(&[]), start_worker(&[])];
+    let engine = Engine::load(EngineOptions {
+        strategy: Strategy::Memory,
+        model: model_path(),
+        servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
+        n_ctx: 1024,
+        // Several chunks: the copy waits for the last one.
+        n_batch: 16,
+        local_layers: 1,
+        threads: 1,
+        progress: false,
+        parallel: 4,
+        queue: 16,
+        ..EngineOptions::default()
+    })
+    .await
+    .unwrap();
+    assert!(engine.plan().stages.len() >= 3, "{}", engine.plan());
+    let prompt = PROMPTS.join(" ");
+    let n_prompt = engine.tokenizer().encode(&prompt, true, true).len() as u64;
+    assert!(n_prompt > 2 * 16);
+    let sampled = |seed: u64| GenerateRequest {
+        sampler: SamplerConfig {
+            temperature: 1.0,
+            seed,
+            ..SamplerConfig::greedy()
+        },
+        ..greedy(&prompt, 20)
+    };
+    async fn tokens(mut s: shardline::engine::TokenStream) -> Vec<u32> {
+        while let Some(ev) = s.next().await {
+            if let Event::Error(e) = ev {
+                panic!("{e}");
+            }
+        }
+        s.token_ids()
+    }
+    let mut alone = Vec::new();
+    for seed in 1..=5 {
+        alone.push(tokens(engine.generate(sampled(seed)).unwrap()).await);
+    }
+    let distinct: std::collections::BTreeSet<_> = alone.iter().collect();
+    assert!(distinct.len() > 1, "the seeds give different answers");
+
+    for n in [3, 5] {
+        let before = engine.metrics().prompt_tokens();
+        let reqs = (1..=n)
+            .map(|seed| (sampled(seed), Default::default()))
+            .collect();
+        let streams = engine.generate_many(reqs).unwrap();
+        for (i, s) in streams.into_iter().enumerate() {
+            assert_eq!(
+                tokens(s).await,
+                alone[i],
+                "n = {n}: answer {i} differs from its solo run"
+            );
+        }
+        let read = engine.metrics().prompt_tokens() - before;
+        // Five answers do not fit four slots at once: each reads it.
+        let times = if n <= 4 { 1 } else { n };
+        assert_eq!(read, times * n_prompt, "n = {n}: prompt tokens read");
+    }
+    assert_eq!(engine.metrics().active_sequences(), 0);
+}
+
 #[tokio::test]
 async fn dropped_stream_frees_its_sequence_and_full_queue_refuses() {
     let workers = [start_worker(&[])];

@@ -166,22 +166,31 @@ fn gemma3_window_matters() {
 /// The whole engine (measure, plan, upload, scheduler, two workers it
 /// starts itself, a layer on the coordinator) gives llama.cpp's tokens.
 async fn engine_matches_llama_cpp(f: Family) {
+    engine_matches_llama_cpp_with(f, "engine", Extra::default(), 1).await;
+}
+
+/// [`engine_matches_llama_cpp`] for the family's model with `extra` keys
+/// or tensors, asking for `choices` answers to the one prompt at once
+/// (each in a sequence slot of `N_CTX` cells; all but the first copy the
+/// first one's prompt cells), each of which must be llama.cpp's.
+async fn engine_matches_llama_cpp_with(f: Family, name: &str, extra: Extra, choices: usize) {
     use shardline::engine::{Engine, Event, GenerateRequest, Prompt};
+    // The same weights without the vocabulary: llama.cpp's reference.
+    let plain = write_model(f, &format!("{name}-ref"), &extra);
     let m = write_model(
         f,
-        "engine",
+        name,
         &Extra {
             vocab: true,
-            ..Extra::default()
+            ..extra
         },
     );
-    // The same weights without the vocabulary: llama.cpp's reference.
-    let plain = write_model(f, "engine-ref", &Extra::default());
     let prompts = id_prompts(N_VOCAB, &[(2, 40)]);
     let want = synth::reference(&plain.0, &prompts, N_CTX, N_GEN);
     let engine = Engine::builder(&m.0)
         .worker_exe(env!("CARGO_BIN_EXE_shardline"))
-        .ctx(N_CTX)
+        .ctx(N_CTX * choices as u32)
+        .parallel(choices)
         .batch(32)
         .local_layers(1)
         .threads(1)
@@ -189,20 +198,63 @@ async fn engine_matches_llama_cpp(f: Family) {
         .await
         .unwrap_or_else(|e| panic!("{f:?}: {e}"));
     eprintln!("{f:?}:\n{}", engine.plan());
-    let req = GenerateRequest {
+    let req = || GenerateRequest {
         max_tokens: N_GEN,
         stop_at_eog: false,
         ..GenerateRequest::new(Prompt::Tokens(prompts[0].clone()))
     };
-    let mut stream = engine.generate(req).unwrap();
-    while let Some(ev) = stream.next().await {
-        if let Event::Error(e) = ev {
-            panic!("{f:?}: {e}");
-        }
-    }
+    let reqs = (0..choices).map(|_| (req(), Default::default())).collect();
+    let streams = engine.generate_many(reqs).unwrap();
     // The engine leaves end-of-generation tokens out of its list.
     let want: Vec<u32> = want[0].0.iter().copied().filter(|&t| t != 2).collect();
-    assert_eq!(stream.token_ids(), want, "{f:?}: the engine's tokens");
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        while let Some(ev) = stream.next().await {
+            if let Event::Error(e) = ev {
+                panic!("{f:?}: {e}");
+            }
+        }
+        assert_eq!(
+            stream.token_ids(),
+            want,
+            "{f:?}: the engine's tokens, choice {i}"
+        );
+    }
+    let read = engine.metrics().prompt_tokens();
+    assert_eq!(
+        read,
+        prompts[0].len() as u64,
+        "{f:?}: the prompt is read once"
+    );
+}
+
+/// LongRoPE through the engine: its one sequence has `--ctx` cells, more
+/// than the original context, so llama.cpp reads the long factors; the
+/// engine must choose them from its own slot size
+/// (`phi3_long_rope_matches_llama_cpp` shows the two sets give different
+/// tokens).
+#[tokio::test]
+async fn engine_runs_phi3_long_rope_as_llama_cpp_does() {
+    let half = Family::Phi3.head_dim() / 2;
+    let long_rope = Extra {
+        kv: vec![
+            ("rope.scaling.attn_factor", 1.19f32.into()),
+            ("rope.scaling.original_context_length", (N_CTX / 2).into()),
+        ],
+        tensors: vec![
+            ("rope_factors_long.weight", half),
+            ("rope_factors_short.weight", half),
+        ],
+        ..Extra::default()
+    };
+    engine_matches_llama_cpp_with(Family::Phi3, "engine-longrope", long_rope, 1).await;
+}
+
+/// Three answers to one prompt on Gemma 3: the two that copy the first
+/// one's prompt cells (and, for its windowed layers, their positions) on
+/// both workers and the coordinator answer as llama.cpp does.
+#[tokio::test]
+async fn engine_gemma3_choices_share_the_prompt() {
+    engine_matches_llama_cpp_with(Family::Gemma3, "engine-choices", Extra::default(), 3).await;
 }
 
 #[tokio::test]

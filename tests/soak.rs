@@ -276,7 +276,7 @@ fn client(addr: SocketAddr, stop: &Stop, c: u64) -> Tally {
     let mut backoff = BACKOFF_MIN;
     while !stop.stopped() {
         n += 1;
-        let cut = (n + c) % CUT_EVERY == 0;
+        let cut = (n + c).is_multiple_of(CUT_EVERY);
         let o = one_request(addr, stop, c, n, cut);
         match o {
             Outcome::Rejected => {

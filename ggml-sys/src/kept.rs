@@ -100,6 +100,7 @@ mod tests {
         )
         .unwrap();
         // Moved (as into a map) before use: the graph must still work.
+        #[allow(clippy::useless_vec)] // the move to the heap is the point
         let moved = vec![kept];
         let mut alloc = crate::CpuGraphAllocator::new().unwrap();
         for k in [1.0f32, 10.0] {

@@ -388,7 +388,7 @@ impl Context {
         let ts = crate::types::type_size(a.ty()).ok_or(GgmlError::UnknownType(a.ty()))? as u128;
         let bs =
             crate::types::type_blck_size(a.ty()).ok_or(GgmlError::UnknownType(a.ty()))? as u128;
-        if ne[0] as u128 % bs != 0 {
+        if !(ne[0] as u128).is_multiple_of(bs) {
             return Err(bad("view", format!("row of {} is not whole blocks", ne[0])));
         }
         let mut span = ne[0] as u128 / bs * ts;

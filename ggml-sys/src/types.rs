@@ -101,7 +101,7 @@ pub fn to_f32(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), crate::Gg
         return Err(bad(format!("unknown ggml type {ty}")));
     };
     let n = out.len();
-    if bs == 0 || n % bs != 0 || src.len() != n / bs * ts {
+    if bs == 0 || !n.is_multiple_of(bs) || src.len() != n / bs * ts {
         return Err(bad(format!(
             "{} elements of {} take {} bytes, not {}",
             n,

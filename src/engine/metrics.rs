@@ -36,9 +36,9 @@ impl Metrics {
         }
     }
 
-    /// A request counted by `queued` was refused after all.
-    pub(crate) fn unqueued_request(&self) {
-        self.requests.fetch_sub(1, Ordering::Relaxed);
+    /// `n` requests counted by `queued` were refused after all.
+    pub(crate) fn unqueued_requests(&self, n: u64) {
+        self.requests.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub(crate) fn set_active(&self, n: usize) {

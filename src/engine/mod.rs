@@ -372,6 +372,24 @@ pub(crate) struct Job {
     out: OutputOptions,
     tx: mpsc::UnboundedSender<Event>,
     produced: Arc<Mutex<stream::Produced>>,
+    /// Jobs with the same prompt that start from a copy of this one's
+    /// prompt cells instead of computing them again.
+    followers: Vec<Job>,
+}
+
+impl Job {
+    /// This job and its followers.
+    pub(crate) fn size(&self) -> usize {
+        1 + self.followers.len()
+    }
+
+    /// Ends this job and its followers with `message`.
+    pub(crate) fn fail(self, message: &str) {
+        let _ = self.tx.send(Event::Error(message.to_owned()));
+        for f in self.followers {
+            f.fail(message);
+        }
+    }
 }
 
 struct Shared {
@@ -552,6 +570,49 @@ impl Engine {
         req: GenerateRequest,
         out: OutputOptions,
     ) -> Result<TokenStream, SubmitError> {
+        let (job, stream) = self.job(req, out)?;
+        self.queue(job)?;
+        Ok(stream)
+    }
+
+    /// Several generations from one prompt (an API request's `n` choices),
+    /// each with its own sampling and output options: the prompt is read
+    /// once, and the others start from a copy of its KV cells when the
+    /// engine has a free slot for each of them at once (else, or when the
+    /// prompts differ, each reads it itself). Every stream produces what it
+    /// would alone.
+    pub fn generate_many(
+        &self,
+        reqs: Vec<(GenerateRequest, OutputOptions)>,
+    ) -> Result<Vec<TokenStream>, SubmitError> {
+        let mut jobs = Vec::with_capacity(reqs.len());
+        let mut streams = Vec::with_capacity(reqs.len());
+        for (req, out) in reqs {
+            let (job, stream) = self.job(req, out)?;
+            jobs.push(job);
+            streams.push(stream);
+        }
+        let mut jobs = jobs.into_iter();
+        let Some(mut leader) = jobs.next() else {
+            return Ok(streams);
+        };
+        for job in jobs {
+            if job.tokens == leader.tokens {
+                leader.followers.push(job);
+            } else {
+                self.queue(job)?;
+            }
+        }
+        self.queue(leader)?;
+        Ok(streams)
+    }
+
+    /// A checked job for `req` and the stream its output arrives on.
+    fn job(
+        &self,
+        req: GenerateRequest,
+        out: OutputOptions,
+    ) -> Result<(Job, TokenStream), SubmitError> {
         if let Some(why) = self.shared.health.refusal() {
             return Err(SubmitError::Unavailable(why));
         }
@@ -594,18 +655,26 @@ impl Engine {
             out,
             tx,
             produced: produced.clone(),
+            followers: Vec::new(),
         };
+        let stream = TokenStream {
+            rx,
+            done: false,
+            produced,
+        };
+        Ok((job, stream))
+    }
+
+    /// Puts a job (and its followers) on the scheduler's queue.
+    fn queue(&self, job: Job) -> Result<(), SubmitError> {
+        let n = job.size() as i64;
         // Count it before the scheduler can take it off the queue.
-        self.shared.metrics.queued(1);
+        self.shared.metrics.queued(n);
         match self.shared.jobs.try_send(job) {
-            Ok(()) => Ok(TokenStream {
-                rx,
-                done: false,
-                produced,
-            }),
+            Ok(()) => Ok(()),
             Err(e) => {
-                self.shared.metrics.queued(-1);
-                self.shared.metrics.unqueued_request();
+                self.shared.metrics.queued(-n);
+                self.shared.metrics.unqueued_requests(n as u64);
                 Err(match e {
                     mpsc::error::TrySendError::Full(_) => SubmitError::QueueFull,
                     mpsc::error::TrySendError::Closed(_) => SubmitError::Unavailable(

@@ -119,10 +119,8 @@ impl Scheduler {
         while let Some((job, since)) = self.waiting.front() {
             if job.tx.is_closed() || since.elapsed() > MAX_WAIT_WHILE_RECOVERING {
                 if let Some((job, _)) = self.waiting.pop_front() {
-                    self.metrics.queued(-1);
-                    let _ = job.tx.send(Event::Error(
-                        "the cluster is recovering from a failed server; try again".into(),
-                    ));
+                    self.metrics.queued(-(job.size() as i64));
+                    job.fail("the cluster is recovering from a failed server; try again");
                 }
             } else {
                 break;

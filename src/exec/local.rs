@@ -152,6 +152,28 @@ impl LocalStage {
         self.stat.clone()
     }
 
+    /// Copies KV cells (and their positions, with windowed layers) within
+    /// the stage's cache: each cell is one row of every cache tensor.
+    pub fn copy_cells(&self, copy: &super::CellCopy) -> Result<(), ExecError> {
+        let mut row = Vec::new();
+        for t in self.weights.tensors() {
+            let name = t.name();
+            let cache = self
+                .layers
+                .clone()
+                .any(|il| name == k_cache_name(il) || name == v_cache_name(il))
+                || name == CELL_POS;
+            if !cache {
+                continue;
+            }
+            let (src, dst, len) = copy.bytes(t.nb()[1]);
+            row.resize(len, 0);
+            t.read_bytes(src, &mut row)?;
+            t.write_bytes(dst, &row)?;
+        }
+        Ok(())
+    }
+
     /// Runs the stage on `hidden` (F32 `[n_embd, n_tokens]`, little-endian
     /// bytes); returns its output in the same form.
     pub fn run(

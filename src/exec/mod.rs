@@ -114,6 +114,28 @@ pub struct Step {
     pub n_outputs: usize,
 }
 
+/// A run of KV cells copied to another place in the cache, on every stage:
+/// cells `src..src + n` into `dst..dst + n` (cell indices). A sequence that
+/// shares another's prompt starts from a copy of its cells instead of
+/// computing them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CellCopy {
+    /// First source cell.
+    pub src: usize,
+    /// First destination cell.
+    pub dst: usize,
+    /// Cells copied.
+    pub n: usize,
+}
+
+impl CellCopy {
+    /// The byte ranges of a tensor with rows of `row` bytes, one per cell:
+    /// (source offset, destination offset, length).
+    pub(crate) fn bytes(&self, row: usize) -> (usize, usize, usize) {
+        (self.src * row, self.dst * row, self.n * row)
+    }
+}
+
 pub(crate) fn le_bytes_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -232,7 +254,7 @@ impl Embedder {
         ) else {
             return Err(bad(format!("unknown type {:?}", info.ty())));
         };
-        if bs == 0 || n_embd % bs != 0 {
+        if bs == 0 || !n_embd.is_multiple_of(bs) {
             return Err(bad(format!(
                 "rows of {n_embd} are not whole blocks of {bs}"
             )));

@@ -247,6 +247,50 @@ impl Pipeline {
         self.send(tokens, cells, idx.to_vec(), outputs)
     }
 
+    /// Gives each of `copies` (destination sequence, cells) a copy of the
+    /// KV cells `src..src + n` on every stage, in order with the
+    /// micro-batches around it: a micro-batch submitted after this sees the
+    /// copied cells. The destination cells (`dst..dst + n`, holding
+    /// `cells`) must be free. Returns its tag; [`Pipeline::next_done`]
+    /// gives it back with no logits.
+    pub fn submit_copy(
+        &mut self,
+        src: usize,
+        copies: &[(usize, Vec<Cell>)],
+    ) -> Result<u64, DecodeError> {
+        let mut idx = Vec::new();
+        let mut runs = Vec::with_capacity(copies.len());
+        for (dst, cells) in copies {
+            let n = cells.len();
+            let mine: Vec<usize> = (*dst..dst + n).collect();
+            let overlaps = src < dst + n && *dst < src + n;
+            if n == 0 || overlaps || src + n > self.kv.size() {
+                self.release(&idx);
+                return Err(DecodeError::BadBatch(format!(
+                    "a copy of {n} cells from {src} to {dst}"
+                )));
+            }
+            if let Err(e) = self.kv.place(&mine, cells) {
+                self.release(&idx);
+                return Err(e.into());
+            }
+            idx.extend(mine);
+            runs.push(super::CellCopy { src, dst: *dst, n });
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let work = Work::Copy {
+            tag,
+            copies: Arc::new(runs),
+        };
+        if self.head.send(work).is_err() {
+            self.release(&idx);
+            return Err(DecodeError::Stopped);
+        }
+        self.flights.push_back(Flight { tag, idx });
+        Ok(tag)
+    }
+
     /// The oldest micro-batch still in flight, once its logits are out;
     /// `None` when nothing is in flight. After a failure every later
     /// micro-batch ends with [`DecodeError::Stopped`].
@@ -254,6 +298,7 @@ impl Pipeline {
         let flight = self.flights.pop_front()?;
         let result = match self.tail.recv().await {
             Some(Work::Step { tag, hidden, .. }) if tag == flight.tag => Ok(super::f32s(&hidden)),
+            Some(Work::Copy { tag, .. }) if tag == flight.tag => Ok(Vec::new()),
             Some(Work::Failed { tag, error }) if tag == flight.tag => Err(error.into()),
             Some(Work::Failed { error, .. }) => Err(error.into()),
             _ => Err(DecodeError::Stopped),

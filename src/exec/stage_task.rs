@@ -59,6 +59,12 @@ pub(crate) enum Work {
         /// server returns is what the next one is sent, unconverted.
         hidden: Vec<u8>,
     },
+    /// Copy KV cells within every stage's cache (in order with the steps
+    /// around it).
+    Copy {
+        tag: u64,
+        copies: Arc<Vec<super::CellCopy>>,
+    },
     /// A stage failed on micro-batch `tag`; the stages after pass it on.
     Failed { tag: u64, error: ExecError },
 }
@@ -206,6 +212,18 @@ pub(crate) async fn run_stage(
     while let Some(work) = rx.recv().await {
         let (tag, step, hidden) = match work {
             Work::Step { tag, step, hidden } => (tag, step, hidden),
+            Work::Copy { tag, copies } => {
+                let out = copy_cells(&mut stage, &shared.cfg, &copies).await;
+                let next = match out {
+                    Ok(()) => Work::Copy { tag, copies },
+                    Err(error) => Work::Failed { tag, error },
+                };
+                let failed = matches!(next, Work::Failed { .. });
+                if tx.send(next).is_err() || failed {
+                    return;
+                }
+                continue;
+            }
             failed @ Work::Failed { .. } => {
                 let _ = tx.send(failed);
                 return;
@@ -237,6 +255,23 @@ pub(crate) async fn run_stage(
             }
         }
     }
+}
+
+/// Copies KV cells on a stage that holds a cache (the split head holds
+/// none).
+async fn copy_cells(
+    stage: &mut StageRunner,
+    cfg: &LlamaConfig,
+    copies: &[super::CellCopy],
+) -> Result<(), ExecError> {
+    for c in copies {
+        match stage {
+            StageRunner::Local(s) => super::blocking(|| s.copy_cells(c))?,
+            StageRunner::Remote(s) => s.copy_cells(cfg, c).await?,
+            StageRunner::Head(_) => {}
+        }
+    }
+    Ok(())
 }
 
 async fn run_once(

@@ -246,7 +246,7 @@ impl GgmlType {
     /// Bytes of one row of `ne0` elements. `ne0` must be a multiple of the block size.
     pub fn row_size(self, ne0: u64) -> Result<u64, SizeError> {
         let block = u64::from(self.block_size());
-        if ne0 % block != 0 {
+        if !ne0.is_multiple_of(block) {
             return Err(SizeError::NotBlockMultiple {
                 ne0,
                 block_size: block,

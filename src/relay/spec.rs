@@ -173,7 +173,7 @@ impl fmt::Display for LinkSpec {
 
 /// Writes `v` in the first of `units` that divides it.
 fn write_exact(f: &mut fmt::Formatter<'_>, v: u128, units: &[(&str, u128)]) -> fmt::Result {
-    match units.iter().find(|(_, size)| v % size == 0) {
+    match units.iter().find(|(_, size)| v.is_multiple_of(*size)) {
         Some((name, size)) if v > 0 => write!(f, "{}{name}", v / size),
         _ => write!(f, "{v}"),
     }

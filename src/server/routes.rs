@@ -134,7 +134,7 @@ async fn submit(
         .into());
     }
     let mut constraints = extras.constraints.into_iter();
-    let mut streams = Vec::with_capacity(common.n);
+    let mut reqs = Vec::with_capacity(common.n);
     for i in 0..common.n {
         let mut sampler = common.sampler.clone();
         // Each choice its own draws, all reproducible from the seed.
@@ -150,9 +150,10 @@ async fn submit(
             constraint: constraints.next(),
             logprobs: common.logprobs,
         };
-        // An error drops the streams already made, which frees them.
-        streams.push(engine.generate_with(req, out)?);
+        reqs.push((req, out));
     }
+    // The choices share one reading of the prompt.
+    let streams = engine.generate_many(reqs)?;
     let meta = Meta {
         kind,
         id: state.next_id(match kind {

@@ -70,6 +70,11 @@ pub(crate) struct Seq {
     dropped: bool,
     /// When its next token was sampled: the longest waiting go first.
     ready_at: Instant,
+    /// The slot of the sequence whose prompt cells this one will copy,
+    /// while that one reads the prompt they share.
+    waits_for: Option<usize>,
+    /// Sequences (slot, admission order) waiting for this one's prompt.
+    followers: Vec<(usize, u64)>,
 }
 
 impl Seq {
@@ -141,6 +146,9 @@ pub(crate) enum Flight {
     Prompt { slot: usize, n: usize, end: usize },
     /// One token of each of these sequences.
     Decode { slots: Vec<usize>, sent: Instant },
+    /// A copy of one sequence's prompt cells for the sequences that share
+    /// its prompt.
+    Copy,
 }
 
 /// An idle engine checks its servers this often.
@@ -193,8 +201,11 @@ impl Scheduler {
             }
             // Requests whose client went away free their slot at once, or
             // when their work in the pipeline comes back.
+            let mut orphans = Vec::new();
             for (i, s) in slots.iter_mut().enumerate() {
                 if let Some(seq) = s.as_mut().filter(|s| s.job.tx.is_closed()) {
+                    // Those waiting for its prompt read it themselves.
+                    orphans.append(&mut seq.followers);
                     if seq.in_flight == 0 {
                         *s = None;
                         self.pipe().remove_seq(i as SeqId);
@@ -203,25 +214,31 @@ impl Scheduler {
                     }
                 }
             }
+            for (f, ord) in orphans {
+                if let Some(seq) = slots[f].as_mut().filter(|s| s.order == ord) {
+                    seq.waits_for = None;
+                    seq.prompt_sent = 0;
+                }
+            }
             // Admit waiting requests into free slots: first those that
             // waited out a recovery, then the queue.
             let mut closed = false;
-            while let Some(free) = slots.iter().position(Option::is_none) {
-                if let Some((job, _)) = self.waiting.pop_front() {
-                    order += 1;
-                    slots[free] = self.admit(job, order);
-                    continue;
-                }
-                match self.jobs.try_recv() {
-                    Ok(job) => {
-                        order += 1;
-                        slots[free] = self.admit(job, order);
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
+            while slots.iter().any(Option::is_none) {
+                let (job, since) = match self.waiting.pop_front() {
+                    Some(w) => w,
+                    None => match self.jobs.try_recv() {
+                        Ok(job) => (job, Instant::now()),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                    },
+                };
+                if let Err(job) = self.place(&mut slots, job, &mut order) {
+                    // Its group needs more free slots: first in line.
+                    self.waiting.push_front((*job, since));
+                    break;
                 }
             }
             let active = slots.iter().filter(|s| s.is_some()).count();
@@ -234,8 +251,11 @@ impl Scheduler {
                 // so a dead one is found before a request needs it.
                 match tokio::time::timeout(PROBE_EVERY, self.jobs.recv()).await {
                     Ok(Some(job)) => {
-                        order += 1;
-                        slots[0] = self.admit(job, order);
+                        // Every slot is free: a group that fits the engine
+                        // fits now, and a larger one is split.
+                        if let Err(job) = self.place(&mut slots, job, &mut order) {
+                            self.waiting.push_front((*job, Instant::now()));
+                        }
                         continue;
                     }
                     Ok(None) => return,
@@ -309,6 +329,46 @@ impl Scheduler {
             .expect("a pipeline exists outside recovery")
     }
 
+    /// Admits `job` and its followers into free slots, the followers to
+    /// wait for a copy of its prompt cells; gives the job back when there
+    /// are not enough free slots now. A group larger than the engine's
+    /// slots is split: each follower then reads the prompt itself.
+    fn place(
+        &mut self,
+        slots: &mut [Option<Seq>],
+        mut job: Job,
+        order: &mut u64,
+    ) -> Result<(), Box<Job>> {
+        if job.size() > slots.len() {
+            for f in std::mem::take(&mut job.followers).into_iter().rev() {
+                self.waiting.push_front((f, Instant::now()));
+            }
+        }
+        let free: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_none()).collect();
+        if free.len() < job.size() {
+            return Err(Box::new(job));
+        }
+        let followers = std::mem::take(&mut job.followers);
+        *order += 1;
+        let Some(mut leader) = self.admit(job, *order) else {
+            for f in followers.into_iter().rev() {
+                self.waiting.push_front((f, Instant::now()));
+            }
+            return Ok(());
+        };
+        for (f, &at) in followers.into_iter().zip(&free[1..]) {
+            *order += 1;
+            if let Some(mut seq) = self.admit(f, *order) {
+                seq.prompt_sent = seq.job.tokens.len();
+                seq.waits_for = Some(free[0]);
+                leader.followers.push((at, *order));
+                slots[at] = Some(seq);
+            }
+        }
+        slots[free[0]] = Some(leader);
+        Ok(())
+    }
+
     fn admit(&mut self, job: Job, order: u64) -> Option<Seq> {
         self.metrics.queued(-1);
         let sampler = match Sampler::new(job.req.sampler.clone()) {
@@ -336,6 +396,8 @@ impl Scheduler {
             in_flight: 0,
             dropped: false,
             ready_at: Instant::now(),
+            waits_for: None,
+            followers: Vec::new(),
         })
     }
 
@@ -486,6 +548,9 @@ impl Scheduler {
                     self.free_if_drained(slots, slot);
                 } else if !seq.prompt_left() {
                     seq.prompt_end = Some(Instant::now());
+                    let followers = std::mem::take(&mut seq.followers);
+                    self.release_followers(slots, slot, followers, &logits)?;
+                    let seq = slots[slot].as_mut().expect("still busy");
                     if let After::Finished = self.next_token(seq, &logits) {
                         slots[slot] = None;
                         self.pipe().remove_seq(slot as SeqId);
@@ -514,7 +579,60 @@ impl Scheduler {
                 }
                 self.health.all_ok();
             }
-            None => {}
+            Some(Flight::Copy) | None => {}
+        }
+        Ok(())
+    }
+
+    /// The sequence in `slot` has read its prompt (its last logits are
+    /// `logits`): the followers still waiting get a copy of its prompt
+    /// cells, in the pipeline ahead of their first token, and choose that
+    /// token from the same logits.
+    fn release_followers(
+        &mut self,
+        slots: &mut [Option<Seq>],
+        slot: usize,
+        followers: Vec<(usize, u64)>,
+        logits: &[f32],
+    ) -> Result<(), StepFailure> {
+        let live: Vec<usize> = followers
+            .into_iter()
+            .filter(|&(f, ord)| {
+                slots[f]
+                    .as_ref()
+                    .is_some_and(|s| s.order == ord && s.waits_for == Some(slot) && !s.dropped)
+            })
+            .map(|(f, _)| f)
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let n = slots[slot].as_ref().map_or(0, |s| s.job.tokens.len());
+        let copies: Vec<(usize, Vec<Cell>)> = live
+            .iter()
+            .map(|&f| {
+                let cells = (0..n)
+                    .map(|p| Cell {
+                        seq: f as SeqId,
+                        pos: p as u32,
+                    })
+                    .collect();
+                (self.cell_index(f, 0), cells)
+            })
+            .collect();
+        let src = self.cell_index(slot, 0);
+        let tag = self.pipe().submit_copy(src, &copies)?;
+        self.flights.insert(tag, Flight::Copy);
+        let now = Instant::now();
+        for f in live {
+            let seq = slots[f].as_mut().expect("checked above");
+            seq.waits_for = None;
+            seq.prompt_done = n;
+            seq.prompt_end = Some(now);
+            if let After::Finished = self.next_token(seq, logits) {
+                slots[f] = None;
+                self.pipe().remove_seq(f as SeqId);
+            }
         }
         Ok(())
     }
