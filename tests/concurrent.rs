@@ -22,8 +22,10 @@ const PROMPTS: [&str; 8] = [
     "A haiku about autumn leaves:",
 ];
 
-async fn load(workers: &[Worker], parallel: usize, queue: usize) -> Engine {
-    Engine::load(EngineOptions {
+/// The tests' engine settings: SmolLM2 over `workers` (memory plan, so
+/// that each holds layers), `parallel` slots, a queue of `queue`.
+fn options(workers: &[Worker], parallel: usize, queue: usize) -> EngineOptions {
+    EngineOptions {
         strategy: Strategy::Memory,
         model: model_path(),
         servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
@@ -34,9 +36,13 @@ async fn load(workers: &[Worker], parallel: usize, queue: usize) -> Engine {
         parallel,
         queue,
         ..EngineOptions::default()
-    })
-    .await
-    .unwrap()
+    }
+}
+
+async fn load(workers: &[Worker], parallel: usize, queue: usize) -> Engine {
+    Engine::load(options(workers, parallel, queue))
+        .await
+        .unwrap()
 }
 
 fn greedy(prompt: &str, max_tokens: usize) -> GenerateRequest {
@@ -111,17 +117,8 @@ async fn concurrent_sequences_match_their_solo_runs() {
 async fn one_micro_batch_at_a_time_never_overlaps_the_stages() {
     let workers = [start_worker(&[]), start_worker(&[])];
     let engine = Engine::load(EngineOptions {
-        strategy: Strategy::Memory,
-        model: model_path(),
-        servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
-        n_ctx: 1024,
-        n_batch: 256,
-        threads: 1,
-        progress: false,
-        parallel: 4,
-        queue: 8,
         micro_batches: 1,
-        ..EngineOptions::default()
+        ..options(&workers, 4, 8)
     })
     .await
     .unwrap();
@@ -146,19 +143,11 @@ async fn pipelined_prompt_chunks_match_the_solo_run() {
     // pipeline (several in flight at once) while another sequence decodes.
     let workers = [start_worker(&[]), start_worker(&[])];
     let engine = Engine::load(EngineOptions {
-        strategy: Strategy::Memory,
-        model: model_path(),
-        servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
-        n_ctx: 1024,
         n_batch: 32,
-        threads: 1,
-        progress: false,
-        parallel: 2,
-        queue: 4,
         // The output matrix shared by both workers: a third pipeline stage
         // whose shares take turns with the layer stages on each device.
         head_split: shardline::plan::HeadSplit::On,
-        ..EngineOptions::default()
+        ..options(&workers, 2, 4)
     })
     .await
     .unwrap();
@@ -186,18 +175,10 @@ async fn pipelined_prompt_chunks_match_the_solo_run() {
 async fn choices_of_one_prompt_read_it_once_and_match_their_solo_runs() {
     let workers = [start_worker(&[]), start_worker(&[])];
     let engine = Engine::load(EngineOptions {
-        strategy: Strategy::Memory,
-        model: model_path(),
-        servers: workers.iter().map(|w| w.endpoint.to_string()).collect(),
-        n_ctx: 1024,
         // Several chunks: the copy waits for the last one.
         n_batch: 16,
         local_layers: 1,
-        threads: 1,
-        progress: false,
-        parallel: 4,
-        queue: 16,
-        ..EngineOptions::default()
+        ..options(&workers, 4, 16)
     })
     .await
     .unwrap();
