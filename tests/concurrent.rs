@@ -227,6 +227,27 @@ async fn choices_of_one_prompt_read_it_once_and_match_their_solo_runs() {
         let times = if n <= 4 { 1 } else { n };
         assert_eq!(read, times * n_prompt, "n = {n}: prompt tokens read");
     }
+
+    // The first answer's client goes away before its prompt is read (this
+    // runtime has one thread: the scheduler has not run yet): the others
+    // read the prompt themselves and still answer as they would alone.
+    let before = engine.metrics().prompt_tokens();
+    let reqs = (1..=3)
+        .map(|seed| (sampled(seed), Default::default()))
+        .collect();
+    let mut streams = engine.generate_many(reqs).unwrap().into_iter();
+    drop(streams.next());
+    for (i, s) in streams.enumerate() {
+        let got = tokio::time::timeout(Duration::from_secs(60), tokens(s))
+            .await
+            .expect("an answer whose leader left still finishes");
+        assert_eq!(got, alone[i + 1], "answer {} after the first left", i + 1);
+    }
+    let read = engine.metrics().prompt_tokens() - before;
+    assert!(
+        read >= 2 * n_prompt,
+        "each remaining answer read the prompt: {read}"
+    );
     assert_eq!(engine.metrics().active_sequences(), 0);
 }
 

@@ -372,3 +372,47 @@ async fn moe_too_large_for_one_worker_runs_split() {
     let want: Vec<u32> = want[0].0.iter().copied().filter(|&t| t != 2).collect();
     assert_eq!(stream.token_ids(), want, "the split MoE's tokens");
 }
+
+/// A copy of KV cells that overlaps its source, copies nothing, runs past
+/// the cache or lands on taken cells is refused before any stage sees it;
+/// a good one claims its destination cells and comes back with no logits.
+#[tokio::test]
+async fn bad_cell_copies_are_refused() {
+    use shardline::exec::pipeline::DecodeError;
+    use shardline::kv::Cell;
+    let m = write_model(Family::Qwen2, "copies", &Extra::default());
+    let g = Gguf::open(&m.0).unwrap();
+    let cfg = LlamaConfig::from_gguf(&g).unwrap();
+    let size = 64usize;
+    let mut p = Pipeline::new(
+        cfg.clone(),
+        Embedder::new(&g, &cfg).unwrap(),
+        vec![],
+        size as u32,
+    );
+    let cells =
+        |seq: u32, n: usize| -> Vec<Cell> { (0..n as u32).map(|pos| Cell { seq, pos }).collect() };
+    let bad = |r: Result<u64, DecodeError>| matches!(r, Err(DecodeError::BadBatch(_)));
+    assert!(bad(p.submit_copy(0, &[(2, cells(1, 4))])), "overlap");
+    assert!(bad(p.submit_copy(0, &[(8, Vec::new())])), "nothing");
+    assert!(
+        bad(p.submit_copy(size - 2, &[(0, cells(1, 4))])),
+        "past the cache"
+    );
+    assert_eq!(p.kv().used(), 0, "a refused copy claims nothing");
+
+    let tag = p
+        .submit_copy(0, &[(16, cells(1, 4)), (32, cells(2, 4))])
+        .unwrap();
+    assert_eq!(p.kv().used(), 8);
+    assert_eq!(p.kv().get(17), Some(Cell { seq: 1, pos: 1 }));
+    let (done, out) = p.next_done().await.unwrap();
+    assert_eq!((done, out.unwrap()), (tag, Vec::new()));
+    let taken = p.submit_copy(0, &[(48, cells(3, 4)), (16, cells(1, 4))]);
+    assert!(matches!(taken, Err(DecodeError::CacheFull(_))), "{taken:?}");
+    assert_eq!(
+        p.kv().used(),
+        8,
+        "the first half of a refused copy is released"
+    );
+}

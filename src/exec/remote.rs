@@ -543,57 +543,60 @@ impl RemoteStage {
 }
 
 impl RemoteStage {
-    /// Copies KV cells (and their positions, with windowed layers) within
-    /// the stage's cache on the server, with COPY_TENSOR: one per cache
-    /// tensor, each a run of whole rows.
+    /// Copies runs of KV cells (and their positions, with windowed layers)
+    /// within the stage's cache on the server: one COPY_TENSOR per cache
+    /// tensor and run, each a run of whole rows, all in one round trip.
     pub async fn copy_cells(
         &mut self,
         cfg: &LlamaConfig,
-        copy: &super::CellCopy,
+        copies: &[super::CellCopy],
     ) -> Result<(), ExecError> {
         let kv_row = 2 * cfg.n_embd_kv() as usize;
         // (where, type, element size, bytes per cell)
-        let mut runs = Vec::new();
+        let mut tensors = Vec::new();
         for il in self.layers.clone() {
             for v in [false, true] {
-                runs.push((self.kv_location(cfg, il, v), ty::F16, 2, kv_row));
+                tensors.push((self.kv_location(cfg, il, v), ty::F16, 2, kv_row));
             }
         }
         if cfg.swa.is_some() {
-            runs.push((self.cell_pos_location(cfg), ty::F32, 4, 4));
+            tensors.push((self.cell_pos_location(cfg), ty::F32, 4, 4));
+        }
+        let mut items = Vec::with_capacity(tensors.len() * copies.len());
+        for copy in copies {
+            for &(at, ty, size, row) in &tensors {
+                let (src, dst, len) = copy.bytes(row);
+                let (Ok(elems), Ok(all)) = (u32::try_from(len / size), u32::try_from(len)) else {
+                    return Err(ExecError::Memory {
+                        endpoint: self.endpoint.clone(),
+                        detail: format!(
+                            "a copy of {len} bytes of KV cells does not fit one tensor"
+                        ),
+                    });
+                };
+                let run = |id: u64, offset: usize| {
+                    let mut t = RpcTensor {
+                        id,
+                        ty,
+                        buffer: at.buffer,
+                        data: at.data + offset as u64,
+                        ..RpcTensor::default()
+                    };
+                    t.ne = [elems, 1, 1, 1];
+                    t.nb = [size as u32, all, all, all];
+                    t
+                };
+                items.push((run(1, src), len as u64, run(2, dst), len as u64));
+            }
         }
         let shared = self.client.clone();
         let mut c = shared.lock().await;
-        for (at, ty, size, row) in runs {
-            let (src, dst, len) = copy.bytes(row);
-            let (Ok(elems), Ok(all)) = (u32::try_from(len / size), u32::try_from(len)) else {
-                return Err(ExecError::Memory {
-                    endpoint: self.endpoint.clone(),
-                    detail: format!("a copy of {len} bytes of KV cells does not fit one tensor"),
-                });
-            };
-            let run = |id: u64, offset: usize| {
-                let mut t = RpcTensor {
-                    id,
-                    ty,
-                    buffer: at.buffer,
-                    data: at.data + offset as u64,
-                    ..RpcTensor::default()
-                };
-                t.ne = [elems, 1, 1, 1];
-                t.nb = [size as u32, all, all, all];
-                t
-            };
-            let done = c
-                .copy_tensor(&run(1, src), len as u64, &run(2, dst), len as u64)
-                .await
-                .map_err(|e| self.err(e))?;
-            if !done {
-                return Err(ExecError::Memory {
-                    endpoint: self.endpoint.clone(),
-                    detail: "the server's backend did not copy KV cells".into(),
-                });
-            }
+        let done = c.copy_tensors(&items).await.map_err(|e| self.err(e))?;
+        if done.iter().any(|&d| !d) {
+            return Err(ExecError::Memory {
+                endpoint: self.endpoint.clone(),
+                detail: "the server's backend did not copy KV cells".into(),
+            });
         }
         Ok(())
     }

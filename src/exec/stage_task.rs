@@ -264,14 +264,13 @@ async fn copy_cells(
     cfg: &LlamaConfig,
     copies: &[super::CellCopy],
 ) -> Result<(), ExecError> {
-    for c in copies {
-        match stage {
-            StageRunner::Local(s) => super::blocking(|| s.copy_cells(c))?,
-            StageRunner::Remote(s) => s.copy_cells(cfg, c).await?,
-            StageRunner::Head(_) => {}
+    match stage {
+        StageRunner::Local(s) => {
+            super::blocking(|| copies.iter().try_for_each(|c| s.copy_cells(c)))
         }
+        StageRunner::Remote(s) => s.copy_cells(cfg, copies).await,
+        StageRunner::Head(_) => Ok(()),
     }
-    Ok(())
 }
 
 async fn run_once(

@@ -341,6 +341,41 @@ impl RpcClient {
         dst: &RpcTensor,
         dst_nbytes: u64,
     ) -> Result<bool, RpcError> {
+        self.scratch.clear();
+        self.encode_copy(src, src_nbytes, dst, dst_nbytes)?;
+        let a = self.round_trip(Command::CopyTensor).await?;
+        proto::decode_copy_tensor_response(a.bytes())
+            .map_err(|e| self.malformed(Command::CopyTensor, e))
+    }
+
+    /// [`RpcClient::copy_tensor`] for each `(src, src_nbytes, dst,
+    /// dst_nbytes)`, all sent at once and answered in one round trip
+    /// (every request is checked before any is sent). `true` where the
+    /// server's backend did the copy.
+    pub async fn copy_tensors(
+        &mut self,
+        items: &[(RpcTensor, u64, RpcTensor, u64)],
+    ) -> Result<Vec<bool>, RpcError> {
+        self.scratch.clear();
+        for (src, src_nbytes, dst, dst_nbytes) in items {
+            self.encode_copy(src, *src_nbytes, dst, *dst_nbytes)?;
+        }
+        let answers = self.batch(Command::CopyTensor, items.len(), 0).await?;
+        self.decode_all(
+            Command::CopyTensor,
+            &answers,
+            proto::decode_copy_tensor_response,
+        )
+    }
+
+    /// Checks one COPY_TENSOR request and appends it to `self.scratch`.
+    fn encode_copy(
+        &mut self,
+        src: &RpcTensor,
+        src_nbytes: u64,
+        dst: &RpcTensor,
+        dst_nbytes: u64,
+    ) -> Result<(), RpcError> {
         self.buffers.check_tensor(src, src_nbytes)?;
         self.buffers.check_tensor(dst, dst_nbytes)?;
         if src_nbytes > dst_nbytes {
@@ -351,11 +386,8 @@ impl RpcClient {
             }
             .into());
         }
-        self.scratch.clear();
         proto::encode_copy_tensor(src, dst, &mut self.scratch);
-        let a = self.round_trip(Command::CopyTensor).await?;
-        proto::decode_copy_tensor_response(a.bytes())
-            .map_err(|e| self.malformed(Command::CopyTensor, e))
+        Ok(())
     }
 
     /// Lets the server's backend initialise a tensor in its buffer

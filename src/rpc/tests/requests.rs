@@ -135,6 +135,18 @@ async fn invalid_requests_send_nothing() {
         ),
         "{e}"
     );
+    // A batch with one bad copy sends none of them.
+    let e = c
+        .copy_tensors(&[(good, 64, good, 64), (big, 128, good, 64)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RpcError::InvalidRequest(InvalidRequest::CopyTooLarge { .. })
+        ),
+        "{e}"
+    );
 
     let e = c.free_buffer(0x1234).await.unwrap_err();
     assert!(
