@@ -5,7 +5,9 @@
 //! SHARDLINE_BENCH_TOKENS, SHARDLINE_BENCH_THREADS, SHARDLINE_BENCH_STRATEGY
 //! (even: the layers split as llama.cpp splits them), SHARDLINE_BENCH_HEAD_SPLIT
 //! (on: the output matrix shared by both workers; off: on the last one),
-//! SHARDLINE_TEST_MODEL).
+//! SHARDLINE_BENCH_SLOTS (2: each worker serves its CPU twice, `--device
+//! CPU,CPU`, so a share of the head has a graph slot of its own; llama.cpp
+//! is given the first device of each; 1: plain workers), SHARDLINE_TEST_MODEL).
 //! Prints a Markdown table for docs/BENCHMARKS.md and checks that both
 //! produced the same tokens.
 
@@ -51,7 +53,9 @@ fn main() {
     let n_ctx = 512u32;
     let model = model_path();
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
-    let workers = common::start_workers(exe, 2, threads);
+    let slots: usize = env_or("SHARDLINE_BENCH_SLOTS", 2);
+    let device_arg = vec!["CPU"; slots.max(1)].join(",");
+    let workers = common::start_workers_with(exe, 2, threads, &["--device", &device_arg]);
     let servers: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
 
@@ -86,7 +90,10 @@ fn main() {
         drop(e);
     }
 
-    let devices = llama_ref::rpc_devices(&workers.iter().map(|w| w.endpoint).collect::<Vec<_>>());
+    // llama.cpp gets one device per server, the memory it would split by:
+    // given the spare too, it would give it layers (one more stage).
+    let devices =
+        llama_ref::rpc_devices_up_to(&workers.iter().map(|w| w.endpoint).collect::<Vec<_>>(), 1);
     let mut theirs = Vec::new();
     let mut their_tokens = Vec::new();
     let mut n_prompt = 0;
@@ -107,7 +114,7 @@ fn main() {
 
     let (a, b) = (summarize(&ours), summarize(&theirs));
     println!("model: {}", model.display());
-    println!("2 workers on loopback, {threads} thread(s) each; shardline strategy {strategy}, head split {head_split}; prompt {n_prompt} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds");
+    println!("2 workers on loopback, {threads} thread(s) each, serving {device_arg}; shardline strategy {strategy}, head split {head_split}; prompt {n_prompt} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds");
     println!();
     println!("| | load (s) | prompt (tok/s) | decode (tok/s) |");
     println!("|---|---:|---:|---:|");

@@ -341,8 +341,15 @@ pub async fn measure_cluster(
     hashes: &TensorHashes,
     opts: &MeasureOptions,
 ) -> Vec<Option<DeviceSpeed>> {
-    let mut out = Vec::new();
+    let mut out: Vec<Option<DeviceSpeed>> = Vec::new();
+    // A spare graph slot (a server's second CPU device) is the same device
+    // as the first: it takes the first's speed rather than being measured.
+    let spares = crate::plan::slots::spares(&crate::cluster::devices_from_reports(reports));
+    let mut flat = 0usize;
     for r in reports {
+        let first = flat;
+        flat += r.devices.len();
+        let spare = |d: usize| spares.get(first + d).copied().flatten();
         // A device whose kind cannot run the model is not sent its graphs
         // (the server would abort); the planner leaves it out.
         let runs = |d: &crate::cluster::DeviceReport| {
@@ -353,8 +360,9 @@ pub async fn measure_cluster(
         let devices: Vec<u32> = r
             .devices
             .iter()
-            .filter(|d| runs(d))
-            .map(|d| d.index)
+            .enumerate()
+            .filter(|&(k, d)| runs(d) && spare(k).is_none())
+            .map(|(_, d)| d.index)
             .collect();
         let mut speeds = if devices.is_empty() {
             Vec::new()
@@ -368,13 +376,14 @@ pub async fn measure_cluster(
             }
         }
         .into_iter();
-        out.extend(r.devices.iter().map(|d| {
-            if runs(d) {
-                speeds.next().flatten()
-            } else {
-                None
-            }
-        }));
+        for (k, d) in r.devices.iter().enumerate() {
+            let speed = match spare(k) {
+                Some(p) => out.get(p).cloned().flatten(),
+                None if runs(d) => speeds.next().flatten(),
+                None => None,
+            };
+            out.push(speed);
+        }
     }
     out
 }

@@ -229,6 +229,80 @@ async fn two_devices_of_one_server_share_its_connection() {
     }
 }
 
+/// Servers that list their CPU twice offer a spare graph slot: the plan
+/// gives it no layers and runs the server's share of the split head there,
+/// so neither the share nor the stage evicts the other's stored graph.
+/// Tokens still equal llama.cpp's, and no server is sent a graph per step
+/// (with the share in the stage's own slot, both graphs go out every step).
+#[tokio::test]
+async fn spare_graph_slots_keep_every_stage_graph_stored() {
+    let workers: Vec<Worker> = (0..2)
+        .map(|_| start_worker(&["--device", "CPU,CPU"]))
+        .collect();
+    let case = Case {
+        name: "2 servers with spare slots, head split",
+        workers: 2,
+        strategy: Strategy::Even,
+        local_layers: 0,
+        head_split: HeadSplit::On,
+    };
+    let e = engine(&workers, &case).await;
+    let plan = e.plan();
+    let at = |t: &shardline::plan::Target| match t {
+        shardline::plan::Target::Remote {
+            endpoint, device, ..
+        } => (endpoint.clone(), *device),
+        shardline::plan::Target::Local => panic!("no local stage"),
+    };
+    let eps: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
+    let stages: Vec<_> = plan.stages.iter().map(|s| at(&s.target)).collect();
+    assert_eq!(stages, [(eps[0].clone(), 0), (eps[1].clone(), 0)]);
+    let shares: Vec<_> = plan.head_shares.iter().map(|h| at(&h.target)).collect();
+    assert_eq!(shares, [(eps[0].clone(), 1), (eps[1].clone(), 1)]);
+    assert_eq!(
+        plan.head_shares.iter().map(|h| h.stage).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert_eq!(plan.excluded.len(), 2, "{:?}", plan.excluded);
+    assert!(plan.to_string().contains("second graph slot"), "{plan}");
+
+    let mut reference = LlamaRef::load(&model_path(), &[], N_CTX);
+    for prompt in prompts().iter().take(2) {
+        let toks = reference.tokenize(prompt, true);
+        let want = reference.greedy(&toks, N_GEN);
+        let req = GenerateRequest {
+            prompt: Prompt::Tokens(toks.iter().map(|&t| t as u32).collect()),
+            max_tokens: N_GEN,
+            sampler: SamplerConfig::greedy(),
+            stop: Vec::new(),
+            stop_at_eog: false,
+        };
+        let mut stream = e.generate(req).unwrap();
+        while let Some(ev) = stream.next().await {
+            if let Event::Error(err) = ev {
+                panic!("{err}");
+            }
+        }
+        let got: Vec<i32> = stream.token_ids().into_iter().map(|t| t as i32).collect();
+        assert_eq!(got, want, "prompt {prompt:?}");
+    }
+    let text = e.metrics_text();
+    let value = |name: &str, ep: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("server=\"{ep}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for {ep} in\n{text}"))
+    };
+    for ep in &eps {
+        let steps = value("shardline_stage_steps_total", ep);
+        let sent = value("shardline_graphs_sent_total", ep);
+        assert!(steps >= 2.0 * N_GEN as f64, "{ep}: {steps} steps");
+        // A graph per step shape (prompt, decode) and slot, per prompt at most.
+        assert!(sent <= 8.0, "{ep}: {sent} graphs sent in {steps} steps");
+    }
+}
+
 /// Two stages on one server share its connection: when the later stage grows
 /// its compute buffer (FREE_BUFFER), the server forgets the earlier stage's
 /// stored graph, which must then be sent again rather than re-run. A prompt

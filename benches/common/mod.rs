@@ -31,12 +31,24 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// Starts `n` `shardline worker`s (`exe`) on loopback with `threads` CPU
 /// threads each; they stop when dropped.
 pub fn start_workers(exe: &Path, n: usize, threads: usize) -> Vec<shardline::worker::LocalWorker> {
+    start_workers_with(exe, n, threads, &[])
+}
+
+/// [`start_workers`], each worker also given `extra` arguments.
+pub fn start_workers_with(
+    exe: &Path,
+    n: usize,
+    threads: usize,
+    extra: &[&str],
+) -> Vec<shardline::worker::LocalWorker> {
     let t = threads.to_string();
     (0..n)
         .map(|_| {
+            let mut args = vec!["--threads", t.as_str()];
+            args.extend_from_slice(extra);
             shardline::worker::LocalWorker::spawn(
                 exe,
-                &["--threads", &t],
+                &args,
                 std::time::Duration::from_secs(60),
             )
             .expect("start worker")

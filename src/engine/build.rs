@@ -250,11 +250,14 @@ impl Builder {
         for (endpoint, c) in &clients {
             let c = c.lock().await;
             let t = c.traffic();
+            // Stages' devices, and the spare slots that hold shares of the head.
             let mut devices: Vec<u32> = self
                 .plan
                 .stages
                 .iter()
-                .filter_map(|s| match &s.target {
+                .map(|s| &s.target)
+                .chain(self.plan.head_shares.iter().map(|h| &h.target))
+                .filter_map(|t| match t {
                     Target::Remote {
                         endpoint: e,
                         device,
@@ -263,6 +266,7 @@ impl Builder {
                     _ => None,
                 })
                 .collect();
+            devices.sort_unstable();
             devices.dedup();
             servers.push(ServerLoad {
                 endpoint: endpoint.clone(),

@@ -102,8 +102,11 @@ impl fmt::Display for HeadSplit {
 /// Rows of the output matrix computed on one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HeadShare {
-    /// The device (one that also runs a stage).
+    /// The device: the one that runs stage `stage`, or that device's spare
+    /// graph slot ([`super::slots`]: the same memory, its own stored graph).
     pub target: Target,
+    /// The stage whose device's memory holds the share.
+    pub stage: usize,
     /// Its rows (vocabulary ids), contiguous; the shares follow each other
     /// from 0 to the vocabulary size.
     pub rows: Range<u32>,
@@ -160,7 +163,8 @@ fn shares(n_vocab: u32, weights: &[f64]) -> Vec<u32> {
 
 /// Seconds one share of `rows` rows takes a step of `outputs` outputs on a
 /// device with speed `s` whose stage has `stage_layers` layers (its graph
-/// and the share's take turns in the device's one graph slot).
+/// and the share's take turns in the device's one graph slot; 0 for a share
+/// in a spare slot, which evicts nothing).
 pub(crate) fn share_s(
     cost: &ModelCost,
     s: &DeviceSpeed,
@@ -182,8 +186,9 @@ pub(crate) fn share_s(
 
 /// Seconds a step of `outputs` outputs spends on the head: whole on the
 /// last stage's device `last` (what it adds to that stage), or split as
-/// `split` (device index into `speeds`, rows, layers of its stage), the
-/// slowest share plus the last stage's graph sent again.
+/// `split` (device index into `speeds`, rows, layers of the stage graph it
+/// evicts), the slowest share plus the last stage's graph sent again
+/// (`last_layers`: 0 when nothing evicts it).
 pub(crate) fn head_step_s(
     cost: &ModelCost,
     speeds: &[Option<DeviceSpeed>],
@@ -223,6 +228,7 @@ pub(super) fn split_head(
     cost: &ModelCost,
     devices: &[super::DeviceSpec],
     speeds: &[Option<DeviceSpeed>],
+    free_slot: &[bool],
     mode: HeadSplit,
     reserve: u64,
 ) {
@@ -283,11 +289,18 @@ pub(super) fn split_head(
         return;
     }
     if mode == HeadSplit::Auto {
+        let evicts = |k: usize, i: usize| {
+            if free_slot.get(i).copied().unwrap_or(false) {
+                0
+            } else {
+                plan.stages[k].n_layers()
+            }
+        };
         let model: Vec<(usize, u32, u32)> = parts
             .iter()
-            .map(|&(k, i, r)| (i, r, plan.stages[k].n_layers()))
+            .map(|&(k, i, r)| (i, r, evicts(k, i)))
             .collect();
-        let last_layers = plan.stages[last].n_layers();
+        let last_layers = evicts(last, last_server);
         let whole = head_step_s(cost, speeds, last_server, last_layers, None, 1);
         let split = head_step_s(cost, speeds, last_server, last_layers, Some(&model), 1);
         let one_stream: f64 = used
@@ -323,6 +336,7 @@ pub(super) fn split_head(
     for &(k, _, r) in &parts {
         shares_out.push(HeadShare {
             target: plan.stages[k].target.clone(),
+            stage: k,
             rows: start..start + r,
         });
         start += r;
@@ -346,6 +360,7 @@ pub(super) fn faster_with_split(
     cost: &ModelCost,
     devices: &[super::DeviceSpec],
     speeds: &[Option<DeviceSpeed>],
+    free_slot: &[bool],
 ) -> bool {
     if alt.head_shares.is_empty() || base.n_seq_max > 1 {
         return false;
@@ -360,8 +375,8 @@ pub(super) fn faster_with_split(
         return false;
     }
     let streams = super::speed::LOAD_STREAMS;
-    let a = super::predict(alt, cost, devices, speeds, streams, 1);
-    let b = super::predict(base, cost, devices, speeds, streams, 1);
+    let a = super::speed::predict_slots(alt, cost, devices, speeds, streams, 1, free_slot);
+    let b = super::speed::predict_slots(base, cost, devices, speeds, streams, 1, free_slot);
     a.decode_tok_s > b.decode_tok_s * (1.0 + NEAR_TIE)
 }
 

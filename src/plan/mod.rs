@@ -30,6 +30,7 @@ mod error;
 pub mod fuzz;
 pub mod head;
 pub mod kind;
+pub mod slots;
 pub mod speed;
 mod speed_display;
 #[cfg(test)]
@@ -304,7 +305,8 @@ pub struct Plan {
     /// The output matrix split by rows over these devices, computed at once;
     /// empty when the last stage computes the whole head.
     pub head_shares: Vec<HeadShare>,
-    /// Devices given but left out because their kind cannot run the model.
+    /// Devices given but left out of layer placement: their kind cannot
+    /// run the model, or they are a spare graph slot ([`slots`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<kind::Excluded>,
 }
@@ -403,20 +405,65 @@ pub fn plan_with_speeds(
     if n_remote > 0 && devices.is_empty() {
         return Err(PlanError::NoDevices { layers: n_remote });
     }
-    let excluded = kind::excluded(cost, devices);
-    if !excluded.is_empty() {
-        let (kept, devices, speeds, opts) = kind::without(&excluded, devices, speeds, opts)?;
-        let mut p = plan_with_speeds(cost, &devices, &speeds, &opts)?;
-        // Server indices point into the devices given, not the ones kept.
-        let targets = p.stages.iter_mut().map(|s| &mut s.target);
-        for t in targets.chain(p.head_shares.iter_mut().map(|h| &mut h.target)) {
-            if let Target::Remote { server, .. } = t {
-                *server = kept[*server];
-            }
-        }
-        p.excluded = excluded;
-        return Ok(p);
+    let spares = slots::spares(devices);
+    let mut excluded = kind::excluded(cost, devices);
+    if !matches!(opts.strategy, Strategy::Split(_)) {
+        excluded.extend(slots::excluded(devices, &spares));
     }
+    let (kept, kept_devices, kept_speeds, kept_opts) = if excluded.is_empty() {
+        (
+            (0..devices.len()).collect(),
+            devices.to_vec(),
+            speeds.to_vec(),
+            opts.clone(),
+        )
+    } else {
+        kind::without(&excluded, devices, speeds, opts)?
+    };
+    // The spare slot each kept device can run its share of the head in:
+    // one that gets no layers (a split may give it some).
+    let layers_on = |j: usize| match &kept_opts.strategy {
+        Strategy::Split(c) => kept.iter().position(|&k| k == j).map_or(0, |k| c[k]),
+        _ => 0,
+    };
+    let slot: Vec<Option<usize>> = kept
+        .iter()
+        .map(|&i| slots::slot_of(i, &spares).filter(|&j| layers_on(j) == 0))
+        .collect();
+    let free_slot: Vec<bool> = slot.iter().map(Option::is_some).collect();
+    let mut p = plan_kept(cost, &kept_devices, &kept_speeds, &kept_opts, &free_slot)?;
+    // Server indices point into the devices given, not the ones kept.
+    for s in &mut p.stages {
+        if let Target::Remote { server, .. } = &mut s.target {
+            *server = kept[*server];
+        }
+    }
+    for h in &mut p.head_shares {
+        if let Target::Remote { server, .. } = h.target {
+            h.target = match slot[server] {
+                Some(j) => Target::Remote {
+                    server: j,
+                    endpoint: devices[j].endpoint.clone(),
+                    device: devices[j].device,
+                },
+                None => p.stages[h.stage].target.clone(),
+            };
+        }
+    }
+    p.excluded = excluded;
+    Ok(p)
+}
+
+/// [`plan_with_speeds`] on the devices that may hold layers; `free_slot`
+/// says which of them has a spare graph slot for its share of the head.
+fn plan_kept(
+    cost: &ModelCost,
+    devices: &[DeviceSpec],
+    speeds: &[Option<DeviceSpeed>],
+    opts: &PlanOptions,
+    free_slot: &[bool],
+) -> Result<Plan, PlanError> {
+    let n_remote = cost.n_layer() - opts.local_layers;
     let placer = split::Placer::new(cost, devices, opts);
     let counts = match &opts.strategy {
         Strategy::Split(counts) => {
@@ -431,7 +478,7 @@ pub fn plan_with_speeds(
                 return Err(PlanError::SplitSum {
                     sum,
                     expected: n_remote,
-                    n_layer,
+                    n_layer: cost.n_layer(),
                     local_layers: opts.local_layers,
                 });
             }
@@ -450,7 +497,7 @@ pub fn plan_with_speeds(
         )
         .unwrap_or_else(|| placer.memory_counts(n_remote)),
     };
-    let mut plan = assemble(&placer, &counts, cost, devices, speeds, opts)?;
+    let mut plan = assemble(&placer, &counts, cost, devices, speeds, opts, free_slot)?;
     if opts.strategy == Strategy::Throughput && opts.head_split == HeadSplit::Auto {
         // The layer counts were chosen for a head on one device. A split
         // head needs devices with layers to share it with, so a plan that
@@ -462,8 +509,8 @@ pub fn plan_with_speeds(
             if alt == counts {
                 continue;
             }
-            if let Ok(p) = assemble(&placer, &alt, cost, devices, speeds, opts) {
-                if head::faster_with_split(&p, &plan, cost, devices, speeds) {
+            if let Ok(p) = assemble(&placer, &alt, cost, devices, speeds, opts, free_slot) {
+                if head::faster_with_split(&p, &plan, cost, devices, speeds, free_slot) {
                     plan = p;
                 }
             }
@@ -481,6 +528,7 @@ fn assemble(
     devices: &[DeviceSpec],
     speeds: &[Option<DeviceSpeed>],
     opts: &PlanOptions,
+    free_slot: &[bool],
 ) -> Result<Plan, PlanError> {
     let stages = placer.stages(counts);
     placer.check(&stages)?;
@@ -501,6 +549,7 @@ fn assemble(
         cost,
         devices,
         speeds,
+        free_slot,
         opts.head_split,
         opts.reserve,
     );

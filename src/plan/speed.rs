@@ -236,6 +236,22 @@ pub fn predict(
     streams: u32,
     prompt_chunk: u32,
 ) -> Prediction {
+    predict_slots(plan, cost, devices, speeds, streams, prompt_chunk, &[])
+}
+
+/// [`predict`], where `free_slot` says which devices (by index into
+/// `devices`) run their share of a split head in a spare graph slot even
+/// though the plan's share names the device itself (the planner's view
+/// before it moves the shares there; see [`super::slots`]).
+pub(crate) fn predict_slots(
+    plan: &Plan,
+    cost: &ModelCost,
+    devices: &[super::DeviceSpec],
+    speeds: &[Option<DeviceSpeed>],
+    streams: u32,
+    prompt_chunk: u32,
+    free_slot: &[bool],
+) -> Prediction {
     let streams = streams.max(1);
     let chunk = prompt_chunk.max(1);
     let times: Vec<Option<StageTime>> = plan
@@ -266,7 +282,7 @@ pub fn predict(
             Target::Local => None,
         })
         .fold(0.0, f64::max);
-    let head = split_head_time(plan, cost, speeds, streams);
+    let head = split_head_time(plan, cost, speeds, streams, free_slot);
     let mut known: Vec<&StageTime> = times.iter().flatten().collect();
     known.extend(head.as_ref().map(|(t, _)| t));
     let sum = |f: fn(&StageTime) -> f64| known.iter().map(|t| f(t)).sum::<f64>();
@@ -288,6 +304,7 @@ pub fn predict(
             Target::Local => None,
         })
         .collect();
+    let spares = super::slots::spares(devices);
     let left_out = devices
         .iter()
         .enumerate()
@@ -295,7 +312,18 @@ pub fn predict(
         .map(|(i, d)| LeftOut {
             endpoint: d.endpoint.clone(),
             device: d.device,
-            reason: left_out_reason(cost, plan, speeds, i),
+            reason: if plan.head_shares.iter().any(|h| {
+                matches!(&h.target, Target::Remote { server, .. } if *server == i)
+            }) {
+                "a spare graph slot: no layers, a share of the output head".to_string()
+            } else if let Some(p) = spares[i] {
+                format!(
+                    "a second graph slot of CPU device {} (the same memory): no layers",
+                    devices[p].device
+                )
+            } else {
+                left_out_reason(cost, plan, speeds, i)
+            },
         })
         .collect();
     Prediction {
@@ -319,33 +347,46 @@ fn split_head_time(
     cost: &ModelCost,
     speeds: &[Option<DeviceSpeed>],
     streams: u32,
+    free_slot: &[bool],
 ) -> Option<(StageTime, Vec<f64>)> {
     if plan.head_shares.is_empty() {
         return None;
     }
-    let stage_of = |t: &Target| plan.stages.iter().position(|s| &s.target == t);
     let server = |t: &Target| match t {
         Target::Remote { server, .. } => Some(*server),
         Target::Local => None,
     };
+    // The layers of the stage graph a share evicts from its device's one
+    // graph slot: none for a share in a spare slot.
+    let evicts = |h: &super::HeadShare| {
+        let stage = plan.stages.get(h.stage)?;
+        let own = h.target == stage.target
+            && !server(&stage.target).is_some_and(|i| free_slot.get(i).copied().unwrap_or(false));
+        Some(if own { stage.n_layers() } else { 0 })
+    };
     let mut parts = Vec::new();
     for h in &plan.head_shares {
-        let k = stage_of(&h.target)?;
+        // Speeds are the stage's device's: a spare slot is the same device.
         parts.push((
-            server(&h.target)?,
+            server(&plan.stages.get(h.stage)?.target)?,
             h.rows.end - h.rows.start,
-            plan.stages[k].n_layers(),
-            k,
+            evicts(h)?,
+            h.stage,
         ));
     }
-    let last = plan.stages.last()?;
+    let last_k = plan.stages.len().checked_sub(1)?;
+    let last = &plan.stages[last_k];
+    let last_evicted = match plan.head_shares.iter().find(|h| h.stage == last_k) {
+        Some(h) => evicts(h)?,
+        None => 0,
+    };
     let model: Vec<(usize, u32, u32)> = parts.iter().map(|&(i, r, l, _)| (i, r, l)).collect();
     let at = |outputs| {
         super::head::head_step_s(
             cost,
             speeds,
             server(&last.target)?,
-            last.n_layers(),
+            last_evicted,
             Some(&model),
             outputs,
         )

@@ -391,3 +391,78 @@ fn auto_keeps_the_head_whole_for_an_engine_of_several_streams() {
     let p = with_head(&cost, &devices, &fast, vec![4, 4], HeadSplit::On);
     assert_eq!(p.head_shares.len(), 2);
 }
+
+#[test]
+fn a_spare_graph_slot_takes_the_share_of_the_head_and_no_layers() {
+    let cost = model(8);
+    let spare = |port, device| DeviceSpec {
+        device,
+        ..dev(port, 8 * GIB)
+    };
+    // Two servers, each serving its CPU twice.
+    let devices = [spare(1, 0), spare(1, 1), spare(2, 0), spare(2, 1)];
+    let fast = Some(speed(1.0, 0.1));
+    let speeds = vec![fast.clone(); 4];
+    let plan = |strategy, mode| {
+        let opts = PlanOptions {
+            strategy,
+            head_split: mode,
+            ..PlanOptions::default()
+        };
+        plan_with_speeds(&cost, &devices, &speeds, &opts).unwrap()
+    };
+    let servers = |targets: Vec<&Target>| {
+        targets
+            .into_iter()
+            .map(|t| match t {
+                Target::Remote { server, .. } => *server,
+                Target::Local => usize::MAX,
+            })
+            .collect::<Vec<_>>()
+    };
+    for strategy in [Strategy::Even, Strategy::Memory, Strategy::Throughput] {
+        let p = plan(strategy.clone(), HeadSplit::On);
+        let stages = servers(p.stages.iter().map(|s| &s.target).collect());
+        assert!(!stages.contains(&1) && !stages.contains(&3), "{strategy}: {stages:?}");
+        assert_eq!(p.excluded.len(), 2, "{strategy}");
+        assert!(p.excluded[0].reason.contains("second graph slot"));
+    }
+    let p = plan(Strategy::Even, HeadSplit::On);
+    assert_eq!(servers(p.stages.iter().map(|s| &s.target).collect()), [0, 2]);
+    assert_eq!(
+        servers(p.head_shares.iter().map(|h| &h.target).collect()),
+        [1, 3]
+    );
+    assert_eq!(p.head_shares.iter().map(|h| h.stage).collect::<Vec<_>>(), [0, 1]);
+    // A split that names the slots gives them layers or not, as told.
+    let s = plan(Strategy::Split(vec![4, 0, 4, 0]), HeadSplit::On);
+    assert_eq!(s.stages, p.stages);
+    assert_eq!(s.head_shares, p.head_shares);
+    assert!(s.excluded.is_empty());
+    let taken = plan(Strategy::Split(vec![4, 4, 0, 0]), HeadSplit::On);
+    assert_eq!(
+        servers(taken.head_shares.iter().map(|h| &h.target).collect()),
+        [0, 1],
+        "the slot of device 0 runs a stage: each share stays on its stage's device"
+    );
+
+    // Neither graph is sent again per step: the same plan on servers with
+    // one slot each decodes slower by the cost model.
+    let plain = [dev(1, 8 * GIB), dev(2, 8 * GIB)];
+    let plain_speeds = vec![fast.clone(); 2];
+    let opts = PlanOptions {
+        strategy: Strategy::Even,
+        head_split: HeadSplit::On,
+        ..PlanOptions::default()
+    };
+    let q = plan_with_speeds(&cost, &plain, &plain_speeds, &opts).unwrap();
+    let with_slots = predict(&p, &cost, &devices, &speeds, 1, 64);
+    let without = predict(&q, &cost, &plain, &plain_speeds, 1, 64);
+    let (a, b) = (with_slots.head.unwrap(), without.head.unwrap());
+    assert!(a.decode_ms < b.decode_ms, "{} vs {}", a.decode_ms, b.decode_ms);
+    assert!(with_slots.decode_tok_s > without.decode_tok_s);
+    assert!(with_slots
+        .left_out
+        .iter()
+        .all(|l| l.reason.contains("share of the output head")));
+}

@@ -37,6 +37,11 @@ fn init() {
 
 /// Devices llama.cpp's RPC client sees on the given servers.
 pub fn rpc_devices(endpoints: &[SocketAddr]) -> Vec<sys::ggml_backend_dev_t> {
+    rpc_devices_up_to(endpoints, usize::MAX)
+}
+
+/// [`rpc_devices`], at most the first `per_server` devices of each server.
+pub fn rpc_devices_up_to(endpoints: &[SocketAddr], per_server: usize) -> Vec<sys::ggml_backend_dev_t> {
     init();
     let mut devs = Vec::new();
     for ep in endpoints {
@@ -46,7 +51,7 @@ pub fn rpc_devices(endpoints: &[SocketAddr]) -> Vec<sys::ggml_backend_dev_t> {
         assert!(!reg.is_null(), "llama.cpp could not add RPC server {ep}");
         // SAFETY: valid registry handle and in-range indices.
         let n = unsafe { sys::ggml_backend_reg_dev_count(reg) };
-        for i in 0..n {
+        for i in 0..n.min(per_server) {
             // SAFETY: `i` is below the registry's device count.
             devs.push(unsafe { sys::ggml_backend_reg_dev_get(reg, i) });
         }

@@ -167,16 +167,28 @@ fn memory_stats(
     use shardline::plan::Target;
     plan.stages
         .iter()
-        .filter_map(|s| match &s.target {
+        .enumerate()
+        .filter_map(|(k, s)| match &s.target {
             Target::Remote {
                 endpoint, device, ..
             } => {
+                // The plan counts a share of the head in a spare graph slot
+                // with its stage (one memory); the allocation is the slot's.
+                let slots: Vec<u32> = plan
+                    .head_shares
+                    .iter()
+                    .filter(|h| h.stage == k && h.target != s.target)
+                    .filter_map(|h| match &h.target {
+                        Target::Remote { device, .. } => Some(*device),
+                        Target::Local => None,
+                    })
+                    .collect();
                 let allocated = ls
                     .servers
                     .iter()
                     .filter(|l| &l.endpoint == endpoint)
                     .flat_map(|l| &l.allocated)
-                    .filter(|a| a.device == *device)
+                    .filter(|a| a.device == *device || slots.contains(&a.device))
                     .map(|a| a.bytes)
                     .sum::<u64>();
                 Some(serde_json::json!({

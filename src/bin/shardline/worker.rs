@@ -35,7 +35,9 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "full", value_name = "full|size|off")]
     pub verify_cache: shardline::cache::VerifyMode,
     /// ggml devices to serve, comma separated (e.g. CPU or CUDA0)
-    /// [default: every GPU, else the CPU].
+    /// [default: every GPU, else the CPU]. `CPU,CPU` serves the CPU twice:
+    /// the coordinator uses the second as a spare graph slot for its share
+    /// of a split output head.
     #[arg(long, value_delimiter = ',')]
     pub device: Vec<String>,
     /// Announce this worker on the LAN (a UDP multicast beacon to
