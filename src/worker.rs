@@ -208,6 +208,14 @@ fn prepare_cache(
 pub fn start(opts: &WorkerOptions) -> Result<(Ready, mpsc::Receiver<WorkerError>), WorkerError> {
     ggml_sys::set_log_handler(ggml_log);
     let devices = select_devices(&opts.devices)?;
+    // ggml's Vulkan function table goes through ggml-sys's wrapper, which
+    // writes every binding of a descriptor set (Mesa lavapipe 22.x reads
+    // them all; see ggml-sys/src/vk_descriptors.rs).
+    #[cfg(all(feature = "vulkan", target_os = "linux"))]
+    {
+        let (hooked, _) = ggml_sys::vk_descriptor_writes_extended();
+        tracing::debug!(hooked, "vulkan: full descriptor-set writes");
+    }
     if let Some(dir) = &opts.cache {
         std::fs::create_dir_all(dir).map_err(|e| WorkerError::Cache(dir.clone(), e))?;
         prepare_cache(dir, &opts.seed, opts.verify, opts.threads)?;

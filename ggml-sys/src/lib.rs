@@ -22,6 +22,8 @@ mod log;
 mod ops;
 mod rpc_server;
 mod types;
+#[cfg(all(feature = "vulkan", target_os = "linux"))]
+mod vk_descriptors;
 
 pub use alloc::{measure_compute, CpuGraphAllocator, CPU_BUFFER_ALIGNMENT};
 pub use backend::{CpuBackend, Device, DeviceKind};
@@ -34,6 +36,8 @@ pub use rpc_server::{rpc_start_server, RPC_PROTO_MAJOR, RPC_PROTO_MINOR, RPC_PRO
 pub use types::{
     op, op_count, op_name, to_f32, ty, type_blck_size, type_name, type_size, GgmlType,
 };
+#[cfg(all(feature = "vulkan", target_os = "linux"))]
+pub use vk_descriptors::vk_descriptor_writes_extended;
 
 /// Errors from the safe ggml layer. Each names the precondition ggml would
 /// otherwise have aborted on.
