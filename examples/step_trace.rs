@@ -36,6 +36,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         threads: 1,
         progress: false,
         worker_exe: Some(exe),
+        // SHARDLINE_SERVERS=h:p,h:p uses running workers (e.g. started with
+        // `--device CPU,CPU` for spare graph slots) instead of local ones.
+        servers: std::env::var("SHARDLINE_SERVERS")
+            .map(|s| s.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
         ..EngineOptions::default()
     })
     .await?;

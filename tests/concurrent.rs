@@ -166,6 +166,53 @@ async fn pipelined_prompt_chunks_match_the_solo_run() {
     assert!(spans.iter().any(|s| s.endpoint.starts_with("head:")));
 }
 
+/// Workers that serve their CPU twice give each stage a spare graph slot:
+/// a prompt read in chunks beside a decoding sequence runs there, so the
+/// decode graph stays stored instead of going out again at every turn
+/// change. Outputs equal the solo runs either way; the graphs sent during
+/// the overlap are counted on plain workers and on workers with slots.
+#[tokio::test]
+async fn prompt_chunks_in_a_spare_slot_leave_the_decode_graph_stored() {
+    async fn overlap_graphs(slots: bool) -> f64 {
+        let args: &[&str] = if slots { &["--device", "CPU,CPU"] } else { &[] };
+        let workers = [start_worker(args), start_worker(args)];
+        let engine = Engine::load(EngineOptions {
+            n_batch: 32,
+            ..options(&workers, 2, 4)
+        })
+        .await
+        .unwrap();
+        let spare: Vec<Option<u32>> = engine.plan().stages.iter().map(|s| s.spare_slot).collect();
+        assert_eq!(spare, vec![slots.then_some(1); 2]);
+        assert!(engine.plan().head_shares.is_empty());
+        let long = PROMPTS.join(" ").repeat(3);
+        assert!(engine.tokenizer().encode(&long, true, true).len() > 4 * 32);
+        let alone_long = run(&engine, &long, 12).await;
+        let alone_short = run(&engine, PROMPTS[0], 40).await;
+        let sent = |e: &Engine| -> f64 {
+            e.metrics_text()
+                .lines()
+                .filter(|l| l.starts_with("shardline_graphs_sent_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let before = sent(&engine);
+        let e = engine.clone();
+        let short = tokio::spawn(async move { run(&e, PROMPTS[0], 40).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got_long = run(&engine, &long, 12).await;
+        assert_eq!(got_long, alone_long, "the long prompt's output changed");
+        assert_eq!(short.await.unwrap(), alone_short);
+        sent(&engine) - before
+    }
+    let plain = overlap_graphs(false).await;
+    let spare = overlap_graphs(true).await;
+    eprintln!("graphs sent while a prompt was read beside a decode: {plain} on plain workers, {spare} with spare slots");
+    // With slots only a new shape (a chunk's KV length, the last chunk)
+    // sends a graph; without, every turn change does too.
+    assert!(spare * 2.0 <= plain, "{spare} with slots, {plain} without");
+}
+
 /// Several answers to one prompt (an API request's `n`): the prompt is
 /// read once and the other sequences copy its KV cells, on both workers
 /// and on the coordinator's layer, in the pipeline ahead of their first

@@ -143,6 +143,7 @@ impl Builder {
             );
             let (n_ctx, n_batch) = (self.n_ctx, self.n_batch);
             let planned_compute = s.compute_bytes;
+            let spare_slot = s.spare_slot;
             let head = self.plan.head_of(i);
             let client = clients[&endpoint].clone();
             uploads.spawn(async move {
@@ -177,6 +178,11 @@ impl Builder {
                     client, device, &g, &cfg, layers, head, n_ctx, n_batch, &hashes, &tick,
                 )
                 .await?;
+                if let Some(d) = spare_slot {
+                    if !stage.use_spare_slot(d) {
+                        tracing::warn!(device = d, "not a CPU device: no spare graph slot");
+                    }
+                }
                 stage.reserve_compute(planned_compute).await?;
                 Ok::<_, EngineError>((i, stage))
             });

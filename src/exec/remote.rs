@@ -80,6 +80,10 @@ pub struct RemoteStage {
     inputs: InputLayout,
     compute_buf: Option<RemoteBuffer>,
     stored: Option<StoredGraph>,
+    /// A spare graph slot on this server (`plan::slots`: a second CPU
+    /// device over the same memory) for prompt chunks, and what it holds:
+    /// decode steps then keep their graph stored while prompts are read.
+    spare: Option<(u32, Option<StoredGraph>)>,
     /// Graphs already built for this compute buffer, by shape: switching
     /// between a prompt chunk and a decode step sends the graph again (a
     /// server stores one per device) but does not build it again.
@@ -170,6 +174,7 @@ impl RemoteStage {
             inputs,
             compute_buf: None,
             stored: None,
+            spare: None,
             built: HashMap::new(),
             upload,
             stat: super::StageStat {
@@ -497,17 +502,22 @@ impl RemoteStage {
             n_outputs: if has_last { step.n_outputs } else { 0 },
             n_kv: step.n_kv,
         };
-        let stored = match self.stored.take() {
+        // Prompt chunks (not every token an output) go to the spare slot,
+        // when there is one, so the decode graph stays stored.
+        let prompt = step.n_outputs < step.n_tokens;
+        let (device, held) = match &mut self.spare {
+            Some((d, held)) if prompt => (*d, held.take()),
+            _ => (self.device, self.stored.take()),
+        };
+        let stored = match held {
             // A FREE_BUFFER on this connection (by any stage) drops the
             // server's stored graphs, and a share of the output head on
             // this device replaces it: then the graph is sent again.
-            Some(s) if s.key == key && c.stored_graph_is(self.device, self.owner) => {
+            Some(s) if s.key == key && c.stored_graph_is(device, self.owner) => {
                 // Inputs, rerun and the read of the output: one write.
                 c.cork();
                 self.upload_inputs(c, &s, step, hidden).await?;
-                c.graph_recompute(self.device)
-                    .await
-                    .map_err(|e| self.err(e))?;
+                c.graph_recompute(device).await.map_err(|e| self.err(e))?;
                 s
             }
             _ => {
@@ -525,7 +535,7 @@ impl RemoteStage {
                 let (stored, msg, nbytes) = (ready.0.clone(), &ready.1, &ready.2);
                 c.cork();
                 self.upload_inputs(c, &stored, step, hidden).await?;
-                c.graph_compute_for(self.owner, self.device, &msg.nodes, &msg.tensors, nbytes)
+                c.graph_compute_for(self.owner, device, &msg.nodes, &msg.tensors, nbytes)
                     .await
                     .map_err(|e| self.err(e))?;
                 self.stat.graphs_sent += 1;
@@ -537,8 +547,23 @@ impl RemoteStage {
         let (out, n) = stored.output;
         let bytes = c.get_tensor(&out, n, 0, n).await.map_err(|e| self.err(e));
         self.stat.bytes_received += n;
-        self.stored = Some(stored);
+        match &mut self.spare {
+            Some((d, held)) if *d == device => *held = Some(stored),
+            _ => self.stored = Some(stored),
+        }
         bytes
+    }
+
+    /// Runs prompt chunks on `device`, a spare graph slot of this stage's
+    /// device (the same memory, its own stored graph; see `plan::slots`).
+    /// Only a CPU device can be one (a graph computed there reads the
+    /// stage's buffers in place): false, and nothing changed, otherwise.
+    pub fn use_spare_slot(&mut self, device: u32) -> bool {
+        if self.kind != DeviceKind::Cpu || device == self.device {
+            return false;
+        }
+        self.spare = Some((device, None));
+        true
     }
 }
 

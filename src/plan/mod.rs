@@ -257,6 +257,11 @@ pub struct Stage {
     pub output_bytes: u64,
     /// True for the last stage, which computes the logits.
     pub holds_output: bool,
+    /// A spare graph slot of the stage's device with no layers (a second
+    /// CPU device of its server, see [`slots`]): its prompt chunks run
+    /// there, so its decode graph stays stored on the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spare_slot: Option<u32>,
     /// The device's free memory after this stage is loaded (the reserve is
     /// still free); `None` for a local stage without
     /// [`PlanOptions::local_free`].
@@ -435,6 +440,7 @@ pub fn plan_with_speeds(
     // Server indices point into the devices given, not the ones kept.
     for s in &mut p.stages {
         if let Target::Remote { server, .. } = &mut s.target {
+            s.spare_slot = slot[*server].map(|j| devices[j].device);
             *server = kept[*server];
         }
     }

@@ -5,10 +5,11 @@
 //! graph, and both are sent again every step. ggml has one CPU device per
 //! process; a server that lists it twice (`shardline worker --device
 //! CPU,CPU`, or `rpc-server -d CPU,CPU`) offers two graph slots over one
-//! memory. The planner then keeps the second for head shares: it gets no
+//! memory. The planner then keeps the second as a spare slot: it gets no
 //! layers under the memory, even and throughput strategies (it would count
-//! the same memory twice), and a share of the head for the first device's
-//! stage runs in it without evicting the stage's graph.
+//! the same memory twice); the first device's stage runs its prompt chunks
+//! there ([`super::Stage::spare_slot`]), and its share of a split head,
+//! so neither evicts the stage's decode graph.
 
 use super::kind::{DeviceKind, Excluded};
 use super::DeviceSpec;
@@ -44,7 +45,7 @@ pub(crate) fn excluded(devices: &[DeviceSpec], spares: &[Option<usize>]) -> Vec<
                 device: d.device,
                 kind: d.kind(),
                 reason: format!(
-                    "a second graph slot of CPU device {} (the same memory): kept for a share of the output head",
+                    "a second graph slot of CPU device {} (the same memory): kept for its prompt chunks and share of the output head",
                     p.device
                 ),
             })

@@ -188,6 +188,7 @@ impl<'a> Placer<'a> {
             compute_bytes: self.compute(alignment, last),
             output_bytes: if last { self.output(alignment) } else { 0 },
             holds_output: last,
+            spare_slot: None,
             free_after: None,
         };
         let free = match device {
