@@ -30,7 +30,17 @@ use tests_common::llama_ref::{rpc_devices, LlamaRef};
 use tests_common::synth::id_prompts;
 
 fn main() {
-    let families: Vec<Family> = std::iter::once(Family::Llama).chain(BEYOND_LLAMA).collect();
+    // SHARDLINE_BENCH_FAMILIES: a comma-separated subset (llama, the
+    // reference, is always measured).
+    let only: Option<Vec<String>> = std::env::var("SHARDLINE_BENCH_FAMILIES")
+        .ok()
+        .map(|s| s.split(',').map(str::to_owned).collect());
+    let families: Vec<Family> = std::iter::once(Family::Llama)
+        .chain(BEYOND_LLAMA.into_iter().filter(|f| {
+            only.as_ref()
+                .is_none_or(|o| o.iter().any(|n| n == f.description()))
+        }))
+        .collect();
     let rounds: usize = env_or("SHARDLINE_BENCH_ROUNDS", 3);
     let n_gen: usize = env_or("SHARDLINE_BENCH_TOKENS", 64);
     let threads: usize = env_or("SHARDLINE_BENCH_THREADS", 1);
