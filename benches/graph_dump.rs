@@ -114,6 +114,7 @@ fn op_label(t: &RpcTensor) -> String {
             let p = llama_cpp_sys_2::ggml_unary_op_name(t.op_params[0] as _);
             format!("UNARY:{}", std::ffi::CStr::from_ptr(p).to_string_lossy())
         },
+        // SAFETY: as above.
         "GLU" => unsafe {
             let p = llama_cpp_sys_2::ggml_glu_op_name(t.op_params[0] as _);
             format!("GLU:{}", std::ffi::CStr::from_ptr(p).to_string_lossy())
