@@ -50,17 +50,19 @@ fn cpu_ns(pid: u32) -> u64 {
 }
 
 fn main() {
-    // SHARDLINE_BENCH_FAMILIES: a comma-separated subset (llama, the
-    // reference, is always measured).
-    let only: Option<Vec<String>> = std::env::var("SHARDLINE_BENCH_FAMILIES")
-        .ok()
-        .map(|s| s.split(',').map(str::to_owned).collect());
-    let families: Vec<Family> = std::iter::once(Family::Llama)
-        .chain(BEYOND_LLAMA.into_iter().filter(|f| {
-            only.as_ref()
-                .is_none_or(|o| o.iter().any(|n| n == f.description()))
-        }))
-        .collect();
+    // SHARDLINE_BENCH_FAMILIES: a comma-separated subset, in the order
+    // given (llama, the reference, is always measured, first).
+    let families: Vec<Family> = match std::env::var("SHARDLINE_BENCH_FAMILIES") {
+        Ok(only) => std::iter::once(Family::Llama)
+            .chain(only.split(',').map(|n| {
+                *BEYOND_LLAMA
+                    .iter()
+                    .find(|f| f.description() == n)
+                    .unwrap_or_else(|| panic!("no family '{n}'"))
+            }))
+            .collect(),
+        Err(_) => std::iter::once(Family::Llama).chain(BEYOND_LLAMA).collect(),
+    };
     let rounds: usize = env_or("SHARDLINE_BENCH_ROUNDS", 3);
     let n_gen: usize = env_or("SHARDLINE_BENCH_TOKENS", 64);
     let reps: usize = env_or("SHARDLINE_BENCH_REPS", 3).max(1);
