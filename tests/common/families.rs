@@ -282,7 +282,10 @@ pub fn write_model(f: Family, name: &str, extra: &Extra) -> TempModel {
         };
         put(name, F32, &[*n], values);
     }
-    TempModel::write(&mut w, &format!("{a}-{name}"))
+    // Named after the family, not the architecture: plain llama and
+    // Mixtral are both `llama` files, and a bench that writes both under
+    // one name would otherwise run Mixtral twice.
+    TempModel::write(&mut w, &format!("{}-{name}", f.description()))
 }
 
 /// A Jinja chat template in Gemma's turn format (written for these tests
