@@ -52,6 +52,30 @@ async fn engine(workers: &[Worker], case: &Case) -> Engine {
     .unwrap_or_else(|e| panic!("{}: load failed: {e}", case.name))
 }
 
+/// Greedy tokens of `e` for the first `n` of [`prompts`] equal llama.cpp's.
+async fn first_prompts_equal_llama_cpp(e: &Engine, n: usize) {
+    let mut reference = LlamaRef::load(&model_path(), &[], N_CTX);
+    for prompt in prompts().iter().take(n) {
+        let toks = reference.tokenize(prompt, true);
+        let want = reference.greedy(&toks, N_GEN);
+        let req = GenerateRequest {
+            prompt: Prompt::Tokens(toks.iter().map(|&t| t as u32).collect()),
+            max_tokens: N_GEN,
+            sampler: SamplerConfig::greedy(),
+            stop: Vec::new(),
+            stop_at_eog: false,
+        };
+        let mut stream = e.generate(req).unwrap();
+        while let Some(ev) = stream.next().await {
+            if let Event::Error(err) = ev {
+                panic!("{err}");
+            }
+        }
+        let got: Vec<i32> = stream.token_ids().into_iter().map(|t| t as i32).collect();
+        assert_eq!(got, want, "prompt {prompt:?}");
+    }
+}
+
 #[tokio::test]
 async fn greedy_tokens_equal_llama_cpp_on_every_layout() {
     let cases = [
@@ -207,26 +231,7 @@ async fn two_devices_of_one_server_share_its_connection() {
     // with its stage in the device's graph slot.
     assert_eq!(e.plan().head_shares.len(), 2);
 
-    let mut reference = LlamaRef::load(&model_path(), &[], N_CTX);
-    for prompt in prompts().iter().take(2) {
-        let toks = reference.tokenize(prompt, true);
-        let want = reference.greedy(&toks, N_GEN);
-        let req = GenerateRequest {
-            prompt: Prompt::Tokens(toks.iter().map(|&t| t as u32).collect()),
-            max_tokens: N_GEN,
-            sampler: SamplerConfig::greedy(),
-            stop: Vec::new(),
-            stop_at_eog: false,
-        };
-        let mut stream = e.generate(req).unwrap();
-        while let Some(ev) = stream.next().await {
-            if let Event::Error(err) = ev {
-                panic!("{err}");
-            }
-        }
-        let got: Vec<i32> = stream.token_ids().into_iter().map(|t| t as i32).collect();
-        assert_eq!(got, want, "prompt {prompt:?}");
-    }
+    first_prompts_equal_llama_cpp(&e, 2).await;
 }
 
 /// Servers that list their CPU twice offer a spare graph slot: the plan
@@ -266,26 +271,7 @@ async fn spare_graph_slots_keep_every_stage_graph_stored() {
     assert_eq!(plan.excluded.len(), 2, "{:?}", plan.excluded);
     assert!(plan.to_string().contains("second graph slot"), "{plan}");
 
-    let mut reference = LlamaRef::load(&model_path(), &[], N_CTX);
-    for prompt in prompts().iter().take(2) {
-        let toks = reference.tokenize(prompt, true);
-        let want = reference.greedy(&toks, N_GEN);
-        let req = GenerateRequest {
-            prompt: Prompt::Tokens(toks.iter().map(|&t| t as u32).collect()),
-            max_tokens: N_GEN,
-            sampler: SamplerConfig::greedy(),
-            stop: Vec::new(),
-            stop_at_eog: false,
-        };
-        let mut stream = e.generate(req).unwrap();
-        while let Some(ev) = stream.next().await {
-            if let Event::Error(err) = ev {
-                panic!("{err}");
-            }
-        }
-        let got: Vec<i32> = stream.token_ids().into_iter().map(|t| t as i32).collect();
-        assert_eq!(got, want, "prompt {prompt:?}");
-    }
+    first_prompts_equal_llama_cpp(&e, 2).await;
     let text = e.metrics_text();
     let value = |name: &str, ep: &str| -> f64 {
         text.lines()
