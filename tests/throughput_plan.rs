@@ -191,3 +191,48 @@ fn simulate_from_a_gguf_header_alone() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A server's second CPU device is a spare graph slot of the first: it is
+/// not measured again but takes the first's speed, and the throughput
+/// plan gives it no layers but the stage's prompt chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_slot_takes_its_devices_speed_and_no_layers() {
+    let w = start_worker(&["--device", "CPU,CPU"]);
+    let endpoint = w.endpoint.to_string();
+    let reports = shardline::cluster::probe_all(
+        std::slice::from_ref(&endpoint),
+        shardline::rpc::ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reports[0].devices.len(), 2);
+    let g = shardline::gguf::Gguf::open(model_path()).unwrap();
+    let speeds = shardline::measure::measure_model(&model_path(), &g, &reports, 32, 1)
+        .await
+        .unwrap();
+    assert_eq!(speeds.len(), 2);
+    assert!(speeds[0].is_some(), "{speeds:?}");
+    // Measured twice, two devices would not time to the same nanosecond.
+    assert_eq!(speeds[1], speeds[0]);
+
+    let engine = Engine::load(EngineOptions {
+        model: model_path(),
+        servers: vec![endpoint.clone()],
+        n_ctx: 512,
+        n_batch: 64,
+        strategy: Strategy::Throughput,
+        hash_memo: shardline::engine::HashMemo::Off,
+        ..EngineOptions::default()
+    })
+    .await
+    .expect("load");
+    let p = engine.current_plan();
+    assert_eq!(p.stages.len(), 1, "{p}");
+    assert_eq!(p.stages[0].spare_slot, Some(1), "{p}");
+    assert_eq!(p.excluded.len(), 1, "{p}");
+    let left = engine.prediction().expect("predicted").left_out.clone();
+    assert!(
+        left.iter().any(|l| l.device == 1 && l.reason.contains("graph slot")),
+        "{left:?}"
+    );
+}

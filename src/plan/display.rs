@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{layer_range, Plan};
+use super::{layer_range, Plan, Target};
 
 /// The table's column headers.
 pub(super) const HEADERS: [&str; 9] = [
@@ -87,6 +87,23 @@ impl fmt::Display for Plan {
         write_table(f, &HEADERS, &rows, 4)?;
         for e in &self.excluded {
             writeln!(f, "left out {}/{}: {}", e.endpoint, e.device, e.reason)?;
+        }
+        let slots: Vec<String> = self
+            .stages
+            .iter()
+            .filter_map(|s| match (&s.target, s.spare_slot) {
+                (Target::Remote { endpoint, device, .. }, Some(slot)) => {
+                    Some(format!("{endpoint}/{slot} for {endpoint}/{device}"))
+                }
+                _ => None,
+            })
+            .collect();
+        if !slots.is_empty() {
+            writeln!(
+                f,
+                "spare graph slots (prompt chunks, shares of the head): {}",
+                slots.join(", ")
+            )?;
         }
         if !self.head_shares.is_empty() {
             let shares: Vec<String> = self

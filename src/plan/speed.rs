@@ -315,10 +315,11 @@ pub(crate) fn predict_slots(
             reason: if plan.head_shares.iter().any(|h| {
                 matches!(&h.target, Target::Remote { server, .. } if *server == i)
             }) {
-                "a spare graph slot: no layers, a share of the output head".to_string()
+                "a spare graph slot: no layers; prompt chunks and a share of the output head"
+                    .to_string()
             } else if let Some(p) = spares[i] {
                 format!(
-                    "a second graph slot of CPU device {} (the same memory): no layers",
+                    "a second graph slot of CPU device {} (the same memory): no layers; prompt chunks of its stage, if any",
                     devices[p].device
                 )
             } else {

@@ -434,6 +434,15 @@ fn a_spare_graph_slot_takes_the_share_of_the_head_and_no_layers() {
         [1, 3]
     );
     assert_eq!(p.head_shares.iter().map(|h| h.stage).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+        p.stages.iter().map(|s| s.spare_slot).collect::<Vec<_>>(),
+        [Some(1), Some(1)]
+    );
+    assert!(
+        p.to_string()
+            .contains("spare graph slots (prompt chunks, shares of the head): 10.0.0.1:1/1 for 10.0.0.1:1/0"),
+        "{p}"
+    );
     // A split that names the slots gives them layers or not, as told.
     let s = plan(Strategy::Split(vec![4, 0, 4, 0]), HeadSplit::On);
     assert_eq!(s.stages, p.stages);
@@ -445,6 +454,7 @@ fn a_spare_graph_slot_takes_the_share_of_the_head_and_no_layers() {
         [0, 1],
         "the slot of device 0 runs a stage: each share stays on its stage's device"
     );
+    assert!(taken.stages.iter().all(|s| s.spare_slot.is_none()));
 
     // Neither graph is sent again per step: the same plan on servers with
     // one slot each decodes slower by the cost model.
