@@ -128,12 +128,7 @@ fn main() {
     let me = std::process::id();
     let ours_pids: Vec<u32> = ours_workers.iter().map(|w| w.pid()).collect();
     let their_pids: Vec<u32> = their_workers.iter().map(|w| w.pid()).collect();
-    let cpu = |pids: &[u32]| {
-        (
-            cpu_ns(me),
-            pids.iter().map(|&p| cpu_ns(p)).sum::<u64>(),
-        )
-    };
+    let cpu = |pids: &[u32]| (cpu_ns(me), pids.iter().map(|&p| cpu_ns(p)).sum::<u64>());
     let spent = |before: (u64, u64), pids: &[u32]| {
         let after = cpu(pids);
         [after.0 - before.0, after.1 - before.1].map(|ns| ns as f64 * 1e-9)
@@ -142,12 +137,20 @@ fn main() {
         let before = cpu(&ours_pids);
         let (toks, st) = common::greedy(&rt, e, prompt.clone(), n_gen);
         let toks: Vec<i32> = toks.into_iter().map(|t| t as i32).collect();
-        (st.gen_steps as f64 / st.gen_s, toks, spent(before, &ours_pids))
+        (
+            st.gen_steps as f64 / st.gen_s,
+            toks,
+            spent(before, &ours_pids),
+        )
     };
     let llama_run = |r: &mut LlamaRef| {
         let before = cpu(&their_pids);
         let (toks, _, decode_s) = r.greedy_timed(&ids, n_gen);
-        ((n_gen - 1) as f64 / decode_s, toks, spent(before, &their_pids))
+        (
+            (n_gen - 1) as f64 / decode_s,
+            toks,
+            spent(before, &their_pids),
+        )
     };
 
     // Per family: speeds of each client, and per-round ratios.

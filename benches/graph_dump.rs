@@ -170,12 +170,21 @@ fn dump(g: &GraphCompute) -> String {
                 write!(out, " '{}'", st.name().unwrap_or("")).unwrap();
             }
         }
-        if matches!(op.as_str(), "FLASH_ATTN_EXT" | "SOFT_MAX" | "ROPE" | "SCALE" | "RMS_NORM") {
+        if matches!(
+            op.as_str(),
+            "FLASH_ATTN_EXT" | "SOFT_MAX" | "ROPE" | "SCALE" | "RMS_NORM"
+        ) {
             write!(out, " params{:?}", &t.op_params[..4]).unwrap();
         }
         out.push('\n');
     }
-    writeln!(out, "\n{} nodes, {} tensors", g.nodes.len(), g.tensors.len()).unwrap();
+    writeln!(
+        out,
+        "\n{} nodes, {} tensors",
+        g.nodes.len(),
+        g.tensors.len()
+    )
+    .unwrap();
     for (op, n) in counts {
         writeln!(out, "{n:4} {op}").unwrap();
     }
@@ -188,7 +197,10 @@ fn main() {
         .map(|s| s.split(',').map(str::to_owned).collect());
     let families: Vec<Family> = std::iter::once(Family::Llama)
         .chain(BEYOND_LLAMA)
-        .filter(|f| want.as_ref().is_none_or(|w| w.iter().any(|n| n == f.description())))
+        .filter(|f| {
+            want.as_ref()
+                .is_none_or(|w| w.iter().any(|n| n == f.description()))
+        })
         .collect();
     let scale: usize = env_or("SHARDLINE_BENCH_SCALE", 8);
     let n_gen = 8;
@@ -199,7 +211,8 @@ fn main() {
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
     let ours_workers = common::start_workers(exe, 2, 1);
     let their_workers = common::start_workers(exe, 2, 1);
-    let ours: Vec<(SocketAddr, Graphs)> = ours_workers.iter().map(|w| capture(w.endpoint)).collect();
+    let ours: Vec<(SocketAddr, Graphs)> =
+        ours_workers.iter().map(|w| capture(w.endpoint)).collect();
     let theirs: Vec<(SocketAddr, Graphs)> =
         their_workers.iter().map(|w| capture(w.endpoint)).collect();
     let servers: Vec<String> = ours.iter().map(|(a, _)| a.to_string()).collect();
@@ -235,7 +248,9 @@ fn main() {
         };
         let mut requests = Vec::new();
         let snapshot = |set: &[(SocketAddr, Graphs)]| -> Vec<BTreeMap<&'static str, (u64, u64)>> {
-            set.iter().map(|(_, g)| g.lock().unwrap().requests.clone()).collect()
+            set.iter()
+                .map(|(_, g)| g.lock().unwrap().requests.clone())
+                .collect()
         };
         {
             let e = rt

@@ -232,7 +232,8 @@ async fn a_spare_slot_takes_its_devices_speed_and_no_layers() {
     assert_eq!(p.excluded.len(), 1, "{p}");
     let left = engine.prediction().expect("predicted").left_out.clone();
     assert!(
-        left.iter().any(|l| l.device == 1 && l.reason.contains("graph slot")),
+        left.iter()
+            .any(|l| l.device == 1 && l.reason.contains("graph slot")),
         "{left:?}"
     );
 }

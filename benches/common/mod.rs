@@ -46,12 +46,8 @@ pub fn start_workers_with(
         .map(|_| {
             let mut args = vec!["--threads", t.as_str()];
             args.extend_from_slice(extra);
-            shardline::worker::LocalWorker::spawn(
-                exe,
-                &args,
-                std::time::Duration::from_secs(60),
-            )
-            .expect("start worker")
+            shardline::worker::LocalWorker::spawn(exe, &args, std::time::Duration::from_secs(60))
+                .expect("start worker")
         })
         .collect()
 }

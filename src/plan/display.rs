@@ -92,9 +92,12 @@ impl fmt::Display for Plan {
             .stages
             .iter()
             .filter_map(|s| match (&s.target, s.spare_slot) {
-                (Target::Remote { endpoint, device, .. }, Some(slot)) => {
-                    Some(format!("{endpoint}/{slot} for {endpoint}/{device}"))
-                }
+                (
+                    Target::Remote {
+                        endpoint, device, ..
+                    },
+                    Some(slot),
+                ) => Some(format!("{endpoint}/{slot} for {endpoint}/{device}")),
                 _ => None,
             })
             .collect();

@@ -88,10 +88,7 @@ mod tests {
             dev("a:1", 2, 32, u64::MAX),
         ];
         let s = spares(&devices);
-        assert_eq!(
-            s,
-            [None, Some(0), None, None, None, None, None, Some(0)]
-        );
+        assert_eq!(s, [None, Some(0), None, None, None, None, None, Some(0)]);
         assert_eq!(slot_of(0, &s), Some(1));
         assert_eq!(slot_of(2, &s), None);
         let out = excluded(&devices, &s);

@@ -423,24 +423,34 @@ fn a_spare_graph_slot_takes_the_share_of_the_head_and_no_layers() {
     for strategy in [Strategy::Even, Strategy::Memory, Strategy::Throughput] {
         let p = plan(strategy.clone(), HeadSplit::On);
         let stages = servers(p.stages.iter().map(|s| &s.target).collect());
-        assert!(!stages.contains(&1) && !stages.contains(&3), "{strategy}: {stages:?}");
+        assert!(
+            !stages.contains(&1) && !stages.contains(&3),
+            "{strategy}: {stages:?}"
+        );
         assert_eq!(p.excluded.len(), 2, "{strategy}");
         assert!(p.excluded[0].reason.contains("second graph slot"));
     }
     let p = plan(Strategy::Even, HeadSplit::On);
-    assert_eq!(servers(p.stages.iter().map(|s| &s.target).collect()), [0, 2]);
+    assert_eq!(
+        servers(p.stages.iter().map(|s| &s.target).collect()),
+        [0, 2]
+    );
     assert_eq!(
         servers(p.head_shares.iter().map(|h| &h.target).collect()),
         [1, 3]
     );
-    assert_eq!(p.head_shares.iter().map(|h| h.stage).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+        p.head_shares.iter().map(|h| h.stage).collect::<Vec<_>>(),
+        [0, 1]
+    );
     assert_eq!(
         p.stages.iter().map(|s| s.spare_slot).collect::<Vec<_>>(),
         [Some(1), Some(1)]
     );
     assert!(
-        p.to_string()
-            .contains("spare graph slots (prompt chunks, shares of the head): 10.0.0.1:1/1 for 10.0.0.1:1/0"),
+        p.to_string().contains(
+            "spare graph slots (prompt chunks, shares of the head): 10.0.0.1:1/1 for 10.0.0.1:1/0"
+        ),
         "{p}"
     );
     // A split that names the slots gives them layers or not, as told.
@@ -469,7 +479,12 @@ fn a_spare_graph_slot_takes_the_share_of_the_head_and_no_layers() {
     let with_slots = predict(&p, &cost, &devices, &speeds, 1, 64);
     let without = predict(&q, &cost, &plain, &plain_speeds, 1, 64);
     let (a, b) = (with_slots.head.unwrap(), without.head.unwrap());
-    assert!(a.decode_ms < b.decode_ms, "{} vs {}", a.decode_ms, b.decode_ms);
+    assert!(
+        a.decode_ms < b.decode_ms,
+        "{} vs {}",
+        a.decode_ms,
+        b.decode_ms
+    );
     assert!(with_slots.decode_tok_s > without.decode_tok_s);
     assert!(with_slots
         .left_out

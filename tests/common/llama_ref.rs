@@ -41,7 +41,10 @@ pub fn rpc_devices(endpoints: &[SocketAddr]) -> Vec<sys::ggml_backend_dev_t> {
 }
 
 /// [`rpc_devices`], at most the first `per_server` devices of each server.
-pub fn rpc_devices_up_to(endpoints: &[SocketAddr], per_server: usize) -> Vec<sys::ggml_backend_dev_t> {
+pub fn rpc_devices_up_to(
+    endpoints: &[SocketAddr],
+    per_server: usize,
+) -> Vec<sys::ggml_backend_dev_t> {
     init();
     let mut devs = Vec::new();
     for ep in endpoints {
