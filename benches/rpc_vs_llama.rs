@@ -2,6 +2,8 @@
 //! the same run: load time, prompt and decode speed with greedy sampling.
 //!
 //! `cargo bench --bench rpc_vs_llama` (env: SHARDLINE_BENCH_ROUNDS,
+//! SHARDLINE_BENCH_SAME_WORKERS (1: both clients on the same two workers,
+//! one after the other; 0: a pair each),
 //! SHARDLINE_BENCH_TOKENS, SHARDLINE_BENCH_THREADS, SHARDLINE_BENCH_STRATEGY
 //! (even: the layers split as llama.cpp splits them), SHARDLINE_BENCH_HEAD_SPLIT
 //! (on: the output matrix shared by both workers; off: on the last one),
@@ -55,15 +57,38 @@ fn main() {
     let exe = Path::new(env!("CARGO_BIN_EXE_shardline"));
     let slots: usize = env_or("SHARDLINE_BENCH_SLOTS", 2);
     let device_arg = vec!["CPU"; slots.max(1)].join(",");
-    let workers = common::start_workers_with(exe, 2, threads, &["--device", &device_arg]);
-    let servers: Vec<String> = workers.iter().map(|w| w.endpoint.to_string()).collect();
+    // Both clients use the same two workers, one after the other (a server
+    // serves one client at a time; llama.cpp's client lets go of its
+    // connections when its model is dropped). Every round runs both clients
+    // back to back, the order alternating, and ratios are taken per round:
+    // the machine's speed drifts over a run by more than the differences
+    // measured. SHARDLINE_BENCH_SAME_WORKERS=0 gives each client a pair of
+    // its own, alike.
+    let ours_workers = common::start_workers_with(exe, 2, threads, &["--device", &device_arg]);
+    let same_workers: u8 = env_or("SHARDLINE_BENCH_SAME_WORKERS", 1);
+    let their_workers = if same_workers == 0 {
+        common::start_workers_with(exe, 2, threads, &["--device", &device_arg])
+    } else {
+        Vec::new()
+    };
+    let their_workers = if same_workers == 0 {
+        &their_workers
+    } else {
+        &ours_workers
+    };
+    let servers: Vec<String> = ours_workers
+        .iter()
+        .map(|w| w.endpoint.to_string())
+        .collect();
+    // llama.cpp gets one device per server, the memory it would split by:
+    // given the spare too, it would give it layers (one more stage).
+    let devices = llama_ref::rpc_devices_up_to(
+        &their_workers.iter().map(|w| w.endpoint).collect::<Vec<_>>(),
+        1,
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
 
-    // shardline first: llama.cpp's client keeps its connections for the whole
-    // process, and a server serves one client at a time.
-    let mut ours = Vec::new();
-    let mut our_tokens = Vec::new();
-    for _ in 0..rounds {
+    let run_ours = || {
         let started = Instant::now();
         let e = rt
             .block_on(Engine::load(EngineOptions {
@@ -81,40 +106,75 @@ fn main() {
         let load_s = started.elapsed().as_secs_f64();
         let prompt = e.tokenizer().encode(PROMPT, true, true);
         let (toks, st) = common::greedy(&rt, &e, prompt, n_gen);
-        our_tokens = toks.into_iter().map(|t| t as i32).collect::<Vec<_>>();
-        ours.push(Round {
+        let round = Round {
             load_s,
             prompt_tok_s: st.prompt_tokens as f64 / st.prompt_s,
             gen_tok_s: st.gen_steps as f64 / st.gen_s,
-        });
-        drop(e);
-    }
-
-    // llama.cpp gets one device per server, the memory it would split by:
-    // given the spare too, it would give it layers (one more stage).
-    let devices =
-        llama_ref::rpc_devices_up_to(&workers.iter().map(|w| w.endpoint).collect::<Vec<_>>(), 1);
-    let mut theirs = Vec::new();
-    let mut their_tokens = Vec::new();
-    let mut n_prompt = 0;
-    for _ in 0..rounds {
+        };
+        (
+            round,
+            toks.into_iter().map(|t| t as i32).collect::<Vec<_>>(),
+        )
+    };
+    let run_theirs = || {
         let started = Instant::now();
         let mut r = llama_ref::LlamaRef::load(&model, &devices, n_ctx);
         let load_s = started.elapsed().as_secs_f64();
         let prompt = r.tokenize(PROMPT, true);
-        n_prompt = prompt.len();
         let (toks, prompt_s, decode_s) = r.greedy_timed(&prompt, n_gen);
-        their_tokens = toks;
-        theirs.push(Round {
+        let round = Round {
             load_s,
             prompt_tok_s: prompt.len() as f64 / prompt_s,
             gen_tok_s: (n_gen - 1) as f64 / decode_s,
-        });
+        };
+        (round, toks, prompt.len())
+    };
+
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let (mut our_tokens, mut their_tokens) = (Vec::new(), Vec::new());
+    let mut same = true;
+    let mut n_prompt = 0;
+    for round in 0..rounds {
+        let ((a, a_toks), (b, b_toks, n)) = if round % 2 == 0 {
+            let a = run_ours();
+            (a, run_theirs())
+        } else {
+            let b = run_theirs();
+            (run_ours(), b)
+        };
+        same &= a_toks == b_toks;
+        (our_tokens, their_tokens, n_prompt) = (a_toks, b_toks, n);
+        eprintln!(
+            "round {round}: decode {:.1} / {:.1} tok/s ({:.2}x), prompt {:.1} / {:.1} tok/s",
+            a.gen_tok_s,
+            b.gen_tok_s,
+            a.gen_tok_s / b.gen_tok_s,
+            a.prompt_tok_s,
+            b.prompt_tok_s
+        );
+        ours.push(a);
+        theirs.push(b);
     }
+    let ratios = |f: fn(&Round) -> f64| -> Vec<f64> {
+        ours.iter().zip(&theirs).map(|(a, b)| f(a) / f(b)).collect()
+    };
+    let decode_ratios = ratios(|r| r.gen_tok_s);
+    let prompt_ratios = ratios(|r| r.prompt_tok_s);
+    let load_ratios: Vec<f64> = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| b.load_s / a.load_s)
+        .collect();
+    let range = |v: &[f64]| {
+        let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().cloned().fold(0.0, f64::max);
+        format!("{lo:.2}-{hi:.2}")
+    };
 
     let (a, b) = (summarize(&ours), summarize(&theirs));
     println!("model: {}", model.display());
-    println!("2 workers on loopback, {threads} thread(s) each, serving {device_arg}; shardline strategy {strategy}, head split {head_split}; prompt {n_prompt} tokens; {n_gen} tokens generated greedily; median of {rounds} rounds");
+    println!("2 workers on loopback ({}), {threads} thread(s) each, serving {device_arg}; shardline strategy {strategy}, head split {head_split}; prompt {n_prompt} tokens; {n_gen} tokens generated greedily; medians of {rounds} rounds, the two clients back to back (order alternating)", if same_workers == 0 { "a pair per client" } else { "the same for both clients" });
     println!();
     println!("| | load (s) | prompt (tok/s) | decode (tok/s) |");
     println!("|---|---:|---:|---:|");
@@ -127,11 +187,17 @@ fn main() {
         b.load_s, b.prompt_tok_s, b.gen_tok_s
     );
     println!(
-        "| ratio (shardline / llama.cpp) | {:.2}x faster | {:.2}x | {:.2}x |",
-        b.load_s / a.load_s,
-        a.prompt_tok_s / b.prompt_tok_s,
-        a.gen_tok_s / b.gen_tok_s
+        "| ratio (shardline / llama.cpp), median of per-round ratios | {:.2}x faster | {:.2}x | {:.2}x |",
+        median(load_ratios.clone()),
+        median(prompt_ratios.clone()),
+        median(decode_ratios.clone())
+    );
+    println!(
+        "| its range over rounds | {} | {} | {} |",
+        range(&load_ratios),
+        range(&prompt_ratios),
+        range(&decode_ratios)
     );
     println!();
-    println!("same greedy tokens: {}", our_tokens == their_tokens);
+    println!("same greedy tokens: {}", same && our_tokens == their_tokens);
 }
