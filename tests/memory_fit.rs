@@ -312,11 +312,11 @@ fn within_10(ours: u64, theirs: f64) -> bool {
 ///
 /// llama.cpp's no_alloc mode gives its weight and KV buffers dummy buffers
 /// of 0 bytes, and its log prints those (`model buffer size = 0.00 MiB`,
-/// `KV buffer size = 0.00 MiB`); the per-device sizes exist only behind
-/// C++ APIs (`llama_get_memory_breakdown`, or `common`'s breakdown print,
-/// a library this build leaves out). So weights are checked in total against
-/// `llama_model_size`, KV per device against its `llama_kv_cache: size`
-/// line shared by layer count, and compute per device directly.
+/// `KV buffer size = 0.00 MiB`); what they would take per device comes from
+/// its memory breakdown (`llama_get_memory_breakdown`, a C++ API, through
+/// the test-only `llama-ref-shim`). Weights, KV and compute are compared per
+/// device with the breakdown, compute also with the log's buffer lines, and
+/// the weights' total with `llama_model_size`.
 #[test]
 fn seventy_b_shaped_matches_llama_cpp() {
     use common::llama_ref::{rpc_devices, simulate_no_alloc};
@@ -326,7 +326,7 @@ fn seventy_b_shaped_matches_llama_cpp() {
     let workers: Vec<Worker> = (0..4).map(|_| start_worker(&[])).collect();
     let addrs: Vec<_> = workers.iter().map(|w| w.endpoint).collect();
     let (n_ctx, n_batch) = (32_768, 512);
-    let (log, model_size) =
+    let (log, model_size, breakdown) =
         simulate_no_alloc(&path, &rpc_devices(&addrs), &[1.0; 4], n_ctx, n_batch, 1);
     // SHARDLINE_TEST_LLAMA_LOG_TO=FILE keeps llama.cpp's log for a look.
     if let Some(out) = std::env::var_os("SHARDLINE_TEST_LLAMA_LOG_TO") {
@@ -372,7 +372,10 @@ fn seventy_b_shaped_matches_llama_cpp() {
     let mut devices = shardline::cluster::devices_from_reports(&reports);
     shardline::memcap::apply_caps(&mut devices, &["24GiB".parse().unwrap()]);
     let p = plan(&cost, &devices, &opts).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{p}\nllama.cpp: compute {compute:?}, KV {kv_total_mib} MiB, weights {model_size} B");
+    eprintln!(
+        "{p}\nllama.cpp: compute {compute:?}, KV {kv_total_mib} MiB, weights {model_size} B\n\
+         its breakdown: {breakdown:#?}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 
     let ours_weights: u64 = p
@@ -411,6 +414,34 @@ fn seventy_b_shaped_matches_llama_cpp() {
             s.compute_bytes
         );
         assert!(s.needed_bytes() <= 24 * GIB, "{p}");
+
+        // The same device in llama.cpp's breakdown: its weights (the output
+        // matrix with the last stage's layers), KV cache and compute buffer.
+        let found: Vec<_> = breakdown
+            .iter()
+            .filter(|b| b.buffer_type.contains(endpoint.as_str()))
+            .collect();
+        let [theirs] = found[..] else {
+            panic!("{endpoint} in llama.cpp's breakdown: {breakdown:?}")
+        };
+        let ours_weights = s.weight_bytes + s.output_bytes;
+        assert!(
+            within_10(ours_weights, theirs.model as f64),
+            "{dev}: weights ours {ours_weights} B, llama.cpp {} B",
+            theirs.model
+        );
+        assert!(
+            within_10(s.kv_bytes, theirs.context as f64),
+            "{dev}: KV ours {} B, llama.cpp {} B",
+            s.kv_bytes,
+            theirs.context
+        );
+        assert!(
+            within_10(s.compute_bytes, theirs.compute as f64),
+            "{dev}: compute ours {} B, llama.cpp {} B",
+            s.compute_bytes,
+            theirs.compute
+        );
     }
 }
 

@@ -532,7 +532,8 @@ unsafe extern "C" fn capture_log(
 /// split by `tensor_split`, at `n_ctx` cells, `n_batch` tokens per step,
 /// one sequence and `n_outputs_max` output rows, flash attention on: loads
 /// with `no_alloc` (its memory-fit mode) and returns its log, where it
-/// prints each buffer, and its weights' size.
+/// prints each buffer, its weights' size, and its memory breakdown (what
+/// each buffer type, one per device, would hold).
 ///
 /// Pipeline parallelism stays off, as shardline runs one step at a time
 /// per stage: on (llama.cpp's default on several devices that have
@@ -546,7 +547,7 @@ pub fn simulate_no_alloc(
     n_ctx: u32,
     n_batch: u32,
     n_outputs_max: u32,
-) -> (String, u64) {
+) -> (String, u64, Vec<llama_ref_shim::Breakdown>) {
     init();
     SIM_LOG.lock().unwrap().clear();
     let mut devs: Vec<sys::ggml_backend_dev_t> = devices.to_vec();
@@ -558,8 +559,8 @@ pub fn simulate_no_alloc(
     let no_match = CString::new("^shardline-matches-no-tensor$").unwrap();
     // SAFETY: default params then plain field writes; `devs` (null
     // terminated), `split`, `overrides` (ended by a null pattern) and
-    // `no_match` outlive the calls; the logger is restored to the quiet one
-    // before returning.
+    // `no_match` outlive the calls; the breakdown is read while the context
+    // lives; the logger is restored to the quiet one before returning.
     unsafe {
         let overrides = [
             sys::llama_model_tensor_buft_override {
@@ -599,11 +600,12 @@ pub fn simulate_no_alloc(
         cp.n_threads_batch = 1;
         let ctx = sys::llama_init_from_model(model, cp);
         assert!(!ctx.is_null(), "llama.cpp failed to create a context");
+        let breakdown = llama_ref_shim::memory_breakdown(ctx);
         sys::llama_free(ctx);
         sys::llama_model_free(model);
         if std::env::var_os("SHARDLINE_TEST_LLAMA_LOG").is_none() {
             sys::llama_log_set(Some(quiet_log), std::ptr::null_mut());
         }
-        (SIM_LOG.lock().unwrap().clone(), size)
+        (SIM_LOG.lock().unwrap().clone(), size, breakdown)
     }
 }
