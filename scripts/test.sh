@@ -27,6 +27,10 @@ if ! "$venv/bin/python" -c 'import openai, ollama, prometheus_client, jsonschema
 fi
 export SHARDLINE_TEST_PYTHON="$venv/bin/python"
 cargo test --workspace --locked
+# The llama.cpp comparison bench, short: both clients on the same workers,
+# two rounds (both orders); it exits 1 when their greedy tokens differ.
+echo "rpc_vs_llama bench, short:" >&2
+SHARDLINE_BENCH_ROUNDS=2 SHARDLINE_BENCH_TOKENS=8 cargo test --locked --bench rpc_vs_llama
 # The library on its own: no HTTP server, no command line, none of their crates.
 echo "library without default features:" >&2
 cargo build --locked --no-default-features --examples
